@@ -1,0 +1,267 @@
+"""OpenAI-compatible endpoints under /v1: models, chat completions, completions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import msgspec
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, ValidationError
+
+from inference import gateway
+from inference import protocol as p
+from inference.client import EngineDeadError, EngineRequestError, get_engine_client
+from inference.schemas import ChatCompletionRequest, CompletionRequest
+from mlxmanager.accounts.selectors import api_key_authenticate
+from mlxmanager.errors import DomainError
+from mlxmanager.profiles.selectors import profile_list_served
+
+log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
+
+
+class ApiKeyAuth:
+    """`Authorization: Bearer <key>` or `x-api-key: <key>`."""
+
+    async def __call__(self, request: HttpRequest) -> Any:
+        header = request.headers.get("authorization", "")
+        secret = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        secret = secret or request.headers.get("x-api-key", "").strip()
+        key = await api_key_authenticate(secret)
+        if key is not None:
+            request.api_key = key  # type: ignore[attr-defined]
+        return key
+
+
+api = NinjaAPI(
+    title="MLX Manager gateway (OpenAI-compatible)",
+    urls_namespace="v1",
+    docs_url=None,
+    auth=ApiKeyAuth(),
+)
+
+
+def error_response(
+    status: int, message: str, *, type_: str, param: str | None = None, code: str | None = None
+) -> HttpResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return HttpResponse(_json.encode(body), status=status, content_type="application/json")
+
+
+def _pydantic_message(err: dict[str, Any]) -> tuple[str, str | None]:
+    loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "payload")]
+    param = ".".join(loc) or None
+    if err.get("type") == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param
+    if err.get("type") == "json_invalid" or not loc:
+        return f"We could not parse the JSON body of your request: {err.get('msg')}", None
+    return f"Invalid value for '{param}': {err.get('msg')}", param
+
+
+@api.exception_handler(ValidationError)
+def _validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    errors = exc.errors or [{"msg": "invalid request"}]
+    message, param = _pydantic_message(errors[0])
+    return error_response(400, message, type_="invalid_request_error", param=param)
+
+
+@api.exception_handler(AuthenticationError)
+def _auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error_response(
+        401,
+        "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.",
+        type_="invalid_request_error",
+        code="invalid_api_key",
+    )
+
+
+@api.exception_handler(DomainError)
+def _domain(request: HttpRequest, exc: DomainError) -> HttpResponse:
+    code = "model_not_found" if exc.status == 404 and exc.param == "model" else exc.code
+    return error_response(exc.status, exc.message, type_="invalid_request_error", param=exc.param, code=code)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return error_response(413, "The request body is too large.", type_="invalid_request_error", code="request_too_large")
+
+
+@api.exception_handler(EngineDeadError)
+def _dead(request: HttpRequest, exc: EngineDeadError) -> HttpResponse:
+    return error_response(
+        503, f"{exc}; it is restarting, retry shortly.", type_="server_error", code="worker_unavailable"
+    )
+
+
+def _engine_error_status(exc: EngineRequestError) -> int:
+    return {p.ERR_BAD_REQUEST: 400, p.ERR_OVERLOADED: 503, p.ERR_MODEL_LOAD: 503}.get(exc.code, 500)
+
+
+@api.exception_handler(EngineRequestError)
+def _engine(request: HttpRequest, exc: EngineRequestError) -> HttpResponse:
+    status = _engine_error_status(exc)
+    type_ = "invalid_request_error" if status == 400 else "server_error"
+    return error_response(status, exc.message, type_=type_, code=exc.code)
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    log.exception("unhandled error on %s", request.path)
+    return error_response(500, "The server had an error while processing your request.", type_="server_error")
+
+
+# ---- responses ---------------------------------------------------------------------
+
+
+def _usage(final: p.Output) -> dict[str, Any]:
+    return {
+        "prompt_tokens": final.prompt_tokens,
+        "completion_tokens": final.completion_tokens,
+        "total_tokens": final.prompt_tokens + final.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": final.cached_tokens},
+    }
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.final: p.Output | None = None
+
+    async def drain(self, outputs: AsyncIterator[list[p.Output]]) -> None:
+        async for batch in outputs:
+            for out in batch:
+                self.parts.append(out.text)
+                if out.finish_reason is not None:
+                    self.final = out
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class _SSE:
+    """Pre-encodes the constant parts of a chunk so each token costs one small encode."""
+
+    def __init__(self, *, rid: str, model: str, created: int, chat: bool) -> None:
+        head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created, "model": model}  # fmt: skip
+        self.head = b"data: " + _json.encode(head)[:-1]
+        self.chat = chat
+
+    def content(self, text: str) -> bytes:
+        if self.chat:
+            return b"%b,\"choices\":[{\"index\":0,\"delta\":{\"content\":%b},\"logprobs\":null,\"finish_reason\":null}]}\n\n" % (self.head, _json.encode(text))  # noqa: E501
+        return b"%b,\"choices\":[{\"index\":0,\"text\":%b,\"logprobs\":null,\"finish_reason\":null}]}\n\n" % (self.head, _json.encode(text))  # noqa: E501
+
+    def event(self, **fields: Any) -> bytes:
+        return self.head + b"," + _json.encode(fields)[1:] + b"\n\n"
+
+
+async def _first(outputs: AsyncIterator[list[p.Output]]) -> list[p.Output]:
+    """Wait for the worker's first answer, so setup errors still get a proper status."""
+    return await outputs.__anext__()
+
+
+async def _run(request: HttpRequest, req: p.Generate, *, stream: bool, include_usage: bool, chat: bool) -> HttpResponse:
+    client = get_engine_client()
+    outputs = client.generate(req)
+    created = int(time.time())
+    model = req.model.name
+    try:
+        first = await _first(outputs)
+    except BaseException:
+        await outputs.aclose()
+        raise
+
+    if not stream:
+        collected = _Collected()
+        collected.parts = [o.text for o in first]
+        collected.final = next((o for o in first if o.finish_reason), None)
+        async with aclosing(outputs):
+            if collected.final is None:
+                await collected.drain(outputs)
+        final = collected.final
+        assert final is not None
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": collected.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": final.finish_reason,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": collected.text, "logprobs": None, "finish_reason": final.finish_reason}
+            obj = "text_completion"
+        body = {"id": req.request_id, "object": obj, "created": created, "model": model,
+                "choices": [choice], "usage": _usage(final), "system_fingerprint": None}  # fmt: skip
+        return HttpResponse(_json.encode(body), content_type="application/json")
+
+    sse = _SSE(rid=req.request_id, model=model, created=created, chat=chat)
+
+    async def events() -> AsyncIterator[bytes]:
+        async with aclosing(outputs):
+            if chat:
+                yield sse.event(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                          "logprobs": None, "finish_reason": None}])  # fmt: skip
+            batch: list[p.Output] | None = first
+            try:
+                while batch is not None:
+                    text = "".join(o.text for o in batch)
+                    final = batch[-1] if batch[-1].finish_reason else None
+                    if text:
+                        yield sse.content(text)
+                    if final is not None:
+                        if chat:
+                            done = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": final.finish_reason}
+                        else:
+                            done = {"index": 0, "text": "", "logprobs": None, "finish_reason": final.finish_reason}
+                        yield sse.event(choices=[done])
+                        if include_usage:
+                            yield sse.event(choices=[], usage=_usage(final))
+                        break
+                    batch = await outputs.__anext__()
+            except (EngineDeadError, EngineRequestError) as exc:
+                code = exc.code if isinstance(exc, EngineRequestError) else "worker_unavailable"
+                err = {"message": str(exc), "type": "server_error", "param": None, "code": code}
+                yield b"data: " + _json.encode({"error": err}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@api.get("/models")
+async def list_models(request: HttpRequest) -> HttpResponse:
+    profiles = await profile_list_served()
+    data = [
+        {"id": pr.name, "object": "model", "created": int(pr.created_at.timestamp()), "owned_by": "mlx-manager"}
+        for pr in profiles
+    ]
+    return HttpResponse(_json.encode({"object": "list", "data": data}), content_type="application/json")
+
+
+@api.post("/chat/completions")
+async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponse:
+    body.refuse_unsupported()
+    target = await gateway.resolve(body.model)
+    req = gateway.chat_request(body, target)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _run(request, req, stream=body.stream, include_usage=include_usage, chat=True)
+
+
+@api.post("/completions")
+async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResponse:
+    body.refuse_unsupported()
+    target = await gateway.resolve(body.model)
+    req = gateway.completion_request(body, target)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _run(request, req, stream=body.stream, include_usage=include_usage, chat=False)

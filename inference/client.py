@@ -1,0 +1,178 @@
+"""Engine clients: how the web process talks to the inference worker.
+
+`EngineClient` keeps one Unix-socket connection per event loop, multiplexes every
+request over it and routes the worker's frames to per-request queues. A dead worker
+surfaces as `EngineDeadError` (the gateway answers 503); the next call reconnects, so a
+worker restarted by the supervisor is picked up without restarting the web process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from inference import protocol as p
+
+log = logging.getLogger(__name__)
+
+
+class EngineDeadError(Exception):
+    """The worker is not running or went away mid-request."""
+
+
+class EngineRequestError(Exception):
+    """The worker refused or failed one request."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_DEAD = object()
+
+
+class EngineClient:
+    def __init__(self, socket_path: str, *, connect_timeout: float = 2.0) -> None:
+        self.socket_path = socket_path
+        self.connect_timeout = connect_timeout
+        self._codec = p.client_codec()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._queues: dict[str, asyncio.Queue[Any]] = {}
+        self._lock: asyncio.Lock | None = None
+        self.worker_pid: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        if self.connected:
+            assert self._writer is not None
+            return self._writer
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.connected:
+                assert self._writer is not None
+                return self._writer
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_unix_connection(self.socket_path), self.connect_timeout
+                )
+                writer.write(self._codec.encode(p.Hello()))
+                welcome = await asyncio.wait_for(self._codec.read(reader), self.connect_timeout)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                raise EngineDeadError("the inference worker is not running") from exc
+            if not isinstance(welcome, p.Welcome) or welcome.version != p.PROTOCOL_VERSION:
+                writer.close()
+                raise EngineDeadError("the inference worker speaks another protocol version")
+            self.worker_pid = welcome.pid
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
+            return writer
+
+    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                msg = await self._codec.read(reader)
+                if isinstance(msg, p.Outputs):
+                    for item in msg.items:
+                        q = self._queues.get(item.request_id)
+                        if q is not None:
+                            q.put_nowait(item)
+                elif isinstance(msg, p.RequestError | p.HealthReply):
+                    q = self._queues.get(msg.request_id)
+                    if q is not None:
+                        q.put_nowait(msg)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except Exception:
+            log.exception("bad frame from the worker; dropping the connection")
+        finally:
+            if self._writer is writer:
+                self._writer = None
+            writer.close()
+            for q in self._queues.values():
+                q.put_nowait(_DEAD)
+
+    async def _send(self, msg: Any) -> None:
+        writer = await self._connect()
+        writer.write(self._codec.encode(msg))
+
+    async def _await_item(self, q: asyncio.Queue[Any]) -> Any:
+        item = await q.get()
+        if item is _DEAD:
+            raise EngineDeadError("the inference worker stopped while serving this request")
+        return item
+
+    async def generate(self, req: p.Generate) -> AsyncIterator[list[p.Output]]:
+        """Yield lists of outputs (everything available at once); the last one is final.
+
+        Closing the iterator early (client disconnect) aborts the request in the worker.
+        """
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues[req.request_id] = q
+        finished = False
+        try:
+            await self._send(req)
+            while not finished:
+                batch = [await self._await_item(q)]
+                while not q.empty():
+                    batch.append(q.get_nowait())
+                outs: list[p.Output] = []
+                for item in batch:
+                    if item is _DEAD:
+                        raise EngineDeadError(
+                            "the inference worker stopped while serving this request"
+                        )
+                    if isinstance(item, p.RequestError):
+                        finished = True
+                        raise EngineRequestError(item.code, item.message)
+                    outs.append(item)
+                    if item.finish_reason is not None:
+                        finished = True
+                yield outs
+        finally:
+            self._queues.pop(req.request_id, None)
+            # Synchronous write: this runs while the task is being cancelled.
+            if not finished and self.connected:
+                assert self._writer is not None
+                with contextlib.suppress(Exception):
+                    self._writer.write(self._codec.encode(p.Abort(request_id=req.request_id)))
+
+    async def health(self, timeout: float = 2.0) -> dict[str, Any]:
+        rid = uuid.uuid4().hex
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues[rid] = q
+        try:
+            await self._send(p.Health(request_id=rid))
+            reply = await asyncio.wait_for(self._await_item(q), timeout)
+        except TimeoutError as exc:
+            raise EngineDeadError("the inference worker did not answer in time") from exc
+        finally:
+            self._queues.pop(rid, None)
+        assert isinstance(reply, p.HealthReply)
+        return reply.state
+
+
+_clients: dict[int, EngineClient] = {}
+
+
+def get_engine_client() -> EngineClient:
+    """The engine client for the running event loop (one connection per loop)."""
+    from django.conf import settings
+
+    loop = asyncio.get_running_loop()
+    client = _clients.get(id(loop))
+    if client is None or client.socket_path != settings.MLXM_WORKER_SOCKET:
+        client = EngineClient(
+            settings.MLXM_WORKER_SOCKET, connect_timeout=settings.MLXM_WORKER_CONNECT_TIMEOUT
+        )
+        _clients[id(loop)] = client
+    return client

@@ -1,0 +1,78 @@
+"""`manage.py serve`: the web server (daphne) and the inference worker, supervised."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from mlxmanager.accounts.selectors import users_exist
+
+
+class Command(BaseCommand):
+    help = "Start daphne and the inference worker; restart the worker if it dies."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=settings.MLXM_HOST)
+        parser.add_argument("--port", type=int, default=settings.MLXM_PORT)
+        parser.add_argument("--no-worker", action="store_true", help="run only the web server")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        host, port = opts["host"], opts["port"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        worker_cmd = [sys.executable, "-m", "inference.worker", "--socket", settings.MLXM_WORKER_SOCKET]
+        web_cmd = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers", "mlxmanager.asgi:application"]
+
+        stopping = False
+
+        def _stop(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+        worker = None if opts["no_worker"] else subprocess.Popen(worker_cmd, env=env)
+        web = subprocess.Popen(web_cmd, env=env)
+        shown_host = f"[{host}]" if ":" in host else host
+        self.stdout.write(f"MLX Manager is starting on http://{shown_host}:{port}/  (OpenAI base URL: http://{shown_host}:{port}/v1)")
+        if not users_exist():
+            self.stdout.write(
+                "No users yet. Create the admin, then log in at the URL above:\n"
+                "    .venv/bin/python manage.py create_admin --username admin --password-stdin\n"
+                "and an API key for SDK clients:\n"
+                "    .venv/bin/python manage.py create_api_key --username admin --name laptop"
+            )
+        self.stdout.flush()
+
+        restarts: list[float] = []
+        try:
+            while not stopping:
+                time.sleep(0.2)
+                if web.poll() is not None:
+                    self.stderr.write(f"web server exited with status {web.returncode}")
+                    break
+                if worker is not None and worker.poll() is not None:
+                    now = time.monotonic()
+                    restarts = [t for t in restarts if now - t < 60] + [now]
+                    # Back off when it keeps crashing, so a broken install doesn't spin.
+                    delay = 0.0 if len(restarts) <= 3 else min(10.0, 2.0 ** (len(restarts) - 3))
+                    self.stderr.write(f"inference worker exited with status {worker.returncode}; restarting in {delay:.0f}s")
+                    time.sleep(delay)
+                    worker = subprocess.Popen(worker_cmd, env=env)
+        finally:
+            for proc in (web, worker):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+            for proc in (web, worker):
+                if proc is not None:
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()

@@ -1,0 +1,147 @@
+"""The typed message protocol between the web process and the inference worker.
+
+Both sides import this module and nothing else of each other. Frames are a 4-byte
+big-endian length followed by a msgpack-encoded, tagged `msgspec.Struct`. The worker
+coalesces every token a scheduler step produces for one connection into one `Outputs`
+frame, so IPC cost is per step, not per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+_LEN = struct.Struct(">I")
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything that shapes token selection; defaults mean "off"."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: list[str] = []
+    logit_bias: dict[int, float] | None = None
+
+
+class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Which weights to serve: the worker keys its pool by `path`."""
+
+    name: str
+    path: str
+    kind: str = "llm"
+
+
+# ---- web -> worker -------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, tag="hello", kw_only=True):
+    version: int = PROTOCOL_VERSION
+
+
+class Generate(msgspec.Struct, tag="generate", kw_only=True):
+    """Start a generation. Exactly one of `messages` (chat) or `prompt` (completion)."""
+
+    request_id: str
+    model: ModelSpec
+    sampling: SamplingParams
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    chat_template_kwargs: dict[str, Any] = {}
+
+
+class Abort(msgspec.Struct, tag="abort", kw_only=True):
+    request_id: str
+
+
+class Health(msgspec.Struct, tag="health", kw_only=True):
+    request_id: str
+
+
+ToWorker = Hello | Generate | Abort | Health
+
+
+# ---- worker -> web -------------------------------------------------------------
+
+
+class Output(msgspec.Struct, array_like=True):
+    """One request's progress since the last frame. `finish_reason` set means final."""
+
+    request_id: str
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Outputs(msgspec.Struct, tag="outputs"):
+    items: list[Output]
+
+
+class RequestError(msgspec.Struct, tag="error", kw_only=True):
+    """A request failed in the worker. `code` is a stable identifier for the gateway."""
+
+    request_id: str
+    code: str
+    message: str
+
+
+class HealthReply(msgspec.Struct, tag="health_reply", kw_only=True):
+    request_id: str
+    state: dict[str, Any]
+
+
+class Welcome(msgspec.Struct, tag="welcome", kw_only=True):
+    version: int = PROTOCOL_VERSION
+    pid: int = 0
+
+
+FromWorker = Welcome | Outputs | RequestError | HealthReply
+
+# Error codes carried by RequestError.
+ERR_BAD_REQUEST = "bad_request"
+ERR_MODEL_LOAD = "model_load_failed"
+ERR_OVERLOADED = "overloaded"
+ERR_INTERNAL = "internal"
+
+
+class FrameCodec:
+    """Length-prefixed msgpack framing for one direction of a connection."""
+
+    def __init__(self, decode_type: Any) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(decode_type)
+
+    def encode(self, msg: msgspec.Struct) -> bytes:
+        body = self._encoder.encode(msg)
+        return _LEN.pack(len(body)) + body
+
+    async def read(self, reader: asyncio.StreamReader) -> Any:
+        """Read one frame; raises `asyncio.IncompleteReadError` at EOF."""
+        header = await reader.readexactly(_LEN.size)
+        (size,) = _LEN.unpack(header)
+        if size > MAX_FRAME_BYTES:
+            raise ValueError(f"frame of {size} bytes exceeds the protocol limit")
+        return self._decoder.decode(await reader.readexactly(size))
+
+
+def worker_codec() -> FrameCodec:
+    """Codec the worker uses: decodes what the web sends."""
+    return FrameCodec(ToWorker)
+
+
+def client_codec() -> FrameCodec:
+    """Codec the web uses: decodes what the worker sends."""
+    return FrameCodec(FromWorker)

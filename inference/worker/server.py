@@ -1,0 +1,108 @@
+"""The worker's I/O side: an asyncio server on a Unix socket feeding the scheduler thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from inference import protocol as p
+from inference.worker.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Connection:
+    """One web process. Frames from the scheduler thread are written on the loop."""
+
+    def __init__(self, writer: asyncio.StreamWriter, codec: p.FrameCodec) -> None:
+        self.writer = writer
+        self.codec = codec
+        self.closed = False
+
+    def send(self, items: list[Any]) -> None:
+        if self.closed:
+            return
+        outputs = [i for i in items if isinstance(i, p.Output)]
+        frames = [self.codec.encode(i) for i in items if not isinstance(i, p.Output)]
+        if outputs:
+            frames.append(self.codec.encode(p.Outputs(outputs)))
+        self.writer.write(b"".join(frames))
+
+    def send_one(self, msg: Any) -> None:
+        if not self.closed:
+            self.writer.write(self.codec.encode(msg))
+
+
+class WorkerServer:
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.scheduler = Scheduler(self._emit_threadsafe)
+        self.started = time.time()
+
+    def _emit_threadsafe(self, conn: Connection, items: list[Any]) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(conn.send, items)
+
+    def health(self) -> dict[str, Any]:
+        snap = self.scheduler.snapshot
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "protocol": p.PROTOCOL_VERSION,
+            "queue_depth": max(0, self.scheduler.queued),
+            "active_requests": snap.get("active_requests", 0),
+            "loading": snap.get("loading"),
+            "models": snap.get("models", []),
+            "scheduler_alive": self.scheduler.is_alive(),
+        }
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        codec = p.worker_codec()
+        conn = Connection(writer, codec)
+        try:
+            while True:
+                msg = await codec.read(reader)
+                if isinstance(msg, p.Health):
+                    conn.send_one(p.HealthReply(request_id=msg.request_id, state=self.health()))
+                elif isinstance(msg, p.Hello):
+                    if msg.version != p.PROTOCOL_VERSION:
+                        log.error("client speaks protocol %s, not %s", msg.version, p.PROTOCOL_VERSION)
+                        break
+                    conn.send_one(p.Welcome(pid=os.getpid()))
+                else:
+                    self.scheduler.submit(conn, msg)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("dropping a connection after a bad frame")
+        finally:
+            conn.closed = True
+            self.scheduler.connection_closed(conn)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.scheduler.start()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        server = await asyncio.start_unix_server(self._serve_connection, path=self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, stop.set)
+        log.info("inference worker %s listening on %s", os.getpid(), self.socket_path)
+        async with server:
+            await stop.wait()
+        self.scheduler.stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)

@@ -1,0 +1,47 @@
+"""API keys in the management API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.http import HttpRequest
+from ninja import Router, Schema
+
+from mlxmanager.accounts import selectors, services
+
+router = Router(tags=["api keys"])
+
+
+class KeyOut(Schema):
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class KeyIn(Schema):
+    name: str
+    expires_at: datetime | None = None
+
+
+class KeyCreated(KeyOut):
+    key: str
+
+
+@router.get("/", response=list[KeyOut])
+def list_keys(request: HttpRequest) -> list[KeyOut]:
+    return list(selectors.api_key_list(user=request.user))  # type: ignore[arg-type]
+
+
+@router.post("/", response={201: KeyCreated})
+def create_key(request: HttpRequest, body: KeyIn) -> tuple[int, dict[str, object]]:
+    key, secret = services.api_key_create(user=request.user, name=body.name, expires_at=body.expires_at)  # type: ignore[arg-type]
+    return 201, {**KeyOut.from_orm(key).dict(), "key": secret}
+
+
+@router.post("/{key_id}/revoke", response=KeyOut)
+def revoke_key(request: HttpRequest, key_id: int) -> object:
+    return services.api_key_revoke(user=request.user, key_id=key_id)  # type: ignore[arg-type]

@@ -1,0 +1,52 @@
+"""Pages: the dashboard home and API keys. Thin: services and selectors do the work."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from mlxmanager.accounts import selectors, services
+from mlxmanager.errors import DomainError
+from mlxmanager.profiles.models import Profile
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    profiles = list(Profile.objects.filter(enabled=True).order_by("-is_default", "name"))
+    base_url = request.build_absolute_uri("/v1")
+    return render(request, "accounts/home.html", {"profiles": profiles, "base_url": base_url})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def keys(request: HttpRequest) -> HttpResponse:
+    created_secret = None
+    error = None
+    if request.method == "POST":
+        try:
+            _, created_secret = services.api_key_create(user=request.user, name=request.POST.get("name", ""))  # type: ignore[arg-type]
+        except DomainError as exc:
+            error = exc.message
+    context = {
+        "keys": list(selectors.api_key_list(user=request.user)),  # type: ignore[arg-type]
+        "created_secret": created_secret,
+        "error": error,
+        "base_url": request.build_absolute_uri("/v1"),
+    }
+    template = "accounts/keys.html#keys-panel" if request.htmx else "accounts/keys.html"  # type: ignore[attr-defined]
+    return render(request, template, context, status=400 if error else 200)
+
+
+@login_required
+@require_POST
+def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    try:
+        services.api_key_revoke(user=request.user, key_id=key_id)  # type: ignore[arg-type]
+    except DomainError as exc:
+        return HttpResponse(exc.message, status=exc.status)
+    if request.htmx:  # type: ignore[attr-defined]
+        context = {"keys": list(selectors.api_key_list(user=request.user))}  # type: ignore[arg-type]
+        return render(request, "accounts/keys.html#keys-panel", context)
+    return redirect("keys")

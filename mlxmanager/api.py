@@ -1,0 +1,52 @@
+"""The management JSON API under /api (session auth + CSRF), errors as RFC 7807."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, ValidationError
+from ninja.security import django_auth
+
+from mlxmanager.accounts.api import router as keys_router
+from mlxmanager.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+api = NinjaAPI(title="MLX Manager API", version="1", urls_namespace="api", auth=django_auth)
+
+
+def problem(request: HttpRequest, status: int, title: str, detail: str, **extra: object) -> HttpResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": request.path, **extra}
+    return JsonResponse(body, status=status, content_type="application/problem+json")
+
+
+@api.exception_handler(DomainError)
+def _domain(request: HttpRequest, exc: DomainError) -> HttpResponse:
+    return problem(request, exc.status, exc.code.replace("_", " ").capitalize(), exc.message, param=exc.param)
+
+
+@api.exception_handler(ValidationError)
+def _validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    return problem(request, 400, "Invalid request", "The request body or parameters are invalid.", errors=exc.errors)
+
+
+@api.exception_handler(AuthenticationError)
+def _auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return problem(request, 401, "Unauthorized", "Log in first.")
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return problem(request, 413, "Payload too large", "The request body is too large.")
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    log.exception("unhandled error on %s", request.path)
+    return problem(request, 500, "Internal error", "The server had an error while processing your request.")
+
+
+api.add_router("/keys", keys_router)

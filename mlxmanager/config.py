@@ -1,0 +1,40 @@
+"""Environment-driven paths and secrets, shared by settings and by the worker.
+
+Kept free of Django imports so the worker process can read the same values.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    """Where models, the SQLite database, sockets and secrets live."""
+    raw = os.environ.get("MLXM_DATA_DIR") or str(Path.home() / ".mlxmanager")
+    path = Path(raw).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_or_create_secret(path: Path, nbytes: int = 48) -> str:
+    """Return the secret stored at `path`, creating it with 0600 permissions if missing."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    value = secrets.token_urlsafe(nbytes)
+    # O_EXCL: two processes starting at once must agree on one secret.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
+
+
+def worker_socket(base: Path | None = None) -> str:
+    """The Unix socket the inference worker listens on."""
+    return os.environ.get("MLXM_WORKER_SOCKET") or str((base or data_dir()) / "worker.sock")
