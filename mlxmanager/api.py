@@ -7,7 +7,7 @@ import logging
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
-from ninja.errors import AuthenticationError, ValidationError
+from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import django_auth
 
 from mlxmanager.accounts.api import router as keys_router
@@ -31,6 +31,11 @@ def _domain(request: HttpRequest, exc: DomainError) -> HttpResponse:
 @api.exception_handler(ValidationError)
 def _validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     return problem(request, 400, "Invalid request", "The request body or parameters are invalid.", errors=exc.errors)
+
+
+@api.exception_handler(HttpError)
+def _http(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return problem(request, exc.status_code, "Bad request" if exc.status_code == 400 else "Error", str(exc))
 
 
 @api.exception_handler(AuthenticationError)

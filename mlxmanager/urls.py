@@ -1,12 +1,14 @@
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from inference.api.openai import api as v1_api
+from inference.api.openai import not_found as v1_not_found
 from inference.views import healthz
 from mlxmanager.api import api
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("v1/", v1_api.urls),
+    re_path(r"^v1/(?P<path>.*)$", v1_not_found),
     path("api/", api.urls),
     path("", include("mlxmanager.accounts.urls")),
 ]

@@ -12,7 +12,7 @@ import msgspec
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from ninja import NinjaAPI
-from ninja.errors import AuthenticationError, ValidationError
+from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from inference import gateway
 from inference import protocol as p
@@ -69,6 +69,21 @@ def _validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     errors = exc.errors or [{"msg": "invalid request"}]
     message, param = _pydantic_message(errors[0])
     return error_response(400, message, type_="invalid_request_error", param=param)
+
+
+@api.exception_handler(HttpError)
+def _http(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    message = str(exc)
+    if message.startswith("Cannot parse request body"):
+        message = "We could not parse the JSON body of your request."
+    return error_response(exc.status_code, message, type_="invalid_request_error")
+
+
+async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Unknown /v1 paths answer in OpenAI's shape, not with an HTML page."""
+    return error_response(
+        404, f"Unknown endpoint: {request.method} {request.path}", type_="invalid_request_error", code="unknown_url"
+    )
 
 
 @api.exception_handler(AuthenticationError)

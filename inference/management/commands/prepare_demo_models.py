@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandParser
 class Command(BaseCommand):
     help = (
         "Build the bundled demo models (SmolLM2-135M-Instruct from its GGUF, and a tiny "
-        "random test model) under <data dir>/models/, skipping ones already built."
+        "random test model) under <data dir>/models/, skipping ones already built, and "
+        "create their profiles."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -23,6 +24,9 @@ class Command(BaseCommand):
             help="data directory (default: settings.MLXM_DATA_DIR)",
         )
         parser.add_argument("--force", action="store_true", help="rebuild even if present")
+        parser.add_argument(
+            "--no-profiles", action="store_true", help="only build; don't create their profiles"
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         # Imported here so other management commands don't pay for it.
@@ -40,3 +44,8 @@ class Command(BaseCommand):
         )
         for name, path in paths.items():
             self.stdout.write(f"{name}: {path}")
+        if not opts["no_profiles"]:
+            from mlxmanager.profiles.services import profile_ensure_demo
+
+            for profile in profile_ensure_demo(models=paths):
+                self.stdout.write(f"created profile '{profile.name}'")

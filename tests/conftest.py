@@ -1,0 +1,155 @@
+"""Shared fixtures. `gateway` runs the real product: `manage.py serve` (daphne + worker)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shared_dir() -> Path:
+    # Demo models are built once per test run and shared by all xdist workers.
+    base = Path(os.environ.get("MLXM_DATA_DIR") or ROOT / ".data" / "test")
+    return base / "shared"
+
+
+@pytest.fixture(scope="session")
+def demo_models() -> dict[str, Path]:
+    from inference.worker.demo_models import prepare_demo_models
+
+    return prepare_demo_models(_shared_dir(), log=lambda _m: None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    url: str
+    key: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def health(self) -> httpx.Response:
+        return httpx.get(self.url + "/healthz", timeout=10)
+
+    def worker_pid(self) -> int:
+        return int(self.health().json()["worker"]["pid"])
+
+    def wait_healthy(self, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                last = self.health()
+                if last.status_code == 200:
+                    return last.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"gateway not healthy: {last and last.text}\n{self.log_path.read_text()[-3000:]}")
+
+    def openai(self, **kw: object):  # type: ignore[no-untyped-def]
+        import openai
+
+        return openai.OpenAI(base_url=self.v1, api_key=self.key, max_retries=0, timeout=120, **kw)
+
+    def async_openai(self, **kw: object):  # type: ignore[no-untyped-def]
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.v1, api_key=self.key, max_retries=0, timeout=120, **kw)
+
+
+def manage(*args: str, env: dict[str, str], stdin: str | None = None) -> str:
+    out = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def start_gateway(data_dir: Path, demo_models: dict[str, Path]) -> Gateway:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLXM_DATA_DIR": str(data_dir),
+        "MLXM_PORT": str(port),
+        "MLXM_LOG_LEVEL": "WARNING",
+        "DJANGO_SETTINGS_MODULE": "mlxmanager.settings",
+    }
+    env.pop("DATABASE_URL", None)
+    manage("migrate", "--noinput", "-v0", env=env)
+    manage("prepare_demo_models", "--data-dir", str(_shared_dir()), env=env)
+    manage("create_admin", "--username", "admin", "--password-stdin", env=env, stdin="correct-horse-battery\n")
+    key = manage("create_api_key", "--username", "admin", "--name", "tests", env=env).strip().splitlines()[-1]
+    log_path = data_dir / "serve.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    gw = Gateway(url=f"http://127.0.0.1:{port}", key=key, data_dir=data_dir, proc=proc, log_path=log_path)
+    try:
+        gw.wait_healthy()
+    except Exception:
+        stop_gateway(gw)
+        raise
+    return gw
+
+
+def stop_gateway(gw: Gateway) -> None:
+    if gw.proc.poll() is None:
+        os.killpg(gw.proc.pid, signal.SIGTERM)
+        try:
+            gw.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(gw.proc.pid, signal.SIGKILL)
+            gw.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def gateway(demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One live server for the read-mostly end-to-end tests of a test session."""
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), demo_models)
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture
+def own_gateway(demo_models: dict[str, Path], tmp_path: Path) -> Iterator[Gateway]:
+    """A private live server for tests that break things (e.g. kill the worker)."""
+    gw = start_gateway(tmp_path / "gw", demo_models)
+    yield gw
+    stop_gateway(gw)

@@ -1,0 +1,299 @@
+"""End to end: the official `openai` SDK against the live gateway (daphne + worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Gateway
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("live")]
+
+TINY = "tiny-random"
+SMOL = "smollm2-135m-instruct"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def chat_text(gw: Gateway, **kw: object) -> tuple[str, str, object]:
+    r = gw.openai().chat.completions.create(**kw)  # type: ignore[call-overload]
+    return r.choices[0].message.content, r.choices[0].finish_reason, r.usage
+
+
+def tiny(gw: Gateway, content: str = "hello there", **kw: object) -> tuple[str, str, object]:
+    kw.setdefault("max_tokens", 24)
+    return chat_text(gw, model=TINY, messages=[{"role": "user", "content": content}], **kw)
+
+
+# ---- the spine: a real answer from a real model -------------------------------------
+
+
+def test_models_lists_profiles(gateway: Gateway) -> None:
+    ids = [m.id for m in gateway.openai().models.list()]
+    assert SMOL in ids and TINY in ids
+
+
+def test_smollm2_answers_non_streaming(gateway: Gateway) -> None:
+    r = gateway.openai().chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=20, temperature=0)
+    assert r.object == "chat.completion"
+    assert r.model == SMOL
+    assert r.id.startswith("chatcmpl-")
+    choice = r.choices[0]
+    assert choice.message.role == "assistant"
+    assert "Paris" in choice.message.content
+    assert choice.finish_reason == "stop"
+    assert r.usage.prompt_tokens > 10
+    assert 0 < r.usage.completion_tokens <= 20
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.usage.prompt_tokens_details.cached_tokens >= 0
+
+
+def test_smollm2_streams_with_usage(gateway: Gateway) -> None:
+    stream = gateway.openai().chat.completions.create(
+        model=SMOL,
+        messages=FRANCE,
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_stream_ends_with_done_and_no_usage_unless_asked(gateway: Gateway) -> None:
+    body = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
+    r = httpx.post(gateway.v1 + "/chat/completions", json=body, headers={"Authorization": f"Bearer {gateway.key}"}, timeout=60)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert all('"usage"' not in e for e in events[:-1])
+
+
+def test_text_completions_stream_and_not(gateway: Gateway) -> None:
+    client = gateway.openai()
+    r = client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=12, temperature=0)
+    assert r.object == "text_completion"
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 12
+    streamed = "".join(
+        c.choices[0].text for c in client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=12, temperature=0, stream=True) if c.choices
+    )
+    assert streamed == r.choices[0].text
+
+
+# ---- batching -----------------------------------------------------------------------
+
+
+def test_eight_concurrent_streams_each_get_their_own_text(gateway: Gateway) -> None:
+    prompts = [f"prompt number {i}: {'abc' * i}" for i in range(8)]
+    solo = [tiny(gateway, p, temperature=0)[0] for p in prompts]
+
+    async def run_all() -> list[str]:
+        client = gateway.async_openai()
+
+        async def one(p: str) -> str:
+            stream = await client.chat.completions.create(
+                model=TINY, messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0, stream=True
+            )
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+    together = asyncio.run(run_all())
+    assert together == solo
+    assert len(set(together)) > 1
+
+
+def test_client_disconnect_frees_the_slot(gateway: Gateway) -> None:
+    client = gateway.openai()
+    stream = client.chat.completions.create(
+        model=TINY, messages=[{"role": "user", "content": "go on forever"}], max_tokens=100_000, stream=True
+    )
+    seen = 0
+    for _ in stream:
+        seen += 1
+        if seen >= 5:
+            break
+    stream.close()
+    deadline = time.monotonic() + 30
+    active = None
+    while time.monotonic() < deadline:
+        active = gateway.health().json()["worker"]["active_requests"]
+        if active == 0:
+            break
+        time.sleep(0.2)
+    assert active == 0
+
+
+# ---- every sampling parameter has an observable effect --------------------------------
+
+
+def test_max_tokens_bounds(gateway: Gateway) -> None:
+    _, finish, usage = tiny(gateway, max_tokens=7)
+    assert finish == "length" and usage.completion_tokens == 7
+
+
+def test_temperature_zero_is_deterministic_and_sampling_varies(gateway: Gateway) -> None:
+    assert tiny(gateway, temperature=0)[0] == tiny(gateway, temperature=0)[0]
+    samples = {tiny(gateway, temperature=1.5)[0] for _ in range(4)}
+    assert len(samples) > 1
+
+
+def test_seed_reproduces(gateway: Gateway) -> None:
+    a = tiny(gateway, temperature=1.0, seed=42)[0]
+    b = tiny(gateway, temperature=1.0, seed=42)[0]
+    c = tiny(gateway, temperature=1.0, seed=43)[0]
+    assert a == b
+    assert a != c
+
+
+def test_top_k_top_p_min_p_narrow_to_greedy(gateway: Gateway) -> None:
+    greedy = tiny(gateway, temperature=0)[0]
+    assert tiny(gateway, temperature=1.5, extra_body={"top_k": 1}, seed=1)[0] == greedy
+    assert tiny(gateway, temperature=1.5, top_p=0.0001, seed=2)[0] == greedy
+    assert tiny(gateway, temperature=1.5, extra_body={"min_p": 1.0}, seed=3)[0] == greedy
+
+
+def test_stop_stops(gateway: Gateway) -> None:
+    full, _, _ = tiny(gateway, temperature=0, max_tokens=30)
+    stop = full[10:13]
+    cut, finish, _ = tiny(gateway, temperature=0, max_tokens=30, stop=[stop])
+    assert finish == "stop"
+    assert cut == full[: full.index(stop)]
+    assert stop not in cut
+
+
+def test_logit_bias_forces_a_token(gateway: Gateway, demo_models: dict) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(demo_models[TINY] / "tokenizer.json"))
+    q = tok.token_to_id("Q")
+    assert tok.decode([q]) == "Q"
+    text, _, _ = tiny(gateway, temperature=0, max_tokens=6, logit_bias={str(q): 100})
+    assert text == "QQQQQQ"
+
+
+def test_penalties_change_greedy_output(gateway: Gateway) -> None:
+    greedy = tiny(gateway, temperature=0, max_tokens=40)[0]
+    assert tiny(gateway, temperature=0, max_tokens=40, extra_body={"repetition_penalty": 1.8})[0] != greedy
+    assert tiny(gateway, temperature=0, max_tokens=40, presence_penalty=2.0)[0] != greedy
+    assert tiny(gateway, temperature=0, max_tokens=40, frequency_penalty=2.0)[0] != greedy
+
+
+# ---- bad input: clear errors in OpenAI's shape ----------------------------------------
+
+
+def test_unknown_parameter_is_refused_by_name(gateway: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        tiny(gateway, extra_body={"frobnicate": 1})
+    assert exc.value.status_code == 400
+    assert "frobnicate" in exc.value.message
+    assert exc.value.body["param"] == "frobnicate"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
+def test_unsupported_parameters_are_refused_not_ignored(gateway: Gateway, extra: dict, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        tiny(gateway, extra_body=extra)
+    assert exc.value.body["param"] == param
+
+
+def test_unknown_model_is_404(gateway: Gateway) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        chat_text(gateway, model="no-such-model", messages=FRANCE)
+    assert exc.value.body["code"] == "model_not_found"
+
+
+def post(gw: Gateway, content: bytes | str, **headers: str) -> httpx.Response:
+    h = {"Authorization": f"Bearer {gw.key}", "Content-Type": "application/json", **headers}
+    return httpx.post(gw.v1 + "/chat/completions", content=content, headers=h, timeout=60)
+
+
+def test_bad_json_wrong_types_and_huge_bodies(gateway: Gateway) -> None:
+    r = post(gateway, b"{not json")
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+    r = post(gateway, '{"model": "tiny-random", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}')
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "temperature"
+
+    r = post(gateway, '{"model": "tiny-random", "messages": "not a list"}')
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages")
+
+    r = post(gateway, '{"model": "tiny-random", "messages": []}')
+    assert r.status_code == 400
+
+    r = post(gateway, b'{"model": "tiny-random", "messages": [{"role": "user", "content": "' + b"x" * (9 * 1024 * 1024) + b'"}]}')
+    assert r.status_code == 413
+    assert "too large" in r.json()["error"]["message"]
+
+
+def test_auth_required(gateway: Gateway) -> None:
+    body = '{"model": "tiny-random", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}'
+    r = httpx.post(gateway.v1 + "/chat/completions", content=body, timeout=30)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.get(gateway.v1 + "/models", headers={"Authorization": "Bearer mlxm-wrong"}, timeout=30)
+    assert r.status_code == 401
+    r = httpx.get(gateway.v1 + "/models", headers={"x-api-key": gateway.key}, timeout=30)
+    assert r.status_code == 200
+
+
+def test_healthz(gateway: Gateway) -> None:
+    body = gateway.health().json()
+    assert body["status"] == "ok"
+    assert body["worker"]["state"] == "up"
+    assert isinstance(body["worker"]["queue_depth"], int)
+    assert isinstance(body["worker"]["loaded_models"], list)
+
+
+# ---- resilience ----------------------------------------------------------------------
+
+
+def test_worker_killed_mid_stream_recovers(own_gateway: Gateway) -> None:
+    import os
+    import signal
+
+    gw = own_gateway
+    pid = gw.worker_pid()
+    stream = gw.openai().chat.completions.create(
+        model=TINY, messages=[{"role": "user", "content": "long"}], max_tokens=100_000, stream=True
+    )
+    with pytest.raises(openai.APIError) as exc:
+        for n, _ in enumerate(stream):
+            if n == 3:
+                os.kill(pid, signal.SIGKILL)
+    assert "worker" in str(exc.value.message)
+
+    # While it restarts, requests get a clean 503 (or succeed once it is back).
+    body = gw.wait_healthy(timeout=60)
+    assert body["worker"]["pid"] != pid
+    text, finish, _ = tiny(gw, max_tokens=5)
+    assert finish == "length" and text
+
+
+def test_unknown_v1_path_is_json_404(gateway: Gateway) -> None:
+    r = httpx.get(gateway.v1 + "/nope", headers={"Authorization": f"Bearer {gateway.key}"}, timeout=30)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "unknown_url"
