@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from inference import protocol as p
@@ -111,7 +111,7 @@ class EngineClient:
             raise EngineDeadError("the inference worker stopped while serving this request")
         return item
 
-    async def generate(self, req: p.Generate) -> AsyncIterator[list[p.Output]]:
+    async def generate(self, req: p.Generate) -> AsyncGenerator[list[p.Output], None]:
         """Yield lists of outputs (everything available at once); the last one is final.
 
         Closing the iterator early (client disconnect) aborts the request in the worker.
@@ -128,9 +128,7 @@ class EngineClient:
                 outs: list[p.Output] = []
                 for item in batch:
                     if item is _DEAD:
-                        raise EngineDeadError(
-                            "the inference worker stopped while serving this request"
-                        )
+                        raise EngineDeadError("the inference worker stopped while serving this request")
                     if isinstance(item, p.RequestError):
                         finished = True
                         raise EngineRequestError(item.code, item.message)

@@ -117,9 +117,7 @@ class ChatCompletionRequest(SamplingFields):
         if self.top_logprobs is not None:
             raise DomainError("top_logprobs is not supported yet", param="top_logprobs")
         if self.response_format not in (None, {"type": "text"}):
-            raise DomainError(
-                "response_format other than text is not supported yet", param="response_format"
-            )
+            raise DomainError("response_format other than text is not supported yet", param="response_format")
         if self.tools:
             raise DomainError("tools are not supported yet", param="tools")
         if self.tool_choice not in (None, "none", "auto"):
@@ -128,9 +126,7 @@ class ChatCompletionRequest(SamplingFields):
             if m.role == "tool" or m.tool_calls:
                 raise DomainError("tool messages are not supported yet", param=f"messages[{i}]")
             if isinstance(m.content, list) and any(p.type == "image_url" for p in m.content):
-                raise DomainError(
-                    "this model does not accept images", param=f"messages[{i}].content"
-                )
+                raise DomainError("this model does not accept images", param=f"messages[{i}].content")
 
     def template_messages(self) -> list[dict[str, Any]]:
         """Messages as the chat template expects them (plain string content)."""

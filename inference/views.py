@@ -12,7 +12,9 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     try:
         worker = await get_engine_client().health()
     except EngineDeadError as exc:
-        return JsonResponse({"status": "degraded", "web": web, "worker": {"state": "down", "detail": str(exc)}}, status=503)
+        return JsonResponse(
+            {"status": "degraded", "web": web, "worker": {"state": "down", "detail": str(exc)}}, status=503
+        )
     models = worker.get("models", [])
     hit = sum(m.get("cache_hit_tokens", 0) for m in models)
     seen = sum(m.get("prompt_tokens", 0) for m in models)
@@ -28,7 +30,16 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             "loading": worker.get("loading"),
             "prompt_cache_hit_rate": round(hit / seen, 4) if seen else 0.0,
             "loaded_models": [
-                {k: m.get(k) for k in ("name", "active_requests", "weight_bytes", "prompt_cache_bytes", "tokens_generated")}
+                {
+                    k: m.get(k)
+                    for k in (
+                        "name",
+                        "active_requests",
+                        "weight_bytes",
+                        "prompt_cache_bytes",
+                        "tokens_generated",
+                    )
+                }
                 for m in models
             ],
         },

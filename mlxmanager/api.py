@@ -19,7 +19,14 @@ api = NinjaAPI(title="MLX Manager API", version="1", urls_namespace="api", auth=
 
 
 def problem(request: HttpRequest, status: int, title: str, detail: str, **extra: object) -> HttpResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": request.path, **extra}
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.path,
+        **extra,
+    }
     return JsonResponse(body, status=status, content_type="application/problem+json")
 
 
@@ -30,7 +37,9 @@ def _domain(request: HttpRequest, exc: DomainError) -> HttpResponse:
 
 @api.exception_handler(ValidationError)
 def _validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    return problem(request, 400, "Invalid request", "The request body or parameters are invalid.", errors=exc.errors)
+    return problem(
+        request, 400, "Invalid request", "The request body or parameters are invalid.", errors=exc.errors
+    )
 
 
 @api.exception_handler(HttpError)

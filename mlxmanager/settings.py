@@ -18,9 +18,7 @@ def _env_bool(name: str, default: bool = False) -> bool:
 
 
 DEBUG = _env_bool("MLXM_DEBUG")
-SECRET_KEY = os.environ.get("MLXM_SECRET_KEY") or config.read_or_create_secret(
-    MLXM_DATA_DIR / "secret_key"
-)
+SECRET_KEY = os.environ.get("MLXM_SECRET_KEY") or config.read_or_create_secret(MLXM_DATA_DIR / "secret_key")
 MLXM_HOST = os.environ.get("MLXM_HOST", "127.0.0.1")
 MLXM_PORT = int(os.environ.get("MLXM_PORT", "8000"))
 ALLOWED_HOSTS = [

@@ -108,7 +108,9 @@ def start_gateway(data_dir: Path, demo_models: dict[str, Path]) -> Gateway:
     env.pop("DATABASE_URL", None)
     manage("migrate", "--noinput", "-v0", env=env)
     manage("prepare_demo_models", "--data-dir", str(_shared_dir()), env=env)
-    manage("create_admin", "--username", "admin", "--password-stdin", env=env, stdin="correct-horse-battery\n")
+    manage(
+        "create_admin", "--username", "admin", "--password-stdin", env=env, stdin="correct-horse-battery\n"
+    )
     key = manage("create_api_key", "--username", "admin", "--name", "tests", env=env).strip().splitlines()[-1]
     log_path = data_dir / "serve.log"
     log = log_path.open("wb")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import msgspec
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
@@ -82,7 +83,10 @@ def _http(request: HttpRequest, exc: HttpError) -> HttpResponse:
 async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
     """Unknown /v1 paths answer in OpenAI's shape, not with an HTML page."""
     return error_response(
-        404, f"Unknown endpoint: {request.method} {request.path}", type_="invalid_request_error", code="unknown_url"
+        404,
+        f"Unknown endpoint: {request.method} {request.path}",
+        type_="invalid_request_error",
+        code="unknown_url",
     )
 
 
@@ -104,7 +108,9 @@ def _domain(request: HttpRequest, exc: DomainError) -> HttpResponse:
 
 @api.exception_handler(RequestDataTooBig)
 def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
-    return error_response(413, "The request body is too large.", type_="invalid_request_error", code="request_too_large")
+    return error_response(
+        413, "The request body is too large.", type_="invalid_request_error", code="request_too_large"
+    )
 
 
 @api.exception_handler(EngineDeadError)
@@ -148,7 +154,7 @@ class _Collected:
         self.parts: list[str] = []
         self.final: p.Output | None = None
 
-    async def drain(self, outputs: AsyncIterator[list[p.Output]]) -> None:
+    async def drain(self, outputs: AsyncGenerator[list[p.Output], None]) -> None:
         async for batch in outputs:
             for out in batch:
                 self.parts.append(out.text)
@@ -171,19 +177,27 @@ class _SSE:
 
     def content(self, text: str) -> bytes:
         if self.chat:
-            return b"%b,\"choices\":[{\"index\":0,\"delta\":{\"content\":%b},\"logprobs\":null,\"finish_reason\":null}]}\n\n" % (self.head, _json.encode(text))  # noqa: E501
-        return b"%b,\"choices\":[{\"index\":0,\"text\":%b,\"logprobs\":null,\"finish_reason\":null}]}\n\n" % (self.head, _json.encode(text))  # noqa: E501
+            return (
+                b'%b,"choices":[{"index":0,"delta":{"content":%b},"logprobs":null,"finish_reason":null}]}\n\n'
+                % (self.head, _json.encode(text))
+            )  # noqa: E501
+        return b'%b,"choices":[{"index":0,"text":%b,"logprobs":null,"finish_reason":null}]}\n\n' % (
+            self.head,
+            _json.encode(text),
+        )  # noqa: E501
 
     def event(self, **fields: Any) -> bytes:
         return self.head + b"," + _json.encode(fields)[1:] + b"\n\n"
 
 
-async def _first(outputs: AsyncIterator[list[p.Output]]) -> list[p.Output]:
+async def _first(outputs: AsyncGenerator[list[p.Output], None]) -> list[p.Output]:
     """Wait for the worker's first answer, so setup errors still get a proper status."""
     return await outputs.__anext__()
 
 
-async def _run(request: HttpRequest, req: p.Generate, *, stream: bool, include_usage: bool, chat: bool) -> HttpResponse:
+async def _run(
+    request: HttpRequest, req: p.Generate, *, stream: bool, include_usage: bool, chat: bool
+) -> HttpResponseBase:
     client = get_engine_client()
     outputs = client.generate(req)
     created = int(time.time())
@@ -212,7 +226,12 @@ async def _run(request: HttpRequest, req: p.Generate, *, stream: bool, include_u
             }
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": collected.text, "logprobs": None, "finish_reason": final.finish_reason}
+            choice = {
+                "index": 0,
+                "text": collected.text,
+                "logprobs": None,
+                "finish_reason": final.finish_reason,
+            }
             obj = "text_completion"
         body = {"id": req.request_id, "object": obj, "created": created, "model": model,
                 "choices": [choice], "usage": _usage(final), "system_fingerprint": None}  # fmt: skip
@@ -234,9 +253,19 @@ async def _run(request: HttpRequest, req: p.Generate, *, stream: bool, include_u
                         yield sse.content(text)
                     if final is not None:
                         if chat:
-                            done = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": final.finish_reason}
+                            done = {
+                                "index": 0,
+                                "delta": {},
+                                "logprobs": None,
+                                "finish_reason": final.finish_reason,
+                            }
                         else:
-                            done = {"index": 0, "text": "", "logprobs": None, "finish_reason": final.finish_reason}
+                            done = {
+                                "index": 0,
+                                "text": "",
+                                "logprobs": None,
+                                "finish_reason": final.finish_reason,
+                            }
                         yield sse.event(choices=[done])
                         if include_usage:
                             yield sse.event(choices=[], usage=_usage(final))
@@ -258,14 +287,19 @@ async def _run(request: HttpRequest, req: p.Generate, *, stream: bool, include_u
 async def list_models(request: HttpRequest) -> HttpResponse:
     profiles = await profile_list_served()
     data = [
-        {"id": pr.name, "object": "model", "created": int(pr.created_at.timestamp()), "owned_by": "mlx-manager"}
+        {
+            "id": pr.name,
+            "object": "model",
+            "created": int(pr.created_at.timestamp()),
+            "owned_by": "mlx-manager",
+        }
         for pr in profiles
     ]
     return HttpResponse(_json.encode({"object": "list", "data": data}), content_type="application/json")
 
 
 @api.post("/chat/completions")
-async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponseBase:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)
     req = gateway.chat_request(body, target)
@@ -274,7 +308,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
 
 
 @api.post("/completions")
-async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResponse:
+async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResponseBase:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)
     req = gateway.completion_request(body, target)

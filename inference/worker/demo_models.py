@@ -205,9 +205,7 @@ def _gguf_tokenizer(meta: dict[str, Any]) -> Any:
     )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    specials = [
-        t for t, kind in zip(tokens, token_types, strict=True) if kind == _GGUF_TOKEN_CONTROL
-    ]
+    specials = [t for t, kind in zip(tokens, token_types, strict=True) if kind == _GGUF_TOKEN_CONTROL]
     # Already in the vocab, so they keep their ids; this makes them atomic and skippable.
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return tokenizer

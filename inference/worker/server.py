@@ -62,9 +62,7 @@ class WorkerServer:
             "scheduler_alive": self.scheduler.is_alive(),
         }
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         codec = p.worker_codec()
         conn = Connection(writer, codec)
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -16,7 +16,7 @@ from mlxmanager.accounts.services import hash_key
 _TOUCH_EVERY = timedelta(seconds=60)
 
 
-def api_key_list(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
+def api_key_list(*, user: User) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(user=user).order_by("-created_at")
 
 

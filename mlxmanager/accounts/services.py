@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -23,7 +23,7 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def user_create_admin(*, username: str, password: str, email: str = "") -> AbstractBaseUser:
+def user_create_admin(*, username: str, password: str, email: str = "") -> User:
     User = get_user_model()
     username = username.strip()
     if not username:
@@ -39,7 +39,7 @@ def user_create_admin(*, username: str, password: str, email: str = "") -> Abstr
 
 @transaction.atomic
 def api_key_create(
-    *, user: AbstractBaseUser, name: str, expires_at: datetime | None = None
+    *, user: User, name: str, expires_at: datetime | None = None
 ) -> tuple[ApiKey, str]:
     """Create a key; the secret is returned once and never stored."""
     name = name.strip()
@@ -60,7 +60,7 @@ def api_key_create(
     return key, secret
 
 
-def api_key_revoke(*, user: AbstractBaseUser, key_id: int, now: datetime | None = None) -> ApiKey:
+def api_key_revoke(*, user: User, key_id: int, now: datetime | None = None) -> ApiKey:
     """Revoke one of `user`'s keys (admins may revoke anyone's)."""
     qs = ApiKey.objects.all() if getattr(user, "is_staff", False) else ApiKey.objects.filter(user=user)
     try:

@@ -66,8 +66,7 @@ def profile_ensure_demo(*, models: dict[str, Path]) -> list[Profile]:
                     description=spec["description"],
                     defaults=spec["defaults"],
                     # Never steal "default" from a profile the admin chose.
-                    is_default=spec["is_default"]
-                    and not Profile.objects.filter(is_default=True).exists(),
+                    is_default=spec["is_default"] and not Profile.objects.filter(is_default=True).exists(),
                     is_test_model=spec["is_test_model"],
                 )
             )

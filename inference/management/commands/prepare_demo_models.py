@@ -32,9 +32,7 @@ class Command(BaseCommand):
         # Imported here so other management commands don't pay for it.
         from inference.worker.demo_models import prepare_demo_models
 
-        data_dir = opts["data_dir"] or getattr(
-            settings, "MLXM_DATA_DIR", Path.home() / ".mlxmanager"
-        )
+        data_dir = opts["data_dir"] or getattr(settings, "MLXM_DATA_DIR", Path.home() / ".mlxmanager")
         # Build progress only at -v 2; the summary below is the one line per model.
         verbose = opts["verbosity"] >= 2
         paths = prepare_demo_models(

@@ -27,7 +27,17 @@ class Command(BaseCommand):
         host, port = opts["host"], opts["port"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         worker_cmd = [sys.executable, "-m", "inference.worker", "--socket", settings.MLXM_WORKER_SOCKET]
-        web_cmd = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers", "mlxmanager.asgi:application"]
+        web_cmd = [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            host,
+            "-p",
+            str(port),
+            "--proxy-headers",
+            "mlxmanager.asgi:application",
+        ]
 
         stopping = False
 
@@ -41,7 +51,9 @@ class Command(BaseCommand):
         worker = None if opts["no_worker"] else subprocess.Popen(worker_cmd, env=env)
         web = subprocess.Popen(web_cmd, env=env)
         shown_host = f"[{host}]" if ":" in host else host
-        self.stdout.write(f"MLX Manager is starting on http://{shown_host}:{port}/  (OpenAI base URL: http://{shown_host}:{port}/v1)")
+        self.stdout.write(
+            f"MLX Manager is starting on http://{shown_host}:{port}/  (OpenAI base URL: http://{shown_host}:{port}/v1)"
+        )
         if not users_exist():
             self.stdout.write(
                 "No users yet. Create the admin, then log in at the URL above:\n"
@@ -63,7 +75,9 @@ class Command(BaseCommand):
                     restarts = [t for t in restarts if now - t < 60] + [now]
                     # Back off when it keeps crashing, so a broken install doesn't spin.
                     delay = 0.0 if len(restarts) <= 3 else min(10.0, 2.0 ** (len(restarts) - 3))
-                    self.stderr.write(f"inference worker exited with status {worker.returncode}; restarting in {delay:.0f}s")
+                    self.stderr.write(
+                        f"inference worker exited with status {worker.returncode}; restarting in {delay:.0f}s"
+                    )
                     time.sleep(delay)
                     worker = subprocess.Popen(worker_cmd, env=env)
         finally:

@@ -62,9 +62,7 @@ def make_request_sampler(params: p.SamplingParams) -> Any:
     if params.temperature > 0 and params.seed is not None:
         return _seeded_sampler(params)
     # Greedy requests share one sampler object, so the batch samples them in one call.
-    return make_sampler(
-        params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k
-    )
+    return make_sampler(params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
 
 
 def make_request_processors(params: p.SamplingParams) -> list[Any]:
@@ -119,7 +117,7 @@ class LLMEngine:
         loaded = mlx_load(spec.path)
         self.model, self.tokenizer = loaded[0], loaded[1]
         self.load_seconds = time.perf_counter() - t0
-        self.weight_bytes = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
+        self.weight_bytes = sum(int(v.nbytes) for _, v in tree_flatten(self.model.parameters()))  # type: ignore[misc,union-attr,str-unpack]
         self.batch = BatchGenerator(
             self.model,
             completion_batch_size=max_batch,
@@ -128,9 +126,7 @@ class LLMEngine:
             prefill_step_size=512,
         )
         self._eos = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
-        self.prompt_cache = LRUPromptCache(
-            max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES
-        )
+        self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
         self._by_uid: dict[int, _Active] = {}
         self._uid_by_request: dict[str, int] = {}
         self.last_used = time.time()
@@ -268,9 +264,7 @@ class LLMEngine:
                 if not stopped:
                     text += act.flush()
                 if r.prompt_cache is not None and r.all_tokens is not None:
-                    self.prompt_cache.insert_cache(
-                        self.spec.path, list(r.all_tokens), r.prompt_cache
-                    )
+                    self.prompt_cache.insert_cache(self.spec.path, list(r.all_tokens), r.prompt_cache)
                 self._by_uid.pop(r.uid, None)
                 self._uid_by_request.pop(act.request_id, None)
                 outputs.append(
@@ -287,9 +281,7 @@ class LLMEngine:
                     )
                 )
             elif text:
-                outputs.append(
-                    (act.conn, p.Output(act.request_id, text, act.completion_tokens))
-                )
+                outputs.append((act.conn, p.Output(act.request_id, text, act.completion_tokens)))
         if finished:
             # Stopped by a stop string: keep their KV for the next turn's prefix.
             for cache, tokens in self.batch.remove(finished, return_prompt_caches=True).values():

@@ -4,29 +4,38 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Profile',
+            name="Profile",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(help_text='The model id clients send.', max_length=100, unique=True)),
-                ('model_path', models.CharField(help_text='Directory of the MLX model.', max_length=500)),
-                ('kind', models.CharField(choices=[('llm', 'Text generation')], default='llm', max_length=20)),
-                ('description', models.CharField(blank=True, max_length=300)),
-                ('defaults', models.JSONField(blank=True, default=dict)),
-                ('is_default', models.BooleanField(default=False)),
-                ('is_test_model', models.BooleanField(default=False)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "name",
+                    models.SlugField(help_text="The model id clients send.", max_length=100, unique=True),
+                ),
+                ("model_path", models.CharField(help_text="Directory of the MLX model.", max_length=500)),
+                (
+                    "kind",
+                    models.CharField(choices=[("llm", "Text generation")], default="llm", max_length=20),
+                ),
+                ("description", models.CharField(blank=True, max_length=300)),
+                ("defaults", models.JSONField(blank=True, default=dict)),
+                ("is_default", models.BooleanField(default=False)),
+                ("is_test_model", models.BooleanField(default=False)),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
     ]
