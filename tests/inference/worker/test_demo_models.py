@@ -39,9 +39,7 @@ def _load(path: Path) -> tuple[Any, Any]:
 
 
 def _greedy_tokens(model: Any, tokenizer: Any, prompt: list[int], max_tokens: int) -> list[int]:
-    return [
-        r.token for r in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=max_tokens)
-    ]
+    return [r.token for r in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=max_tokens)]
 
 
 def _chat_prompt(tokenizer: Any, question: str) -> list[int]:
@@ -142,9 +140,7 @@ def test_tiny_random_sampling_also_runs_to_max_tokens(tiny: tuple[Path, Any, Any
     mx.random.seed(1234)
     for temp in (0.7, 1.0, 2.0):
         responses = list(
-            mlx_lm.stream_generate(
-                model, tokenizer, prompt, max_tokens=100, sampler=make_sampler(temp=temp)
-            )
+            mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=100, sampler=make_sampler(temp=temp))
         )
         assert len(responses) == 100
         assert responses[-1].finish_reason == "length"

@@ -1,0 +1,47 @@
+from inference import gateway
+from inference.schemas import ChatCompletionRequest
+from mlxmanager.profiles.models import Profile
+
+
+def body(**kw: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "p", "messages": [{"role": "user", "content": "hi"}], **kw}
+    )
+
+
+def profile(**defaults: object) -> Profile:
+    return Profile(name="p", model_path="/m", defaults=defaults)
+
+
+def test_request_values_win_over_profile_defaults() -> None:
+    s = gateway.sampling_for(
+        body(temperature=0.5), profile(temperature=0.9, top_k=5, max_tokens=10), max_tokens=None
+    )
+    assert s.temperature == 0.5
+    assert s.top_k == 5
+    assert s.max_tokens == 10
+
+
+def test_builtin_defaults_fill_the_rest() -> None:
+    s = gateway.sampling_for(body(), profile(), max_tokens=None)
+    assert s.max_tokens == gateway.DEFAULT_MAX_TOKENS
+    assert s.seed is None and s.stop == []
+
+
+def test_stop_and_logit_bias_are_normalised() -> None:
+    s = gateway.sampling_for(body(stop="END", logit_bias={"7": -5}), profile(stop=["x"]), max_tokens=3)
+    assert s.stop == ["END"]
+    assert s.logit_bias == {7: -5.0}
+    assert s.max_tokens == 3
+    assert gateway.sampling_for(body(), profile(stop=["x"]), max_tokens=None).stop == ["x"]
+
+
+def test_profile_system_prompt_is_prepended_unless_the_client_sent_one() -> None:
+    target = gateway.Target(profile(system_prompt="You are terse."))
+    req = gateway.chat_request(body(), target)
+    assert req.messages is not None and req.messages[0] == {"role": "system", "content": "You are terse."}
+    req = gateway.chat_request(
+        body(messages=[{"role": "system", "content": "mine"}, {"role": "user", "content": "q"}]), target
+    )
+    assert req.messages is not None and req.messages[0]["content"] == "mine"
+    assert req.request_id.startswith("chatcmpl-")

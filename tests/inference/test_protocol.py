@@ -1,0 +1,48 @@
+import asyncio
+
+import pytest
+
+from inference import protocol as p
+
+
+def read_frames(codec: p.FrameCodec, data: bytes, n: int = 1) -> list[object]:
+    async def go() -> list[object]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        return [await codec.read(reader) for _ in range(n)]
+
+    return asyncio.run(go())
+
+
+def test_worker_bound_messages_round_trip() -> None:
+    web, worker = p.client_codec(), p.worker_codec()
+    gen = p.Generate(
+        request_id="r1",
+        model=p.ModelSpec(name="m", path="/models/m"),
+        sampling=p.SamplingParams(max_tokens=5, temperature=0.0, stop=["\n"], logit_bias={3: 1.5}),
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    data = web.encode(gen) + web.encode(p.Abort(request_id="r1")) + web.encode(p.Health(request_id="h"))
+
+    got = read_frames(worker, data, 3)
+    assert got[0] == gen
+    assert got[1] == p.Abort(request_id="r1")
+    assert isinstance(got[2], p.Health)
+
+
+def test_outputs_are_one_frame_for_many_tokens() -> None:
+    worker, web = p.worker_codec(), p.client_codec()
+    items = [p.Output("a", "x", 1), p.Output("b", "y", 2, "stop", 10, 4)]
+    frame = worker.encode(p.Outputs(items))
+    (got,) = read_frames(web, frame)
+    assert got == p.Outputs(items)
+    assert got.items[1].finish_reason == "stop" and got.items[1].cached_tokens == 4
+
+
+def test_eof_and_oversized_frames() -> None:
+    codec = p.client_codec()
+    with pytest.raises(asyncio.IncompleteReadError):
+        read_frames(codec, b"\x00\x00")
+    with pytest.raises(ValueError, match="exceeds"):
+        read_frames(codec, (p.MAX_FRAME_BYTES + 1).to_bytes(4, "big"))

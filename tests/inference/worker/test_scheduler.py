@@ -1,0 +1,169 @@
+"""The scheduler thread on a real tiny model: batching, joining, cancelling, prompt cache."""
+
+from __future__ import annotations
+
+import queue
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inference import protocol as p
+from inference.worker.scheduler import Scheduler
+
+pytestmark = pytest.mark.slow
+
+
+class Conn:
+    """Stands in for a web connection; collects what the scheduler emits."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+
+@pytest.fixture
+def sched() -> Any:
+    s = Scheduler(lambda conn, items: [conn.inbox.put(i) for i in items])
+    s.start()
+    yield s
+    s.stop()
+    s.join(timeout=10)
+
+
+def gen(rid: str, path: Path, content: str, **sampling: Any) -> p.Generate:
+    sampling.setdefault("max_tokens", 16)
+    sampling.setdefault("temperature", 0.0)
+    return p.Generate(
+        request_id=rid,
+        model=p.ModelSpec(name="tiny-random", path=str(path)),
+        sampling=p.SamplingParams(**sampling),
+        messages=[{"role": "user", "content": content}],
+    )
+
+
+def collect(
+    conn: Conn, rids: set[str], timeout: float = 60
+) -> dict[str, tuple[str, p.Output | p.RequestError]]:
+    """Text and final item per request id."""
+    texts: dict[str, list[str]] = {r: [] for r in rids}
+    done: dict[str, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(rids):
+        item = conn.inbox.get(timeout=max(0.1, deadline - time.monotonic()))
+        if isinstance(item, p.RequestError):
+            done[item.request_id] = ("", item)
+            continue
+        texts[item.request_id].append(item.text)
+        if item.finish_reason is not None:
+            done[item.request_id] = ("".join(texts[item.request_id]), item)
+    return done
+
+
+def run_one(sched: Scheduler, req: p.Generate) -> tuple[str, p.Output]:
+    conn = Conn()
+    sched.submit(conn, req)
+    text, final = collect(conn, {req.request_id})[req.request_id]
+    assert isinstance(final, p.Output)
+    return text, final
+
+
+def test_batched_greedy_equals_unbatched(sched: Scheduler, demo_models: dict[str, Path]) -> None:
+    path = demo_models["tiny-random"]
+    prompts = {f"r{i}": f"batch prompt {i} " + "xy" * i for i in range(6)}
+    solo = {rid: run_one(sched, gen(rid + "-solo", path, c))[0] for rid, c in prompts.items()}
+    conn = Conn()
+    for rid, c in prompts.items():
+        sched.submit(conn, gen(rid, path, c))
+    together = collect(conn, set(prompts))
+    assert {rid: t for rid, (t, _) in together.items()} == solo
+    assert all(f.completion_tokens == 16 for _, f in together.values())
+
+
+def test_request_joining_mid_batch_gets_its_own_text(sched: Scheduler, demo_models: dict[str, Path]) -> None:
+    path = demo_models["tiny-random"]
+    expected = run_one(sched, gen("late-solo", path, "the late one"))[0]
+    conn = Conn()
+    sched.submit(conn, gen("long", path, "a long running one", max_tokens=400))
+    first = conn.inbox.get(timeout=30)  # the long request is decoding now
+    assert first.request_id == "long"
+    sched.submit(conn, gen("late", path, "the late one"))
+    results = collect(conn, {"long", "late"})
+    assert results["late"][0] == expected
+    assert results["long"][1].completion_tokens == 400
+
+
+def test_cancelling_one_leaves_the_others_intact(sched: Scheduler, demo_models: dict[str, Path]) -> None:
+    path = demo_models["tiny-random"]
+    expected = run_one(sched, gen("keep-solo", path, "keep me", max_tokens=64))[0]
+    conn = Conn()
+    sched.submit(conn, gen("victim", path, "cancel me", max_tokens=100_000))
+    sched.submit(conn, gen("keep", path, "keep me", max_tokens=64))
+    sched.submit(conn, p.Abort(request_id="victim"))
+    text, final = collect(conn, {"keep"})["keep"]
+    assert text == expected and final.finish_reason == "length"
+    deadline = time.monotonic() + 10
+    while sched.snapshot["active_requests"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sched.snapshot["active_requests"] == 0
+
+
+def test_prompt_cache_hit_gives_same_text_and_counts_cached_tokens(
+    sched: Scheduler, demo_models: dict[str, Path]
+) -> None:
+    path = demo_models["tiny-random"]
+    system = "You are a helpful assistant. " * 20
+    req = gen("cold", path, "question one", max_tokens=12)
+    req = p.Generate(
+        request_id="cold",
+        model=req.model,
+        sampling=req.sampling,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "question one"}],
+    )
+    cold_text, cold = run_one(sched, req)
+    assert cold.cached_tokens == 0
+    warm_req = p.Generate(request_id="warm", model=req.model, sampling=req.sampling, messages=req.messages)
+    warm_text, warm = run_one(sched, warm_req)
+    assert warm_text == cold_text
+    # Everything but the last prompt token comes from the cache.
+    assert warm.cached_tokens == warm.prompt_tokens - 1
+    # A different question sharing the system prompt reuses the common prefix.
+    other = p.Generate(
+        request_id="other",
+        model=req.model,
+        sampling=req.sampling,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "question two"}],
+    )
+    _, o = run_one(sched, other)
+    assert 0 < o.cached_tokens < o.prompt_tokens
+    assert o.cached_tokens > len(system) // 10  # the long system prompt was not recomputed
+
+
+def test_two_models_interleave(sched: Scheduler, demo_models: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    # A second copy of the tiny model is a second pool entry (the pool keys by path).
+    other = tmp_path / "tiny-copy"
+    shutil.copytree(demo_models["tiny-random"], other)
+    conn = Conn()
+    sched.submit(conn, gen("a", demo_models["tiny-random"], "model a", max_tokens=200))
+    sched.submit(conn, gen("b", other, "model b", max_tokens=200))
+    order = []
+    finished = set()
+    while len(finished) < 2:
+        item = conn.inbox.get(timeout=60)
+        assert isinstance(item, p.Output)
+        order.append(item.request_id)
+        if item.finish_reason:
+            finished.add(item.request_id)
+    # Neither starves: both make progress in the first half of all frames.
+    half = order[: len(order) // 2]
+    assert "a" in half and "b" in half
+
+
+def test_bad_model_path_is_a_clean_error(sched: Scheduler, tmp_path: Path) -> None:
+    conn = Conn()
+    sched.submit(conn, gen("x", tmp_path / "missing", "hi"))
+    _, err = collect(conn, {"x"})["x"]
+    assert isinstance(err, p.RequestError)
+    assert err.code == p.ERR_MODEL_LOAD
