@@ -115,6 +115,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = MLXM_DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+# Serve app static files straight from their source dirs: no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
 
 # Request bodies over this size are refused with 413 (chat prompts, not uploads).
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MLXM_MAX_BODY_BYTES", str(8 * 1024 * 1024)))
