@@ -30,7 +30,15 @@ class Target:
 
     @property
     def spec(self) -> p.ModelSpec:
-        return p.ModelSpec(name=self.profile.name, path=self.profile.model_path, kind=self.profile.kind)
+        pr = self.profile
+        return p.ModelSpec(
+            name=pr.name,
+            path=pr.model_path,
+            kind=pr.kind,
+            draft_path=pr.draft_model_path or None,
+            num_draft_tokens=pr.num_draft_tokens,
+            kv_bits=pr.kv_bits,
+        )
 
 
 async def resolve(model: str) -> Target:

@@ -36,11 +36,19 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Which weights to serve: the worker keys its pool by `path`."""
+    """Which weights to serve, and how. The worker keys its pool by `key`."""
 
     name: str
     path: str
     kind: str = "llm"
+    draft_path: str | None = None
+    num_draft_tokens: int = 3
+    kv_bits: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str | None, int, int | None]:
+        # Two profiles on the same weights share one engine unless they change its shape.
+        return (self.path, self.draft_path, self.num_draft_tokens, self.kv_bits)
 
 
 # ---- web -> worker -------------------------------------------------------------
@@ -84,6 +92,7 @@ class Output(msgspec.Struct, array_like=True):
     finish_reason: str | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    stop_sequence: str | None = None  # which stop string ended it, if one did
 
 
 class Outputs(msgspec.Struct, tag="outputs"):

@@ -22,7 +22,7 @@ class Pool:
 
     def __init__(self, *, max_models: int = 4) -> None:
         self.max_models = max_models
-        self._engines: OrderedDict[str, Any] = OrderedDict()
+        self._engines: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._engines.values()))
@@ -31,9 +31,9 @@ class Pool:
         return len(self._engines)
 
     def get(self, spec: p.ModelSpec) -> Any:
-        engine = self._engines.get(spec.path)
+        engine = self._engines.get(spec.key)
         if engine is not None:
-            self._engines.move_to_end(spec.path)
+            self._engines.move_to_end(spec.key)
             return engine
         self._make_room()
         log.info("loading %s from %s", spec.name, spec.path)
@@ -43,7 +43,7 @@ class Pool:
         except Exception as exc:
             raise ModelLoadError(f"could not load model '{spec.name}': {exc}") from exc
         log.info("loaded %s in %.2fs", spec.name, time.perf_counter() - t0)
-        self._engines[spec.path] = engine
+        self._engines[spec.key] = engine
         return engine
 
     def _load(self, spec: p.ModelSpec) -> Any:
@@ -60,8 +60,8 @@ class Pool:
                 return  # everything busy: exceed the count rather than cut a stream
             self.unload(idle[0])
 
-    def unload(self, path: str) -> None:
-        engine = self._engines.pop(path, None)
+    def unload(self, key: tuple[Any, ...]) -> None:
+        engine = self._engines.pop(key, None)
         if engine is not None:
             engine.close()
             del engine

@@ -139,11 +139,11 @@ class Scheduler(threading.Thread):
                 outputs = engine.step()
             except Exception as exc:
                 log.exception("step failed on %s", engine.spec.name)
-                for act in engine.fail_all():
-                    self._owner.pop(act.request_id, None)
-                    per_conn[act.conn].append(
+                for request_id, conn in engine.fail_all():
+                    self._owner.pop(request_id, None)
+                    per_conn[conn].append(
                         p.RequestError(
-                            request_id=act.request_id,
+                            request_id=request_id,
                             code=p.ERR_INTERNAL,
                             message=f"generation failed: {exc}",
                         )

@@ -15,6 +15,16 @@ class Profile(models.Model):
     description = models.CharField(max_length=300, blank=True)
     # Generation defaults applied to every request that doesn't set them.
     defaults = models.JSONField(default=dict, blank=True)
+    draft_model_path = models.CharField(
+        max_length=500, blank=True, help_text="Draft model for speculative decoding (single streams)."
+    )
+    num_draft_tokens = models.PositiveSmallIntegerField(default=3)
+    kv_bits = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        choices=[(4, "4-bit"), (8, "8-bit")],
+        help_text="Quantize the KV cache. Requests to this profile are then served one at a time.",
+    )
     is_default = models.BooleanField(default=False)
     is_test_model = models.BooleanField(default=False)
     enabled = models.BooleanField(default=True)

@@ -9,14 +9,18 @@ usage counts and the mapping from batch uids to protocol request ids.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_lm import load as mlx_load
-from mlx_lm.generate import BatchGenerator, StopSequences
+from mlx_lm.generate import BatchGenerator, StopSequences, generate_step, speculative_generate_step
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import (
     apply_min_p,
@@ -83,8 +87,12 @@ class _Active:
     holdback: int
     prompt_tokens: int
     cached_tokens: int
+    max_tokens: int
     buffer: str = ""
     completion_tokens: int = 0
+    stop_sequence: str | None = None
+    # Set for requests served one at a time (draft model or quantized KV): a token iterator.
+    sequential: Iterator[tuple[int, Any]] | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def feed(self, text: str) -> tuple[str, bool]:
@@ -92,9 +100,10 @@ class _Active:
         if not self.stops:
             return text, False
         self.buffer += text
-        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := self.buffer.find(s)) >= 0]
         if hits:
-            out, self.buffer = self.buffer[: min(hits)], ""
+            i, self.stop_sequence = min(hits)
+            out, self.buffer = self.buffer[:i], ""
             return out, True
         # Hold back a tail that could still be the start of a stop string.
         cut = max(0, len(self.buffer) - self.holdback)
@@ -106,8 +115,17 @@ class _Active:
         return out
 
 
+def _use_float32() -> bool:
+    """Half-precision math is slow on CPUs without native fp16 (Linux, mlx[cpu])."""
+    setting = os.environ.get("MLXM_CPU_FLOAT32", "auto").lower()
+    if setting in {"0", "false", "no", "off"}:
+        return False
+    return setting in {"1", "true", "yes", "on"} or sys.platform != "darwin"
+
+
 class LLMEngine:
-    """One loaded text model and its continuous batch."""
+    """One loaded text model: a continuous batch, plus a sequential lane for features
+    mlx-lm can't batch (speculative decoding, quantized KV cache)."""
 
     kind = "llm"
 
@@ -116,8 +134,14 @@ class LLMEngine:
         t0 = time.perf_counter()
         loaded = mlx_load(spec.path)
         self.model, self.tokenizer = loaded[0], loaded[1]
+        self.draft_model = mlx_load(spec.draft_path)[0] if spec.draft_path else None
+        if _use_float32():
+            for m in (self.model, self.draft_model):
+                if m is not None:
+                    _to_float32(m)
+        self.kv_group_size = _kv_group_size(self.model, spec.kv_bits)
         self.load_seconds = time.perf_counter() - t0
-        self.weight_bytes = sum(int(v.nbytes) for _, v in tree_flatten(self.model.parameters()))  # type: ignore[misc,union-attr,str-unpack]
+        self.weight_bytes = _nbytes(self.model) + (_nbytes(self.draft_model) if self.draft_model else 0)
         self.batch = BatchGenerator(
             self.model,
             completion_batch_size=max_batch,
@@ -126,12 +150,14 @@ class LLMEngine:
             prefill_step_size=512,
         )
         self._eos = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
+        self._eos_ids = set(self.tokenizer.eos_token_ids)
         self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
         self._by_uid: dict[int, _Active] = {}
         self._uid_by_request: dict[str, int] = {}
+        self._sequential: dict[str, _Active] = {}
+        self._waiting: deque[tuple[p.Generate, Any]] = deque()
         self.last_used = time.time()
         self.tokens_generated = 0
-        self.cache_lookups = 0
         self.cache_hit_tokens = 0
         self.prompt_tokens_seen = 0
 
@@ -139,7 +165,7 @@ class LLMEngine:
 
     @property
     def active(self) -> int:
-        return len(self._by_uid)
+        return len(self._by_uid) + len(self._sequential) + len(self._waiting)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -147,6 +173,7 @@ class LLMEngine:
             "path": self.spec.path,
             "kind": self.kind,
             "active_requests": self.active,
+            "queued_requests": len(self._waiting),
             "weight_bytes": self.weight_bytes,
             "prompt_cache_bytes": self.prompt_cache.nbytes,
             "prompt_cache_entries": len(self.prompt_cache),
@@ -155,6 +182,8 @@ class LLMEngine:
             "tokens_generated": self.tokens_generated,
             "load_seconds": round(self.load_seconds, 3),
             "last_used": self.last_used,
+            "speculative": self.draft_model is not None,
+            "kv_bits": self.spec.kv_bits,
         }
 
     # ---- requests ----------------------------------------------------------------
@@ -179,11 +208,38 @@ class LLMEngine:
             raise BadRequest("the prompt is empty")
         return ids
 
+    def _new_active(self, req: p.Generate, conn: Any, prompt: list[int], cached: int) -> _Active:
+        stops = [s for s in req.sampling.stop if s]
+        self.prompt_tokens_seen += len(prompt)
+        self.cache_hit_tokens += cached
+        self.last_used = time.time()
+        return _Active(
+            request_id=req.request_id,
+            conn=conn,
+            detokenizer=self.tokenizer.detokenizer,
+            stops=stops,
+            holdback=max((len(s) for s in stops), default=1) - 1,
+            prompt_tokens=len(prompt),
+            cached_tokens=cached,
+            max_tokens=req.sampling.max_tokens,
+        )
+
+    def _wants_sequential(self) -> bool:
+        # KV quantization never batches; a draft model helps only a lone stream.
+        if self.spec.kv_bits is not None:
+            return True
+        return self.draft_model is not None and not self._by_uid and not self._sequential
+
     def add(self, req: p.Generate, conn: Any) -> None:
         prompt = self._tokenize(req)
+        if self.spec.kv_bits is not None and self._sequential:
+            self._waiting.append((req, conn))  # one quantized-KV stream at a time
+            return
+        if self._wants_sequential():
+            self._add_sequential(req, conn, prompt)
+            return
         params = req.sampling
         cache, rest = self.prompt_cache.fetch_nearest_cache(self.spec.path, prompt)
-        self.cache_lookups += 1
         if cache is not None and not rest:
             # The whole prompt is cached: recompute the last token to get logits.
             if can_trim_prompt_cache(cache):
@@ -201,22 +257,41 @@ class LLMEngine:
             logits_processors=[make_request_processors(params)],
             stop_sequences=[self._eos],
         )
-        stops = [s for s in params.stop if s]
-        self._by_uid[uid] = _Active(
-            request_id=req.request_id,
-            conn=conn,
-            detokenizer=self.tokenizer.detokenizer,
-            stops=stops,
-            holdback=max((len(s) for s in stops), default=1) - 1,
-            prompt_tokens=len(prompt),
-            cached_tokens=cached,
-        )
+        self._by_uid[uid] = self._new_active(req, conn, prompt, cached)
         self._uid_by_request[req.request_id] = uid
-        self.cache_hit_tokens += cached
-        self.prompt_tokens_seen += len(prompt)
-        self.last_used = time.time()
+
+    def _add_sequential(self, req: p.Generate, conn: Any, prompt: list[int]) -> None:
+        params = req.sampling
+        common: dict[str, Any] = {
+            "max_tokens": params.max_tokens,
+            "sampler": make_request_sampler(params),
+            "logits_processors": make_request_processors(params),
+        }
+        if self.spec.kv_bits is not None:
+            common.update(kv_bits=self.spec.kv_bits, kv_group_size=self.kv_group_size, quantized_kv_start=0)
+        prompt_arr = mx.array(prompt)
+        if self.draft_model is not None:
+            tokens: Iterator[Any] = speculative_generate_step(
+                prompt_arr,
+                self.model,
+                self.draft_model,
+                num_draft_tokens=self.spec.num_draft_tokens,
+                **common,
+            )
+        else:
+            tokens = generate_step(prompt_arr, self.model, **common)
+        act = self._new_active(req, conn, prompt, 0)
+        act.sequential = (item[:2] for item in tokens)
+        self._sequential[req.request_id] = act
 
     def abort(self, request_id: str) -> bool:
+        if self._sequential.pop(request_id, None) is not None:
+            self._admit_waiting()
+            return True
+        for i, (req, _) in enumerate(self._waiting):
+            if req.request_id == request_id:
+                del self._waiting[i]
+                return True
         uid = self._uid_by_request.pop(request_id, None)
         if uid is None:
             return False
@@ -224,73 +299,153 @@ class LLMEngine:
         self.batch.remove([uid])
         return True
 
-    def fail_all(self) -> list[_Active]:
-        """Drop every request (after a failed step); returns them so callers can report."""
-        dropped = list(self._by_uid.values())
+    def fail_all(self) -> list[Any]:
+        """Drop every request (after a failed step); returns (request_id, conn) pairs."""
+        dropped = [(a.request_id, a.conn) for a in [*self._by_uid.values(), *self._sequential.values()]]
+        dropped += [(req.request_id, conn) for req, conn in self._waiting]
         if self._by_uid:
             self.batch.remove(list(self._by_uid))
         self._by_uid.clear()
         self._uid_by_request.clear()
+        self._sequential.clear()
+        self._waiting.clear()
         return dropped
 
     def owned_by(self, conn: Any) -> list[str]:
-        return [a.request_id for a in self._by_uid.values() if a.conn is conn]
+        acts = [*self._by_uid.values(), *self._sequential.values()]
+        return [a.request_id for a in acts if a.conn is conn] + [
+            req.request_id for req, c in self._waiting if c is conn
+        ]
+
+    def _on_token(self, act: _Active, token: int, finish: str | None) -> tuple[p.Output | None, bool]:
+        """Account one generated token. Returns (output or None, finished-by-stop-string)."""
+        act.completion_tokens += 1
+        detok = act.detokenizer
+        if finish == "stop":  # an EOS token: never part of the text
+            detok.finalize()
+        else:
+            detok.add_token(token)
+            if finish is not None:
+                detok.finalize()
+        text, stopped = act.feed(detok.last_segment)
+        if stopped:
+            finish = "stop"
+        if finish is None:
+            return (p.Output(act.request_id, text, act.completion_tokens) if text else None), False
+        if not stopped:
+            text += act.flush()
+        out = p.Output(
+            act.request_id,
+            text,
+            act.completion_tokens,
+            finish,
+            act.prompt_tokens,
+            act.cached_tokens,
+            act.stop_sequence,
+        )
+        return out, stopped
 
     def step(self) -> list[tuple[Any, p.Output]]:
-        """Run one batch step; return (connection, output) for every request that advanced."""
-        if not self._by_uid:
-            return []
-        _, responses = self.batch.next()
+        """Run one step; return (connection, output) for every request that advanced."""
         outputs: list[tuple[Any, p.Output]] = []
-        finished: list[int] = []
+        if self._by_uid:
+            self._step_batch(outputs)
+        if self._sequential:
+            self._step_sequential(outputs)
+        if outputs:
+            self.last_used = time.time()
+        return outputs
+
+    def _step_batch(self, outputs: list[tuple[Any, p.Output]]) -> None:
+        _, responses = self.batch.next()
+        stopped_early: list[int] = []
         for r in responses:
             act = self._by_uid.get(r.uid)
             if act is None:
                 continue
-            act.completion_tokens += 1
-            detok = act.detokenizer
-            finish = r.finish_reason
-            if finish == "stop":  # an EOS token: never part of the text
-                detok.finalize()
-            else:
-                detok.add_token(r.token)
-                if finish is not None:
-                    detok.finalize()
-            text, stopped = act.feed(detok.last_segment)
-            if stopped and finish is None:
-                finish = "stop"
-                finished.append(r.uid)  # still in the batch: remove it below
-            if finish is not None:
-                if not stopped:
-                    text += act.flush()
-                if r.prompt_cache is not None and r.all_tokens is not None:
-                    self.prompt_cache.insert_cache(self.spec.path, list(r.all_tokens), r.prompt_cache)
-                self._by_uid.pop(r.uid, None)
-                self._uid_by_request.pop(act.request_id, None)
-                outputs.append(
-                    (
-                        act.conn,
-                        p.Output(
-                            act.request_id,
-                            text,
-                            act.completion_tokens,
-                            finish,
-                            act.prompt_tokens,
-                            act.cached_tokens,
-                        ),
-                    )
-                )
-            elif text:
-                outputs.append((act.conn, p.Output(act.request_id, text, act.completion_tokens)))
-        if finished:
+            out, stopped = self._on_token(act, r.token, r.finish_reason)
+            if out is None:
+                continue
+            outputs.append((act.conn, out))
+            if out.finish_reason is None:
+                continue
+            if stopped and r.finish_reason is None:
+                stopped_early.append(r.uid)  # still in the batch: removed below
+            elif r.prompt_cache is not None and r.all_tokens is not None:
+                self.prompt_cache.insert_cache(self.spec.path, list(r.all_tokens), r.prompt_cache)
+            self._by_uid.pop(r.uid, None)
+            self._uid_by_request.pop(act.request_id, None)
+        if stopped_early:
             # Stopped by a stop string: keep their KV for the next turn's prefix.
-            for cache, tokens in self.batch.remove(finished, return_prompt_caches=True).values():
+            for cache, tokens in self.batch.remove(stopped_early, return_prompt_caches=True).values():
                 self.prompt_cache.insert_cache(self.spec.path, list(tokens), cache)
         self.tokens_generated += len(responses)
-        if responses:
-            self.last_used = time.time()
-        return outputs
+
+    def _step_sequential(self, outputs: list[tuple[Any, p.Output]]) -> None:
+        for rid, act in list(self._sequential.items()):
+            assert act.sequential is not None
+            finish: str | None
+            try:
+                token, _ = next(act.sequential)
+            except StopIteration:  # generate_step stops at max_tokens
+                token, finish = None, "length"
+            else:
+                finish = "stop" if token in self._eos_ids else None
+                if finish is None and act.completion_tokens + 1 >= act.max_tokens:
+                    finish = "length"
+            if token is None:
+                act.detokenizer.finalize()
+                out: p.Output | None = p.Output(
+                    rid, act.flush() + act.detokenizer.last_segment, act.completion_tokens,
+                    "length", act.prompt_tokens, act.cached_tokens,
+                )  # fmt: skip
+            else:
+                out, _ = self._on_token(act, token, finish)
+                self.tokens_generated += 1
+            if out is not None:
+                outputs.append((act.conn, out))
+                if out.finish_reason is not None:
+                    del self._sequential[rid]
+                    self._admit_waiting()
+
+    def _admit_waiting(self) -> None:
+        while self._waiting and not self._sequential:
+            req, conn = self._waiting.popleft()
+            try:
+                self._add_sequential(req, conn, self._tokenize(req))
+            except BadRequest:
+                continue  # cannot happen: it tokenized on arrival
 
     def close(self) -> None:
         self.fail_all()
         self.batch.close()
+
+
+def _kv_group_size(model: Any, kv_bits: int | None) -> int:
+    """MLX quantizes in groups of 32, 64 or 128 along the head dimension."""
+    if kv_bits is None:
+        return 64
+    args = getattr(model, "args", None)
+    head_dim = getattr(args, "head_dim", None) or (
+        getattr(args, "hidden_size", 0) // max(1, getattr(args, "num_attention_heads", 1))
+    )
+    for size in (64, 32, 128):
+        if head_dim and head_dim % size == 0:
+            return size
+    raise ValueError(f"kv_bits needs a head dimension divisible by 32; this model's is {head_dim}")
+
+
+def _arrays(model: Any) -> list[Any]:
+    return [v for _, v in cast(list[tuple[str, Any]], tree_flatten(model.parameters()))]
+
+
+def _nbytes(model: Any) -> int:
+    return sum(int(v.nbytes) for v in _arrays(model))
+
+
+def _to_float32(model: Any) -> None:
+    """Cast half-precision parameters (incl. quantization scales) to float32 in place."""
+    half = {mx.float16, mx.bfloat16}
+    if any(v.dtype in half for v in _arrays(model)):
+        model.set_dtype(mx.float32, lambda dtype: dtype in half)
+        mx.eval(model.parameters())

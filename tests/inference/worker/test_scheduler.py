@@ -31,12 +31,14 @@ def sched() -> Any:
     s.join(timeout=10)
 
 
-def gen(rid: str, path: Path, content: str, **sampling: Any) -> p.Generate:
+def gen(
+    rid: str, path: Path, content: str, spec: dict[str, Any] | None = None, **sampling: Any
+) -> p.Generate:
     sampling.setdefault("max_tokens", 16)
     sampling.setdefault("temperature", 0.0)
     return p.Generate(
         request_id=rid,
-        model=p.ModelSpec(name="tiny-random", path=str(path)),
+        model=p.ModelSpec(name="tiny-random", path=str(path), **(spec or {})),
         sampling=p.SamplingParams(**sampling),
         messages=[{"role": "user", "content": content}],
     )
@@ -167,3 +169,48 @@ def test_bad_model_path_is_a_clean_error(sched: Scheduler, tmp_path: Path) -> No
     _, err = collect(conn, {"x"})["x"]
     assert isinstance(err, p.RequestError)
     assert err.code == p.ERR_MODEL_LOAD
+
+
+def test_speculative_decoding_matches_plain_greedy(sched: Scheduler, demo_models: dict[str, Path]) -> None:
+    path = demo_models["tiny-random"]
+    plain, _ = run_one(sched, gen("plain", path, "speculate", max_tokens=40))
+    spec = {"draft_path": str(path), "num_draft_tokens": 3}
+    text, final = run_one(sched, gen("spec", path, "speculate", spec, max_tokens=40))
+    assert text == plain
+    assert final.completion_tokens == 40 and final.finish_reason == "length"
+    engines = [m for m in sched.snapshot["models"] if m["speculative"]] or None
+    deadline = time.monotonic() + 5
+    while engines is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        engines = [m for m in sched.snapshot["models"] if m["speculative"]] or None
+    assert engines
+
+
+def test_quantized_kv_requests_are_served_one_at_a_time(
+    sched: Scheduler, demo_models: dict[str, Path]
+) -> None:
+    path = demo_models["smollm2-135m-instruct"]  # head_dim 64: quantizable KV
+    conn = Conn()
+    for i in range(3):
+        sched.submit(conn, gen(f"kv{i}", path, f"Count to {i + 3}.", {"kv_bits": 8}, max_tokens=4))
+    results = collect(conn, {"kv0", "kv1", "kv2"}, timeout=120)
+    assert all(isinstance(f, p.Output) and f.completion_tokens >= 1 for _, f in results.values())
+    assert [m["kv_bits"] for m in sched.snapshot["models"]] == [8]
+
+
+def test_kv_bits_on_an_unquantizable_model_is_a_clean_error(
+    sched: Scheduler, demo_models: dict[str, Path]
+) -> None:
+    conn = Conn()
+    sched.submit(conn, gen("kvbad", demo_models["tiny-random"], "x", {"kv_bits": 4}))
+    _, err = collect(conn, {"kvbad"})["kvbad"]
+    assert isinstance(err, p.RequestError) and "head dimension" in err.message
+
+
+def test_stop_string_reports_which_one(sched: Scheduler, demo_models: dict[str, Path]) -> None:
+    path = demo_models["tiny-random"]
+    full, _ = run_one(sched, gen("full", path, "stops", max_tokens=30))
+    stop = full[8:11]
+    text, final = run_one(sched, gen("cut", path, "stops", max_tokens=30, stop=["zzzzqqq", stop]))
+    assert final.finish_reason == "stop" and final.stop_sequence == stop
+    assert text == full[: full.index(stop)]
