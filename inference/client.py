@@ -86,7 +86,7 @@ class EngineClient:
                         q = self._queues.get(item.request_id)
                         if q is not None:
                             q.put_nowait(item)
-                elif isinstance(msg, p.RequestError | p.HealthReply):
+                elif isinstance(msg, p.RequestError | p.HealthReply | p.TokenCount):
                     q = self._queues.get(msg.request_id)
                     if q is not None:
                         q.put_nowait(msg)
@@ -143,6 +143,20 @@ class EngineClient:
                 assert self._writer is not None
                 with contextlib.suppress(Exception):
                     self._writer.write(self._codec.encode(p.Abort(request_id=req.request_id)))
+
+    async def count_tokens(self, req: p.CountTokens) -> int:
+        """Prompt tokens of `req` under the model's chat template (loads the model if needed)."""
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues[req.request_id] = q
+        try:
+            await self._send(req)
+            reply = await self._await_item(q)
+        finally:
+            self._queues.pop(req.request_id, None)
+        if isinstance(reply, p.RequestError):
+            raise EngineRequestError(reply.code, reply.message)
+        assert isinstance(reply, p.TokenCount)
+        return reply.input_tokens
 
     async def health(self, timeout: float = 2.0) -> dict[str, Any]:
         rid = uuid.uuid4().hex

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference import protocol as p
+from inference.anthropic_schemas import CountTokensRequest, MessagesRequest
 from inference.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from mlxmanager.profiles.models import Profile
 from mlxmanager.profiles.selectors import profile_resolve
@@ -46,29 +47,42 @@ async def resolve(model: str) -> Target:
 
 
 def sampling_for(body: SamplingFields, profile: Profile, *, max_tokens: int | None) -> p.SamplingParams:
+    requested = {key: getattr(body, key) for key in _SAMPLING_KEYS}
+    if body.logit_bias:
+        requested["logit_bias"] = {int(k): float(v) for k, v in body.logit_bias.items()}
+    return merge_sampling(profile, requested, max_tokens=max_tokens, stop=body.stop_list())
+
+
+def merge_sampling(
+    profile: Profile, requested: dict[str, Any], *, max_tokens: int | None, stop: list[str]
+) -> p.SamplingParams:
     """Request values win; the profile's defaults fill the gaps; then the protocol defaults."""
     defaults: dict[str, Any] = profile.defaults or {}
     values: dict[str, Any] = {}
     for key in _SAMPLING_KEYS:
-        value = getattr(body, key)
+        value = requested.get(key)
         if value is None:
             value = defaults.get(key)
         if value is not None:
             values[key] = value
     values["max_tokens"] = max_tokens or defaults.get("max_tokens") or DEFAULT_MAX_TOKENS
-    stop = body.stop_list() or list(defaults.get("stop") or [])
+    stop = stop or list(defaults.get("stop") or [])
     if stop:
         values["stop"] = stop
-    if body.logit_bias:
-        values["logit_bias"] = {int(k): float(v) for k, v in body.logit_bias.items()}
+    if requested.get("logit_bias"):
+        values["logit_bias"] = requested["logit_bias"]
     return p.SamplingParams(**values)
 
 
-def chat_request(body: ChatCompletionRequest, target: Target) -> p.Generate:
-    messages = body.template_messages()
-    system_prompt = (target.profile.defaults or {}).get("system_prompt")
+def _with_profile_system(messages: list[dict[str, Any]], profile: Profile) -> list[dict[str, Any]]:
+    system_prompt = (profile.defaults or {}).get("system_prompt")
     if system_prompt and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def chat_request(body: ChatCompletionRequest, target: Target) -> p.Generate:
+    messages = _with_profile_system(body.template_messages(), target.profile)
     return p.Generate(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         model=target.spec,
@@ -84,4 +98,29 @@ def completion_request(body: CompletionRequest, target: Target) -> p.Generate:
         model=target.spec,
         sampling=sampling_for(body, target.profile, max_tokens=body.max_tokens),
         prompt=body.prompt_text(),
+    )
+
+
+def messages_request(body: MessagesRequest, target: Target) -> p.Generate:
+    """An Anthropic Messages request as a chat generation."""
+    messages, template_kwargs = body.chat_prompt()
+    return p.Generate(
+        request_id=f"msg_{uuid.uuid4().hex}",
+        model=target.spec,
+        sampling=merge_sampling(
+            target.profile, body.sampling_values(), max_tokens=body.max_tokens, stop=body.stop_list()
+        ),
+        messages=_with_profile_system(messages, target.profile),
+        chat_template_kwargs=template_kwargs,
+    )
+
+
+def count_tokens_request(body: CountTokensRequest, target: Target) -> p.CountTokens:
+    """The prompt `messages_request` would build for the same body, to be tokenized only."""
+    messages, template_kwargs = body.chat_prompt()
+    return p.CountTokens(
+        request_id=f"count_{uuid.uuid4().hex}",
+        model=target.spec,
+        messages=_with_profile_system(messages, target.profile),
+        chat_template_kwargs=template_kwargs,
     )

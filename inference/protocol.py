@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: CountTokens / TokenCount
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 _LEN = struct.Struct(">I")
 
@@ -69,6 +69,16 @@ class Generate(msgspec.Struct, tag="generate", kw_only=True):
     chat_template_kwargs: dict[str, Any] = {}
 
 
+class CountTokens(msgspec.Struct, tag="count_tokens", kw_only=True):
+    """Tokenize a prompt exactly as `Generate` would, without generating; reply `TokenCount`."""
+
+    request_id: str
+    model: ModelSpec
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    chat_template_kwargs: dict[str, Any] = {}
+
+
 class Abort(msgspec.Struct, tag="abort", kw_only=True):
     request_id: str
 
@@ -77,7 +87,7 @@ class Health(msgspec.Struct, tag="health", kw_only=True):
     request_id: str
 
 
-ToWorker = Hello | Generate | Abort | Health
+ToWorker = Hello | Generate | CountTokens | Abort | Health
 
 
 # ---- worker -> web -------------------------------------------------------------
@@ -112,12 +122,17 @@ class HealthReply(msgspec.Struct, tag="health_reply", kw_only=True):
     state: dict[str, Any]
 
 
+class TokenCount(msgspec.Struct, tag="token_count", kw_only=True):
+    request_id: str
+    input_tokens: int
+
+
 class Welcome(msgspec.Struct, tag="welcome", kw_only=True):
     version: int = PROTOCOL_VERSION
     pid: int = 0
 
 
-FromWorker = Welcome | Outputs | RequestError | HealthReply
+FromWorker = Welcome | Outputs | RequestError | HealthReply | TokenCount
 
 # Error codes carried by RequestError.
 ERR_BAD_REQUEST = "bad_request"

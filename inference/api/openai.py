@@ -1,4 +1,8 @@
-"""OpenAI-compatible endpoints under /v1: models, chat completions, completions."""
+"""OpenAI-compatible endpoints under /v1: models, chat completions, completions.
+
+The same NinjaAPI carries the Anthropic routes (`inference.api.anthropic`); `_error` is the
+one place that picks the error shape per surface.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from inference import gateway
 from inference import protocol as p
+from inference.api import anthropic
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
 from inference.schemas import ChatCompletionRequest, CompletionRequest
 from mlxmanager.accounts.selectors import api_key_authenticate
@@ -46,6 +51,7 @@ api = NinjaAPI(
     docs_url=None,
     auth=ApiKeyAuth(),
 )
+api.add_router("", anthropic.router)
 
 
 def error_response(
@@ -55,11 +61,28 @@ def error_response(
     return HttpResponse(_json.encode(body), status=status, content_type="application/json")
 
 
+def _error(
+    request: HttpRequest,
+    status: int,
+    message: str,
+    *,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+) -> HttpResponse:
+    """Anthropic's error shape on its paths, OpenAI's everywhere else under /v1."""
+    if anthropic.owns(request):
+        return anthropic.error_response(status, message, param=param, code=code)
+    return error_response(status, message, type_=type_, param=param, code=code)
+
+
 def _pydantic_message(err: dict[str, Any]) -> tuple[str, str | None]:
     loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "payload")]
     param = ".".join(loc) or None
     if err.get("type") == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", param
+    if err.get("type") == "missing" and loc:
+        return f"Missing required parameter: '{param}'", param
     if err.get("type") == "json_invalid" or not loc:
         return f"We could not parse the JSON body of your request: {err.get('msg')}", None
     return f"Invalid value for '{param}': {err.get('msg')}", param
@@ -69,7 +92,7 @@ def _pydantic_message(err: dict[str, Any]) -> tuple[str, str | None]:
 def _validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     errors = exc.errors or [{"msg": "invalid request"}]
     message, param = _pydantic_message(errors[0])
-    return error_response(400, message, type_="invalid_request_error", param=param)
+    return _error(request, 400, message, type_="invalid_request_error", param=param)
 
 
 @api.exception_handler(HttpError)
@@ -77,12 +100,13 @@ def _http(request: HttpRequest, exc: HttpError) -> HttpResponse:
     message = str(exc)
     if message.startswith("Cannot parse request body"):
         message = "We could not parse the JSON body of your request."
-    return error_response(exc.status_code, message, type_="invalid_request_error")
+    return _error(request, exc.status_code, message, type_="invalid_request_error")
 
 
 async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
     """Unknown /v1 paths answer in OpenAI's shape, not with an HTML page."""
-    return error_response(
+    return _error(
+        request,
         404,
         f"Unknown endpoint: {request.method} {request.path}",
         type_="invalid_request_error",
@@ -92,7 +116,8 @@ async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
 
 @api.exception_handler(AuthenticationError)
 def _auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return error_response(
+    return _error(
+        request,
         401,
         "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.",
         type_="invalid_request_error",
@@ -103,20 +128,28 @@ def _auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
 @api.exception_handler(DomainError)
 def _domain(request: HttpRequest, exc: DomainError) -> HttpResponse:
     code = "model_not_found" if exc.status == 404 and exc.param == "model" else exc.code
-    return error_response(exc.status, exc.message, type_="invalid_request_error", param=exc.param, code=code)
+    return _error(request, exc.status, exc.message, type_="invalid_request_error", param=exc.param, code=code)
 
 
 @api.exception_handler(RequestDataTooBig)
 def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
-    return error_response(
-        413, "The request body is too large.", type_="invalid_request_error", code="request_too_large"
+    return _error(
+        request,
+        413,
+        "The request body is too large.",
+        type_="invalid_request_error",
+        code="request_too_large",
     )
 
 
 @api.exception_handler(EngineDeadError)
 def _dead(request: HttpRequest, exc: EngineDeadError) -> HttpResponse:
-    return error_response(
-        503, f"{exc}; it is restarting, retry shortly.", type_="server_error", code="worker_unavailable"
+    return _error(
+        request,
+        503,
+        f"{exc}; it is restarting, retry shortly.",
+        type_="server_error",
+        code="worker_unavailable",
     )
 
 
@@ -128,13 +161,15 @@ def _engine_error_status(exc: EngineRequestError) -> int:
 def _engine(request: HttpRequest, exc: EngineRequestError) -> HttpResponse:
     status = _engine_error_status(exc)
     type_ = "invalid_request_error" if status == 400 else "server_error"
-    return error_response(status, exc.message, type_=type_, code=exc.code)
+    return _error(request, status, exc.message, type_=type_, code=exc.code)
 
 
 @api.exception_handler(Exception)
 def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
     log.exception("unhandled error on %s", request.path)
-    return error_response(500, "The server had an error while processing your request.", type_="server_error")
+    return _error(
+        request, 500, "The server had an error while processing your request.", type_="server_error"
+    )
 
 
 # ---- responses ---------------------------------------------------------------------

@@ -98,8 +98,9 @@ def preload_blas() -> str:
         log.warning("scipy-openblas32 not installed: MLX keeps the reference BLAS")
         return _state["blas"]
     lib_dir = Path(scipy_openblas32.get_lib_dir())
-    # OpenBLAS threads fight MLX's own threads on few cores; one per core is plenty.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
+    # OpenBLAS threads spin while waiting: leave a core to the web process and clients,
+    # or a busy machine slows decoding several-fold (measured: 2 threads on 2 busy cores).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) - 1)))
     ctypes.CDLL(str(lib_dir / "libscipy_openblas.so"), mode=ctypes.RTLD_GLOBAL)
     shim = _build_shim(lib_dir)
     if shim is not None:

@@ -92,6 +92,8 @@ class Scheduler(threading.Thread):
             return
         if isinstance(msg, p.Generate):
             self._admit(conn, msg)
+        elif isinstance(msg, p.CountTokens):
+            self._count_tokens(conn, msg)
         elif isinstance(msg, p.Abort):
             self._abort(msg.request_id)
         elif isinstance(msg, _ConnectionClosed):
@@ -120,6 +122,27 @@ class Scheduler(threading.Thread):
         finally:
             self.snapshot = {**self.snapshot, "loading": None}
         self._owner[req.request_id] = engine
+
+    def _count_tokens(self, conn: Any, req: p.CountTokens) -> None:
+        from inference.worker.adapters.llm import BadRequest
+
+        try:
+            self.snapshot = {**self.snapshot, "loading": req.model.name}
+            count = self.pool.get(req.model).count_tokens(req)
+        except BadRequest as exc:
+            self._fail(conn, req.request_id, p.ERR_BAD_REQUEST, str(exc))
+            return
+        except ModelLoadError as exc:
+            log.warning("%s", exc)
+            self._fail(conn, req.request_id, p.ERR_MODEL_LOAD, str(exc))
+            return
+        except Exception as exc:
+            log.exception("could not count tokens for %s", req.request_id)
+            self._fail(conn, req.request_id, p.ERR_INTERNAL, f"could not count tokens: {exc}")
+            return
+        finally:
+            self.snapshot = {**self.snapshot, "loading": None}
+        self._emit(conn, [p.TokenCount(request_id=req.request_id, input_tokens=count)])
 
     def _abort(self, request_id: str) -> None:
         engine = self._owner.pop(request_id, None)

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm import load as mlx_load
+from mlx_lm.utils import dequantize_model
 from mlx_lm.generate import BatchGenerator, StopSequences, generate_step, speculative_generate_step
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import (
@@ -115,6 +117,11 @@ class _Active:
         return out
 
 
+# Opt-in: dequantize quantized models at load (CPU only) when their float32 weights fit this
+# budget, trading memory for OpenBLAS GEMMs. Off by default until benchmarks show a gain.
+CPU_DEQUANTIZE_MAX_BYTES = int(os.environ.get("MLXM_CPU_DEQUANTIZE_MAX_BYTES", "0"))
+
+
 def _use_float32() -> bool:
     """Half-precision math is slow on CPUs without native fp16 (Linux, mlx[cpu])."""
     setting = os.environ.get("MLXM_CPU_FLOAT32", "auto").lower()
@@ -136,9 +143,9 @@ class LLMEngine:
         self.model, self.tokenizer = loaded[0], loaded[1]
         self.draft_model = mlx_load(spec.draft_path)[0] if spec.draft_path else None
         if _use_float32():
-            for m in (self.model, self.draft_model):
-                if m is not None:
-                    _to_float32(m)
+            self.model = _to_float32(self.model)
+            if self.draft_model is not None:
+                self.draft_model = _to_float32(self.draft_model)
         self.kv_group_size = _kv_group_size(self.model, spec.kv_bits)
         self.load_seconds = time.perf_counter() - t0
         self.weight_bytes = _nbytes(self.model) + (_nbytes(self.draft_model) if self.draft_model else 0)
@@ -188,15 +195,15 @@ class LLMEngine:
 
     # ---- requests ----------------------------------------------------------------
 
-    def _tokenize(self, req: p.Generate) -> list[int]:
+    def _tokenize(self, req: p.Generate | p.CountTokens) -> list[int]:
         tok = self.tokenizer
         try:
             if req.messages is not None:
                 if not tok.has_chat_template:
                     raise BadRequest(f"model '{self.spec.name}' has no chat template")
-                ids = tok.apply_chat_template(
-                    req.messages, add_generation_prompt=True, **req.chat_template_kwargs
-                )
+                # A prefill (continue_final_message) turns the generation prompt off.
+                kwargs = {"add_generation_prompt": True, **req.chat_template_kwargs}
+                ids = tok.apply_chat_template(req.messages, **kwargs)
             else:
                 ids = tok.encode(req.prompt or "")
         except BadRequest:
@@ -207,6 +214,9 @@ class LLMEngine:
         if not ids:
             raise BadRequest("the prompt is empty")
         return ids
+
+    def count_tokens(self, req: p.CountTokens) -> int:
+        return len(self._tokenize(req))
 
     def _new_active(self, req: p.Generate, conn: Any, prompt: list[int], cached: int) -> _Active:
         stops = [s for s in req.sampling.stop if s]
@@ -331,7 +341,11 @@ class LLMEngine:
         if stopped:
             finish = "stop"
         if finish is None:
-            return (p.Output(act.request_id, text, act.completion_tokens) if text else None), False
+            # Prompt counts ride along from the first output on (Anthropic's message_start needs them).
+            out = p.Output(
+                act.request_id, text, act.completion_tokens, None, act.prompt_tokens, act.cached_tokens
+            )
+            return (out if text else None), False
         if not stopped:
             text += act.flush()
         out = p.Output(
@@ -443,9 +457,24 @@ def _nbytes(model: Any) -> int:
     return sum(int(v.nbytes) for v in _arrays(model))
 
 
-def _to_float32(model: Any) -> None:
-    """Cast half-precision parameters (incl. quantization scales) to float32 in place."""
+def _float32_bytes(model: Any) -> int:
+    """Size of the model's weights once dequantized to float32."""
+    total = 0
+    for _, module in model.named_modules():
+        if isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding):
+            total += module.weight.size * (32 // module.bits) * 4
+    return total + sum(int(v.size) * 4 for v in _arrays(model) if v.dtype != mx.uint32)
+
+
+def _to_float32(model: Any) -> Any:
+    """Float32 weights for the CPU: half-precision cast up, small quantized models dequantized."""
     half = {mx.float16, mx.bfloat16}
+    quantized = any(
+        isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding) for _, m in model.named_modules()
+    )
+    if quantized and _float32_bytes(model) <= CPU_DEQUANTIZE_MAX_BYTES:
+        model = dequantize_model(model)
     if any(v.dtype in half for v in _arrays(model)):
         model.set_dtype(mx.float32, lambda dtype: dtype in half)
-        mx.eval(model.parameters())
+    mx.eval(model.parameters())
+    return model
