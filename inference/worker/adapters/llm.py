@@ -21,7 +21,6 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm import load as mlx_load
-from mlx_lm.utils import dequantize_model
 from mlx_lm.generate import BatchGenerator, StopSequences, generate_step, speculative_generate_step
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import (
@@ -31,6 +30,7 @@ from mlx_lm.sample_utils import (
     make_logits_processors,
     make_sampler,
 )
+from mlx_lm.utils import dequantize_model
 
 from inference import protocol as p
 
