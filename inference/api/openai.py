@@ -16,6 +16,7 @@ import msgspec
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
@@ -103,8 +104,9 @@ def _http(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return _error(request, exc.status_code, message, type_="invalid_request_error")
 
 
+@csrf_exempt  # API-key clients send no CSRF token: a POST must get the JSON 404 too
 async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
-    """Unknown /v1 paths answer in OpenAI's shape, not with an HTML page."""
+    """Unknown /v1 paths answer in their surface's error shape, not with an HTML page."""
     return _error(
         request,
         404,

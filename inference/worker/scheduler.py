@@ -176,6 +176,9 @@ class Scheduler(threading.Thread):
                 per_conn[conn].append(out)
                 if out.finish_reason is not None:
                     self._owner.pop(out.request_id, None)
+        if any(getattr(i, "finish_reason", "error") for items in per_conn.values() for i in items):
+            # Health must already count a request as done when its client sees the end.
+            self._refresh_snapshot()
         for conn, items in per_conn.items():
             self._emit(conn, items)
 

@@ -316,3 +316,21 @@ def test_unknown_v1_path_is_json_404(gateway: Gateway) -> None:
     r = httpx.get(gateway.v1 + "/nope", headers={"Authorization": f"Bearer {gateway.key}"}, timeout=30)
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "unknown_url"
+
+
+def test_follow_up_turn_hits_the_prompt_cache(gateway: Gateway) -> None:
+    client = gateway.openai()
+    system = {"role": "system", "content": "You are a careful assistant.\n\n" + "Rule: be concise. " * 40}
+    turn1 = [system, {"role": "user", "content": "first question"}]
+    r1 = client.chat.completions.create(model=TINY, messages=turn1, max_tokens=10, temperature=0)
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": r1.choices[0].message.content},
+        {"role": "user", "content": "and then?"},
+    ]
+    r2 = client.chat.completions.create(model=TINY, messages=turn2, max_tokens=10, temperature=0)
+    # The whole first turn (system prompt included) is reused, not recomputed.
+    assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens
+    assert r2.usage.prompt_tokens > r2.usage.prompt_tokens_details.cached_tokens
+    hit_rate = gateway.health().json()["worker"]["prompt_cache_hit_rate"]
+    assert 0 < hit_rate <= 1
