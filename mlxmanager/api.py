@@ -11,6 +11,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import django_auth
 
 from mlxmanager.accounts.api import router as keys_router
+from mlxmanager.accounts.api import tokens_router
 from mlxmanager.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -64,3 +65,4 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 
 api.add_router("/keys", keys_router)
+api.add_router("/tokens", tokens_router)

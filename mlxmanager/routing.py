@@ -1,5 +1,9 @@
-"""WebSocket routes. The live chat socket (/v1/ws/chat) arrives with the playground."""
+"""WebSocket routes."""
 
-from typing import Any
+from django.urls import path
 
-websocket_urlpatterns: list[Any] = []
+from inference.consumers import ChatConsumer
+
+websocket_urlpatterns = [
+    path("v1/ws/chat", ChatConsumer.as_asgi()),
+]

@@ -8,6 +8,7 @@ from django.http import HttpRequest
 from ninja import Router, Schema
 
 from mlxmanager.accounts import selectors, services
+from mlxmanager.accounts.tokens import DEFAULT_TTL_SECONDS, token_mint
 
 router = Router(tags=["api keys"])
 
@@ -45,3 +46,19 @@ def create_key(request: HttpRequest, body: KeyIn) -> tuple[int, dict[str, object
 @router.post("/{key_id}/revoke", response=KeyOut)
 def revoke_key(request: HttpRequest, key_id: int) -> object:
     return services.api_key_revoke(user=request.user, key_id=key_id)  # type: ignore[arg-type]
+
+
+class StreamTokenOut(Schema):
+    token: str
+    expires_in: int
+    purpose: str
+
+
+tokens_router = Router(tags=["stream tokens"])
+
+
+@tokens_router.post("/stream", response=StreamTokenOut)
+def stream_token(request: HttpRequest, purpose: str = "ws-chat") -> dict[str, object]:
+    """A short-lived JWT for `/v1/ws/chat?token=` (purpose `ws-chat`) or SSE (`sse`)."""
+    token = token_mint(user_id=int(request.user.pk or 0), purpose=purpose)
+    return {"token": token, "expires_in": DEFAULT_TTL_SECONDS, "purpose": purpose}
