@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.http import HttpRequest
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 
 from mlxmanager.accounts import selectors, services
 from mlxmanager.accounts.tokens import DEFAULT_TTL_SECONDS, token_mint
@@ -38,9 +38,9 @@ def list_keys(request: HttpRequest) -> list[KeyOut]:
 
 
 @router.post("/", response={201: KeyCreated})
-def create_key(request: HttpRequest, body: KeyIn) -> tuple[int, dict[str, object]]:
+def create_key(request: HttpRequest, body: KeyIn) -> Status[dict[str, object]]:
     key, secret = services.api_key_create(user=request.user, name=body.name, expires_at=body.expires_at)  # type: ignore[arg-type]
-    return 201, {**KeyOut.from_orm(key).dict(), "key": secret}
+    return Status(201, {**KeyOut.model_validate(key).model_dump(), "key": secret})
 
 
 @router.post("/{key_id}/revoke", response=KeyOut)
