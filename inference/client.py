@@ -86,7 +86,7 @@ class EngineClient:
                         q = self._queues.get(item.request_id)
                         if q is not None:
                             q.put_nowait(item)
-                elif isinstance(msg, p.RequestError | p.HealthReply | p.TokenCount):
+                elif isinstance(msg, p.RequestError | p.HealthReply | p.TokenCount | p.PoolReply):
                     q = self._queues.get(msg.request_id)
                     if q is not None:
                         q.put_nowait(msg)
@@ -144,31 +144,37 @@ class EngineClient:
                 with contextlib.suppress(Exception):
                     self._writer.write(self._codec.encode(p.Abort(request_id=req.request_id)))
 
-    async def count_tokens(self, req: p.CountTokens) -> int:
-        """Prompt tokens of `req` under the model's chat template (loads the model if needed)."""
+    async def _call(self, request_id: str, msg: Any, timeout: float | None = None) -> Any:
+        """Send one request and wait for its single reply; worker errors raise."""
         q: asyncio.Queue[Any] = asyncio.Queue()
-        self._queues[req.request_id] = q
+        self._queues[request_id] = q
         try:
-            await self._send(req)
-            reply = await self._await_item(q)
-        finally:
-            self._queues.pop(req.request_id, None)
-        if isinstance(reply, p.RequestError):
-            raise EngineRequestError(reply.code, reply.message)
-        assert isinstance(reply, p.TokenCount)
-        return reply.input_tokens
-
-    async def health(self, timeout: float = 2.0) -> dict[str, Any]:
-        rid = uuid.uuid4().hex
-        q: asyncio.Queue[Any] = asyncio.Queue()
-        self._queues[rid] = q
-        try:
-            await self._send(p.Health(request_id=rid))
+            await self._send(msg)
             reply = await asyncio.wait_for(self._await_item(q), timeout)
         except TimeoutError as exc:
             raise EngineDeadError("the inference worker did not answer in time") from exc
         finally:
-            self._queues.pop(rid, None)
+            self._queues.pop(request_id, None)
+        if isinstance(reply, p.RequestError):
+            raise EngineRequestError(reply.code, reply.message)
+        return reply
+
+    async def count_tokens(self, req: p.CountTokens) -> int:
+        """Prompt tokens of `req` under the model's chat template (loads the model if needed)."""
+        reply = await self._call(req.request_id, req)
+        assert isinstance(reply, p.TokenCount)
+        return reply.input_tokens
+
+    async def pool_command(self, action: str, model: p.ModelSpec) -> str:
+        """Load, unload, pin or unpin a model; returns the worker's message."""
+        rid = uuid.uuid4().hex
+        reply = await self._call(rid, p.PoolCommand(request_id=rid, action=action, model=model))
+        assert isinstance(reply, p.PoolReply)
+        return reply.message
+
+    async def health(self, timeout: float = 2.0) -> dict[str, Any]:
+        rid = uuid.uuid4().hex
+        reply = await self._call(rid, p.Health(request_id=rid), timeout)
         assert isinstance(reply, p.HealthReply)
         return reply.state
 

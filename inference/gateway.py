@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from inference import protocol as p
 from inference.anthropic_schemas import CountTokensRequest, MessagesRequest
 from inference.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -39,7 +41,17 @@ class Target:
             draft_path=pr.draft_model_path or None,
             num_draft_tokens=pr.num_draft_tokens,
             kv_bits=pr.kv_bits,
+            pinned=pr.pinned,
+            keep_alive_s=float(pr.keep_alive_seconds) if pr.keep_alive_seconds else None,
+            max_concurrent=pr.max_concurrent or 32,
+            context_length=pr.context_length,
         )
+
+
+def preload_specs_json() -> str:
+    """The specs of profiles marked "preload at start", as the worker's --preload argument."""
+    specs = [Target(pr).spec for pr in Profile.objects.filter(enabled=True, preload=True)]
+    return msgspec.json.encode(specs).decode()
 
 
 async def resolve(model: str) -> Target:
@@ -75,7 +87,7 @@ def merge_sampling(
 
 
 def _with_profile_system(messages: list[dict[str, Any]], profile: Profile) -> list[dict[str, Any]]:
-    system_prompt = (profile.defaults or {}).get("system_prompt")
+    system_prompt = profile.system_prompt
     if system_prompt and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages
@@ -88,7 +100,10 @@ def chat_request(body: ChatCompletionRequest, target: Target) -> p.Generate:
         model=target.spec,
         sampling=sampling_for(body, target.profile, max_tokens=body.max_completion_tokens or body.max_tokens),
         messages=messages,
-        chat_template_kwargs=body.chat_template_kwargs or {},
+        chat_template_kwargs={
+            **(target.profile.chat_template_kwargs or {}),
+            **(body.chat_template_kwargs or {}),
+        },
     )
 
 

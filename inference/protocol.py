@@ -44,6 +44,11 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     draft_path: str | None = None
     num_draft_tokens: int = 3
     kv_bits: int | None = None
+    # Pool policy (not part of the engine's identity): the latest request's spec wins.
+    pinned: bool = False
+    keep_alive_s: float | None = None
+    max_concurrent: int = 32
+    context_length: int | None = None
 
     @property
     def key(self) -> tuple[str, str | None, int, int | None]:
@@ -87,7 +92,15 @@ class Health(msgspec.Struct, tag="health", kw_only=True):
     request_id: str
 
 
-ToWorker = Hello | Generate | CountTokens | Abort | Health
+class PoolCommand(msgspec.Struct, tag="pool", kw_only=True):
+    """An admin action on the pool: "load", "unload", "pin" or "unpin"."""
+
+    request_id: str
+    action: str
+    model: ModelSpec
+
+
+ToWorker = Hello | Generate | CountTokens | Abort | Health | PoolCommand
 
 
 # ---- worker -> web -------------------------------------------------------------
@@ -132,7 +145,12 @@ class Welcome(msgspec.Struct, tag="welcome", kw_only=True):
     pid: int = 0
 
 
-FromWorker = Welcome | Outputs | RequestError | HealthReply | TokenCount
+class PoolReply(msgspec.Struct, tag="pool_reply", kw_only=True):
+    request_id: str
+    message: str
+
+
+FromWorker = Welcome | Outputs | RequestError | HealthReply | TokenCount | PoolReply
 
 # Error codes carried by RequestError.
 ERR_BAD_REQUEST = "bad_request"

@@ -16,6 +16,11 @@ from mlxmanager import config
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="inference_worker")
     parser.add_argument("--socket", default=None, help="Unix socket path to listen on")
+    parser.add_argument(
+        "--preload",
+        default=None,
+        help="JSON list of model specs to load at start (serve passes the profiles)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("MLXM_LOG_LEVEL", "INFO"),
@@ -24,9 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     from inference.worker.blas import preload_blas
 
     preload_blas()
+    import msgspec
+
+    from inference.protocol import ModelSpec
     from inference.worker.server import WorkerServer
 
-    asyncio.run(WorkerServer(args.socket or config.worker_socket()).run())
+    preload = msgspec.json.decode(args.preload, type=list[ModelSpec]) if args.preload else []
+    asyncio.run(WorkerServer(args.socket or config.worker_socket(), preload=preload).run())
 
 
 if __name__ == "__main__":

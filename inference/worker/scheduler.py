@@ -11,16 +11,18 @@ import logging
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
 from inference import protocol as p
-from inference.worker.pool import ModelLoadError, Pool
+from inference.worker.pool import ModelLoadError, Pool, PoolFull
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Any, list[Any]], None]
+HISTORY_EVERY = 10.0  # seconds between chart samples
+HISTORY_SAMPLES = 360  # one hour
 
 
 class _ConnectionClosed:
@@ -31,9 +33,12 @@ class _ConnectionClosed:
 
 
 class Scheduler(threading.Thread):
-    def __init__(self, emit: Emit, *, pool: Pool | None = None) -> None:
+    def __init__(
+        self, emit: Emit, *, pool: Pool | None = None, preload: list[p.ModelSpec] | None = None
+    ) -> None:
         super().__init__(name="mlx-scheduler", daemon=True)
-        self.pool = pool or Pool()
+        self.pool = pool if pool is not None else Pool()
+        self._preload = list(preload or [])
         self._emit = emit
         self._inbox: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
         self._stop_event = threading.Event()
@@ -41,6 +46,10 @@ class Scheduler(threading.Thread):
         self.queued = 0
         self.snapshot: dict[str, Any] = {"models": [], "active_requests": 0, "loading": None}
         self.started_at = time.time()
+        # (time, tokens/s, weight bytes) every HISTORY_EVERY seconds, for the pool page chart.
+        self.history: deque[tuple[float, float, int]] = deque(maxlen=HISTORY_SAMPLES)
+        self._rate_mark: tuple[float, dict[str, int]] = (time.monotonic(), {})
+        self._rates: dict[str, float] = {}
 
     # ---- called from the I/O thread ------------------------------------------------
 
@@ -61,18 +70,41 @@ class Scheduler(threading.Thread):
         import mlx.core as mx
 
         # Every MLX array lives on this thread's stream.
-        last_snapshot = 0.0
+        last_snapshot = last_sample = 0.0
         with mx.stream(mx.default_stream(mx.default_device())):
+            self._load_preloaded()
             while not self._stop_event.is_set():
                 busy = any(e.active for e in self.pool)
                 self._drain(block=not busy)
                 self._step_all()
                 now = time.monotonic()
                 if now - last_snapshot > 0.25:
+                    if not busy:
+                        self.pool.expire(time.time())
                     self._refresh_snapshot()
                     last_snapshot = now
+                if now - last_sample > HISTORY_EVERY:
+                    self._sample(now)
+                    last_sample = now
         for engine in self.pool:
             engine.close()
+
+    def _load_preloaded(self) -> None:
+        for spec in self._preload:
+            try:
+                self.pool.get(spec)
+            except Exception as exc:  # a bad profile must not keep the worker down
+                log.error("could not preload %s: %s", spec.name, exc)
+        self._refresh_snapshot()
+
+    def _sample(self, now: float) -> None:
+        """Tokens/s per model since the last sample, and a point for the history chart."""
+        then, counts = self._rate_mark
+        current = {e.spec.name: e.tokens_generated for e in self.pool}
+        dt = max(1e-6, now - then)
+        self._rates = {k: max(0, v - counts.get(k, v)) / dt for k, v in current.items()}
+        self._rate_mark = (now, current)
+        self.history.append((time.time(), round(sum(self._rates.values()), 2), self.pool.used_bytes))
 
     def _drain(self, *, block: bool) -> None:
         try:
@@ -96,53 +128,91 @@ class Scheduler(threading.Thread):
             self._count_tokens(conn, msg)
         elif isinstance(msg, p.Abort):
             self._abort(msg.request_id)
+        elif isinstance(msg, p.PoolCommand):
+            self._pool_command(conn, msg)
         elif isinstance(msg, _ConnectionClosed):
             for engine in self.pool:
                 for rid in engine.owned_by(msg.conn):
                     self._abort(rid)
 
+    def _with_engine(self, conn: Any, request_id: str, spec: p.ModelSpec, what: str) -> Any | None:
+        """The engine for `spec` (loading it if needed), or None after reporting why not."""
+        try:
+            self.snapshot = {**self.snapshot, "loading": spec.name}
+            return self.pool.get(spec)
+        except PoolFull as exc:
+            self._fail(conn, request_id, p.ERR_OVERLOADED, str(exc))
+        except ModelLoadError as exc:
+            log.warning("%s", exc)
+            self._fail(conn, request_id, p.ERR_MODEL_LOAD, str(exc))
+        except Exception as exc:
+            log.exception("could not %s %s", what, request_id)
+            self._fail(conn, request_id, p.ERR_INTERNAL, f"could not {what}: {exc}")
+        finally:
+            self.snapshot = {**self.snapshot, "loading": None}
+        return None
+
     def _admit(self, conn: Any, req: p.Generate) -> None:
         from inference.worker.adapters.llm import BadRequest
 
+        engine = self._with_engine(conn, req.request_id, req.model, "start")
+        if engine is None:
+            return
         try:
-            self.snapshot = {**self.snapshot, "loading": req.model.name}
-            engine = self.pool.get(req.model)
             engine.add(req, conn)
         except BadRequest as exc:
             self._fail(conn, req.request_id, p.ERR_BAD_REQUEST, str(exc))
-            return
-        except ModelLoadError as exc:
-            log.warning("%s", exc)
-            self._fail(conn, req.request_id, p.ERR_MODEL_LOAD, str(exc))
             return
         except Exception as exc:
             log.exception("could not admit %s", req.request_id)
             self._fail(conn, req.request_id, p.ERR_INTERNAL, f"could not start: {exc}")
             return
-        finally:
-            self.snapshot = {**self.snapshot, "loading": None}
         self._owner[req.request_id] = engine
 
     def _count_tokens(self, conn: Any, req: p.CountTokens) -> None:
         from inference.worker.adapters.llm import BadRequest
 
+        engine = self._with_engine(conn, req.request_id, req.model, "count tokens for")
+        if engine is None:
+            return
         try:
-            self.snapshot = {**self.snapshot, "loading": req.model.name}
-            count = self.pool.get(req.model).count_tokens(req)
+            count = engine.count_tokens(req)
         except BadRequest as exc:
             self._fail(conn, req.request_id, p.ERR_BAD_REQUEST, str(exc))
             return
-        except ModelLoadError as exc:
-            log.warning("%s", exc)
-            self._fail(conn, req.request_id, p.ERR_MODEL_LOAD, str(exc))
-            return
-        except Exception as exc:
-            log.exception("could not count tokens for %s", req.request_id)
-            self._fail(conn, req.request_id, p.ERR_INTERNAL, f"could not count tokens: {exc}")
-            return
-        finally:
-            self.snapshot = {**self.snapshot, "loading": None}
         self._emit(conn, [p.TokenCount(request_id=req.request_id, input_tokens=count)])
+
+    def _pool_command(self, conn: Any, cmd: p.PoolCommand) -> None:
+        """Admin actions from the dashboard: load, unload, pin, unpin."""
+        message = ""
+        if cmd.action == "load":
+            if self._with_engine(conn, cmd.request_id, cmd.model, "load") is None:
+                return
+            message = f"loaded {cmd.model.name}"
+        else:
+            engine = self.pool.find(cmd.model)
+            if engine is None:
+                self._fail(conn, cmd.request_id, p.ERR_BAD_REQUEST, f"'{cmd.model.name}' is not loaded")
+                return
+            if cmd.action == "unload":
+                if engine.active:
+                    self._fail(
+                        conn,
+                        cmd.request_id,
+                        p.ERR_BAD_REQUEST,
+                        f"'{cmd.model.name}' is serving {engine.active} request(s); unload it when idle",
+                    )
+                    return
+                self.pool.unload(cmd.model.key, reason="on request")
+                message = f"unloaded {cmd.model.name}"
+            elif cmd.action in ("pin", "unpin"):
+                engine.pinned = cmd.action == "pin"
+                message = f"{cmd.action}ned {cmd.model.name}"
+            else:
+                self._fail(conn, cmd.request_id, p.ERR_BAD_REQUEST, f"unknown pool action '{cmd.action}'")
+                return
+        self._refresh_snapshot()
+        self._emit(conn, [p.PoolReply(request_id=cmd.request_id, message=message)])
 
     def _abort(self, request_id: str) -> None:
         engine = self._owner.pop(request_id, None)
@@ -184,8 +254,16 @@ class Scheduler(threading.Thread):
 
     def _refresh_snapshot(self) -> None:
         models = self.pool.stats()
+        for m in models:
+            m["tokens_per_s"] = round(self._rates.get(m["name"], 0.0), 2)
         self.snapshot = {
             "models": models,
             "active_requests": sum(m["active_requests"] for m in models),
             "loading": self.snapshot.get("loading"),
+            "memory": {
+                "used_bytes": self.pool.used_bytes,
+                "limit_bytes": self.pool.memory_limit,
+                "evictions": self.pool.evictions,
+            },
+            "history": list(self.history),
         }

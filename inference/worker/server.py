@@ -39,10 +39,10 @@ class Connection:
 
 
 class WorkerServer:
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, *, preload: list[p.ModelSpec] | None = None) -> None:
         self.socket_path = socket_path
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.scheduler = Scheduler(self._emit_threadsafe)
+        self.scheduler = Scheduler(self._emit_threadsafe, preload=preload)
         self.started = time.time()
 
     def _emit_threadsafe(self, conn: Connection, items: list[Any]) -> None:
@@ -59,6 +59,8 @@ class WorkerServer:
             "active_requests": snap.get("active_requests", 0),
             "loading": snap.get("loading"),
             "models": snap.get("models", []),
+            "memory": snap.get("memory", {}),
+            "history": snap.get("history", []),
             "scheduler_alive": self.scheduler.is_alive(),
         }
 

@@ -37,7 +37,7 @@ def test_stop_and_logit_bias_are_normalised() -> None:
 
 
 def test_profile_system_prompt_is_prepended_unless_the_client_sent_one() -> None:
-    target = gateway.Target(profile(system_prompt="You are terse."))
+    target = gateway.Target(Profile(name="p", model_path="/m", system_prompt="You are terse."))
     req = gateway.chat_request(body(), target)
     assert req.messages is not None and req.messages[0] == {"role": "system", "content": "You are terse."}
     req = gateway.chat_request(
@@ -45,3 +45,15 @@ def test_profile_system_prompt_is_prepended_unless_the_client_sent_one() -> None
     )
     assert req.messages is not None and req.messages[0]["content"] == "mine"
     assert req.request_id.startswith("chatcmpl-")
+
+
+def test_chat_template_options_merge_request_over_profile() -> None:
+    pr = Profile(name="p", model_path="/m", chat_template_kwargs={"enable_thinking": False, "x": 1})
+    req = gateway.chat_request(body(chat_template_kwargs={"enable_thinking": True}), gateway.Target(pr))
+    assert req.chat_template_kwargs == {"enable_thinking": True, "x": 1}
+
+
+def test_spec_carries_pool_policy() -> None:
+    pr = Profile(name="p", model_path="/m", pinned=True, keep_alive_seconds=60, max_concurrent=4, context_length=2048)
+    spec = gateway.Target(pr).spec
+    assert (spec.pinned, spec.keep_alive_s, spec.max_concurrent, spec.context_length) == (True, 60.0, 4, 2048)

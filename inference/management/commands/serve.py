@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from inference.gateway import preload_specs_json
 from mlxmanager.accounts.selectors import users_exist
 
 
@@ -26,7 +27,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         host, port = opts["host"], opts["port"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        worker_cmd = [sys.executable, "-m", "inference.worker", "--socket", settings.MLXM_WORKER_SOCKET]
+
+        def worker_cmd() -> list[str]:
+            # Re-read on every (re)start, so a restarted worker brings back today's preloads.
+            return [sys.executable, "-m", "inference.worker", "--socket", settings.MLXM_WORKER_SOCKET,
+                    "--preload", preload_specs_json()]  # fmt: skip
+
         web_cmd = [
             sys.executable,
             "-m",
@@ -48,7 +54,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
 
-        worker = None if opts["no_worker"] else subprocess.Popen(worker_cmd, env=env)
+        worker = None if opts["no_worker"] else subprocess.Popen(worker_cmd(), env=env)
         web = subprocess.Popen(web_cmd, env=env)
         shown_host = f"[{host}]" if ":" in host else host
         self.stdout.write(
@@ -79,7 +85,7 @@ class Command(BaseCommand):
                         f"inference worker exited with status {worker.returncode}; restarting in {delay:.0f}s"
                     )
                     time.sleep(delay)
-                    worker = subprocess.Popen(worker_cmd, env=env)
+                    worker = subprocess.Popen(worker_cmd(), env=env)
         finally:
             for proc in (web, worker):
                 if proc is not None and proc.poll() is None:

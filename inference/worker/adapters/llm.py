@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
+import msgspec
 from mlx.utils import tree_flatten
 from mlx_lm import load as mlx_load
 from mlx_lm.generate import BatchGenerator, StopSequences, generate_step, speculative_generate_step
@@ -136,11 +137,13 @@ class LLMEngine:
 
     kind = "llm"
 
-    def __init__(self, spec: p.ModelSpec, *, max_batch: int = 32) -> None:
+    def __init__(self, spec: p.ModelSpec) -> None:
         self.spec = spec
+        self.pinned = spec.pinned
         t0 = time.perf_counter()
-        loaded = mlx_load(spec.path)
-        self.model, self.tokenizer = loaded[0], loaded[1]
+        loaded = cast(tuple[Any, Any, dict[str, Any]], mlx_load(spec.path, return_config=True))
+        self.model, self.tokenizer, config = loaded
+        self.model_context = int(config.get("max_position_embeddings") or 0) or None
         self.draft_model = mlx_load(spec.draft_path)[0] if spec.draft_path else None
         if _use_float32():
             self.model = _to_float32(self.model)
@@ -149,6 +152,7 @@ class LLMEngine:
         self.kv_group_size = _kv_group_size(self.model, spec.kv_bits)
         self.load_seconds = time.perf_counter() - t0
         self.weight_bytes = _nbytes(self.model) + (_nbytes(self.draft_model) if self.draft_model else 0)
+        max_batch = max(1, spec.max_concurrent)
         self.batch = BatchGenerator(
             self.model,
             completion_batch_size=max_batch,
@@ -169,6 +173,18 @@ class LLMEngine:
         self.prompt_tokens_seen = 0
 
     # ---- bookkeeping -------------------------------------------------------------
+
+    def apply_policy(self, spec: p.ModelSpec) -> None:
+        """Pool policy from the latest request: pin, keep-alive, concurrency, context."""
+        self.spec = spec
+        self.pinned = self.pinned or spec.pinned
+        # BatchGenerator reads these on every step; more requests wait in its queue.
+        self.batch.completion_batch_size = max(1, spec.max_concurrent)
+        self.batch.prefill_batch_size = min(8, self.batch.completion_batch_size)
+
+    @property
+    def context_length(self) -> int | None:
+        return self.spec.context_length or self.model_context
 
     @property
     def active(self) -> int:
@@ -191,6 +207,10 @@ class LLMEngine:
             "last_used": self.last_used,
             "speculative": self.draft_model is not None,
             "kv_bits": self.spec.kv_bits,
+            "pinned": self.pinned,
+            "keep_alive_s": self.spec.keep_alive_s,
+            "context_length": self.context_length,
+            "max_concurrent": self.batch.completion_batch_size,
         }
 
     # ---- requests ----------------------------------------------------------------
@@ -240,8 +260,25 @@ class LLMEngine:
             return True
         return self.draft_model is not None and not self._by_uid and not self._sequential
 
+    def _check_context(self, req: p.Generate, prompt: list[int]) -> p.Generate:
+        """Refuse prompts that don't fit; shorten max_tokens to what's left of the context."""
+        limit = self.context_length
+        if not limit:
+            return req
+        if len(prompt) >= limit:
+            raise BadRequest(
+                f"This model's maximum context length is {limit} tokens, but the prompt is "
+                f"{len(prompt)} tokens. Shorten the messages."
+            )
+        room = limit - len(prompt)
+        if req.sampling.max_tokens > room:
+            sampling = msgspec.structs.replace(req.sampling, max_tokens=room)
+            return msgspec.structs.replace(req, sampling=sampling)
+        return req
+
     def add(self, req: p.Generate, conn: Any) -> None:
         prompt = self._tokenize(req)
+        req = self._check_context(req, prompt)
         if self.spec.kv_bits is not None and self._sequential:
             self._waiting.append((req, conn))  # one quantized-KV stream at a time
             return
