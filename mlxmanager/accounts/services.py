@@ -38,9 +38,7 @@ def user_create_admin(*, username: str, password: str, email: str = "") -> User:
 
 
 @transaction.atomic
-def api_key_create(
-    *, user: User, name: str, expires_at: datetime | None = None
-) -> tuple[ApiKey, str]:
+def api_key_create(*, user: User, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
     """Create a key; the secret is returned once and never stored."""
     name = name.strip()
     if not name:

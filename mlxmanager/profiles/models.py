@@ -15,14 +15,18 @@ class Profile(models.Model):
     description = models.CharField(max_length=300, blank=True)
     # Generation defaults applied to every request that doesn't set them (see GENERATION_KEYS).
     defaults = models.JSONField(default=dict, blank=True)
-    system_prompt = models.TextField(blank=True, help_text="Prepended when the client sends no system message.")
+    system_prompt = models.TextField(
+        blank=True, help_text="Prepended when the client sends no system message."
+    )
     context_length = models.PositiveIntegerField(
         null=True, blank=True, help_text="Longest prompt + answer accepted, in tokens (blank: the model's)."
     )
     chat_template_kwargs = models.JSONField(
         default=dict, blank=True, help_text='Chat-template options, e.g. {"enable_thinking": false}.'
     )
-    tool_parser = models.CharField(max_length=50, blank=True, help_text="Override the inferred tool-call parser.")
+    tool_parser = models.CharField(
+        max_length=50, blank=True, help_text="Override the inferred tool-call parser."
+    )
     reasoning_parser = models.CharField(max_length=50, blank=True, help_text="Override the reasoning parser.")
     pinned = models.BooleanField(default=False, help_text="Never evicted from the pool.")
     preload = models.BooleanField(default=False, help_text="Loaded when the worker starts.")

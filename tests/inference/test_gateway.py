@@ -54,6 +54,8 @@ def test_chat_template_options_merge_request_over_profile() -> None:
 
 
 def test_spec_carries_pool_policy() -> None:
-    pr = Profile(name="p", model_path="/m", pinned=True, keep_alive_seconds=60, max_concurrent=4, context_length=2048)
+    pr = Profile(
+        name="p", model_path="/m", pinned=True, keep_alive_seconds=60, max_concurrent=4, context_length=2048
+    )
     spec = gateway.Target(pr).spec
     assert (spec.pinned, spec.keep_alive_s, spec.max_concurrent, spec.context_length) == (True, 60.0, 4, 2048)
