@@ -126,7 +126,7 @@ def messages_request(body: MessagesRequest, target: Target) -> p.Generate:
             target.profile, body.sampling_values(), max_tokens=body.max_tokens, stop=body.stop_list()
         ),
         messages=_with_profile_system(messages, target.profile),
-        chat_template_kwargs=template_kwargs,
+        chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **template_kwargs},
     )
 
 
@@ -137,5 +137,5 @@ def count_tokens_request(body: CountTokensRequest, target: Target) -> p.CountTok
         request_id=f"count_{uuid.uuid4().hex}",
         model=target.spec,
         messages=_with_profile_system(messages, target.profile),
-        chat_template_kwargs=template_kwargs,
+        chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **template_kwargs},
     )

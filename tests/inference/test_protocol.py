@@ -46,3 +46,17 @@ def test_eof_and_oversized_frames() -> None:
         read_frames(codec, b"\x00\x00")
     with pytest.raises(ValueError, match="exceeds"):
         read_frames(codec, (p.MAX_FRAME_BYTES + 1).to_bytes(4, "big"))
+
+
+def test_count_tokens_round_trip() -> None:
+    web, worker = p.client_codec(), p.worker_codec()
+    ask = p.CountTokens(
+        request_id="c1",
+        model=p.ModelSpec(name="m", path="/models/m"),
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure,"}],
+        chat_template_kwargs={"add_generation_prompt": False, "continue_final_message": True},
+    )
+    (got,) = read_frames(worker, web.encode(ask))
+    assert got == ask
+    (reply,) = read_frames(web, worker.encode(p.TokenCount(request_id="c1", input_tokens=12)))
+    assert reply == p.TokenCount(request_id="c1", input_tokens=12)

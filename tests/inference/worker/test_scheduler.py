@@ -214,3 +214,16 @@ def test_stop_string_reports_which_one(sched: Scheduler, demo_models: dict[str, 
     text, final = run_one(sched, gen("cut", path, "stops", max_tokens=30, stop=["zzzzqqq", stop]))
     assert final.finish_reason == "stop" and final.stop_sequence == stop
     assert text == full[: full.index(stop)]
+
+
+def test_count_tokens_matches_the_generation_prompt(sched: Scheduler, demo_models: dict[str, Path]) -> None:
+    req = gen("counted", demo_models["tiny-random"], "count me\n- please", max_tokens=2)
+    _, final = run_one(sched, req)
+    conn = Conn()
+    sched.submit(conn, p.CountTokens(request_id="c", model=req.model, messages=req.messages))
+    assert conn.inbox.get(timeout=30) == p.TokenCount(request_id="c", input_tokens=final.prompt_tokens)
+
+    missing = p.ModelSpec(name="gone", path="/nonexistent/model")
+    sched.submit(conn, p.CountTokens(request_id="m", model=missing, messages=req.messages))
+    err = conn.inbox.get(timeout=30)
+    assert isinstance(err, p.RequestError) and err.code == p.ERR_MODEL_LOAD
