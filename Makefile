@@ -46,8 +46,11 @@ fmt: install-dev
 test: install-dev browser lint
 	MLXM_DATA_DIR=$(CURDIR)/.data/test $(PY) -m pytest
 
+# Engine (gateway vs mlx_lm.server vs in-process) then single-stream gateway vs in-process; both
+# rewrite their own sections of docs/benchmarks.md. BENCH_ARGS=--quick for a smoke run.
 bench: install-dev
-	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_gateway.py
+	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_engine.py --write docs/benchmarks.md $(BENCH_ARGS)
+	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_gateway.py --write docs/benchmarks.md
 
 clean:
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

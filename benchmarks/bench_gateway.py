@@ -29,73 +29,55 @@ throwaway gateway data dir. No timing here is asserted anywhere: these are measu
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import math
 import os
 import platform
-import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import (  # noqa: E402
+    DOC_INTRO,
+    NOISY_SPREAD,
+    ROOT,
+    cpu_model,
+    decode_rate,
+    median,
+    prepare_models,
+    replace_section,
+    spread,
+    utc_now,
+    write_section,
+)
+from benchmarks._common import command_line as _command_line  # noqa: E402
+from benchmarks._common import fmt as _fmt  # noqa: E402
+from benchmarks._common import version as _version  # noqa: E402
+
+__all__ = ["DOC_INTRO", "decode_rate", "median", "replace_section", "spread"]
 
 SECTION_TITLE = "## Single-stream decode: gateway vs in-process"
-DOC_INTRO = (
-    "# Benchmarks\n\n"
-    "All figures are ratios against a baseline run in the same invocation; these machines are noisy.\n"
-)
 PROMPT = "Write a long story about a dragon."
 DEFAULT_MODELS = ("tiny-random", "smollm2-135m-instruct")
 # smollm2 decodes at a few tok/s on a 2-core CPU: keep its runs short.
 DEFAULT_MAX_TOKENS = {"tiny-random": 256, "smollm2-135m-instruct": 64}
 FALLBACK_MAX_TOKENS = 64
 WARMUP_TOKENS = 16
-# Spread (max - min) / median above this marks a series as noisy in the report.
-NOISY_SPREAD = 0.15
 
 
 # --------------------------------------------------------------------------------------
 # Pure helpers (unit-tested)
 # --------------------------------------------------------------------------------------
-
-
-def decode_rate(tokens: int, t_first: float | None, t_last: float | None) -> float:
-    """Decode tokens/s after the first token: (tokens - 1) / (t_last - t_first); NaN if undefined."""
-    if tokens < 2 or t_first is None or t_last is None or t_last <= t_first:
-        return math.nan
-    return (tokens - 1) / (t_last - t_first)
-
-
-def median(values: Sequence[float]) -> float:
-    """Median of the finite values; NaN when there are none."""
-    finite = [v for v in values if not math.isnan(v)]
-    return statistics.median(finite) if finite else math.nan
-
-
-def spread(values: Sequence[float]) -> float:
-    """(max - min) / median of the finite values: 0 for one value, NaN for none."""
-    finite = [v for v in values if not math.isnan(v)]
-    mid = median(finite)
-    if not finite or not mid:
-        return math.nan
-    return (max(finite) - min(finite)) / mid
-
-
-def _fmt(value: float, pattern: str) -> str:
-    return "n/a" if math.isnan(value) else pattern.format(value)
 
 
 @dataclass
@@ -135,27 +117,6 @@ def format_table(rows: Sequence[Row]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def replace_section(markdown: str, title: str, body: str) -> str:
-    """Replace the section headed `title` (up to the next heading of the same or higher
-    level) with `title` + `body`, or append it at the end when absent."""
-    level = len(title) - len(title.lstrip("#"))
-    section = f"{title}\n\n{body.strip()}\n"
-    lines = markdown.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
-    if start is None:
-        head = markdown.rstrip("\n")
-        return (head + "\n\n" if head else "") + section
-    end = len(lines)
-    for i in range(start + 1, len(lines)):
-        stripped = lines[i].lstrip("#")
-        hashes = len(lines[i]) - len(stripped)
-        if 0 < hashes <= level and stripped.startswith(" "):
-            end = i
-            break
-    tail = "".join(lines[end:])
-    return "".join(lines[:start]) + section + ("\n" + tail if tail else "")
 
 
 # --------------------------------------------------------------------------------------
@@ -299,32 +260,8 @@ def summarize(model: str, max_tokens: int, pairs: Sequence[tuple[Sample, Sample]
 # --------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def command_line(argv: Sequence[str]) -> str:
-    exe = Path(sys.executable)
-    try:
-        exe_s = str(exe.relative_to(ROOT)) if exe.is_absolute() else str(exe)
-    except ValueError:
-        exe_s = "python"
-    script = Path(__file__).resolve().relative_to(ROOT)
-    env = f"MLXM_DATA_DIR={os.environ['MLXM_DATA_DIR']} " if "MLXM_DATA_DIR" in os.environ else ""
-    return f"{env}{exe_s} {script} {shlex.join(argv)}".rstrip()
+    return _command_line(__file__, argv)
 
 
 def _series(values: Sequence[float], pattern: str = "{:.1f}") -> str:
@@ -339,7 +276,7 @@ def report_body(
     load_after: tuple[float, float, float],
 ) -> str:
     first = next(iter(results.values()))[0][0]
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    now = utc_now()
     lines = [
         f"Command: `{command_line(argv)}`",
         "",
@@ -392,30 +329,12 @@ def report_body(
 
 
 def write_report(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else DOC_INTRO
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(replace_section(text, SECTION_TITLE, body))
+    write_section(path, SECTION_TITLE, body)
 
 
 # --------------------------------------------------------------------------------------
 # Orchestration
 # --------------------------------------------------------------------------------------
-
-
-def prepare_models(shared_dir: Path) -> dict[str, Path]:
-    """Build the demo models in a subprocess: building imports MLX, which must stay out of here."""
-    code = (
-        "import json, sys; from pathlib import Path; "
-        "from inference.worker.demo_models import prepare_demo_models; "
-        "paths = prepare_demo_models(Path(sys.argv[1]), log=lambda m: print(m, file=sys.stderr)); "
-        "print(json.dumps({k: str(v) for k, v in paths.items()}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(shared_dir)], cwd=ROOT, capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"could not build the demo models:\n{out.stderr[-3000:]}")
-    return {k: Path(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -7,6 +7,7 @@ Params in errors use Anthropic's dotted paths (`messages.0.content.1`).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
@@ -22,10 +23,6 @@ TURN_SEPARATOR = "\n\n"
 _UNSUPPORTED_BLOCKS = {
     "image": "this model does not accept images",
     "document": "document blocks are not supported yet",
-    "tool_use": "tool_use blocks are not supported yet",
-    "tool_result": "tool_result blocks are not supported yet",
-    "thinking": "thinking blocks are not supported yet",
-    "redacted_thinking": "redacted_thinking blocks are not supported yet",
     "search_result": "search_result blocks are not supported",
     "server_tool_use": "server tools are not supported",
     "web_search_tool_result": "server tools are not supported",
@@ -52,19 +49,66 @@ class TextBlock(_Strict):
 
 
 class OtherBlock(BaseModel):
-    """Any non-text block: kept loose so `refuse_unsupported` can name it clearly."""
+    """Any other block: kept loose so `refuse_unsupported` can name it clearly."""
 
     model_config = ConfigDict(extra="allow")
     type: str
 
 
+class ToolUseBlock(_Strict):
+    """A call the assistant made in an earlier turn."""
+
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=256)
+    input: dict[str, Any]
+    cache_control: CacheControl | None = None
+
+
+class ToolResultBlock(_Strict):
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1, max_length=256)
+    content: str | list[TextBlock | OtherBlock] | None = None
+    is_error: bool | None = None
+    cache_control: CacheControl | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return BLOCK_SEPARATOR.join(b.text for b in self.content if isinstance(b, TextBlock))
+
+
+class ThinkingBlock(_Strict):
+    """Reasoning from an earlier turn; the chat template decides whether the model sees it."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+    cache_control: CacheControl | None = None
+
+
+class RedactedThinkingBlock(_Strict):
+    """Another provider's encrypted reasoning: accepted, and not shown to the model."""
+
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+_KNOWN_BLOCKS = {"text", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+
+
 def _block_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "text" if kind == "text" else "other"
+    return kind if kind in _KNOWN_BLOCKS else "other"
 
 
 ContentBlock = Annotated[
-    Annotated[TextBlock, Tag("text")] | Annotated[OtherBlock, Tag("other")],
+    Annotated[TextBlock, Tag("text")]
+    | Annotated[ToolUseBlock, Tag("tool_use")]
+    | Annotated[ToolResultBlock, Tag("tool_result")]
+    | Annotated[ThinkingBlock, Tag("thinking")]
+    | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")]
+    | Annotated[OtherBlock, Tag("other")],
     Discriminator(_block_kind),
 ]
 
@@ -78,11 +122,45 @@ class Metadata(_Strict):
     user_id: str | None = Field(default=None, max_length=256)
 
 
-class ThinkingConfig(BaseModel):
-    """Loose on purpose: any shape other than `{"type": "disabled"}` is refused by name."""
+class ThinkingConfig(_Strict):
+    """`enabled` (with a token budget for the reasoning), `adaptive` or `disabled`."""
+
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = Field(default=None, ge=1)
+
+
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+
+
+class ToolParam(BaseModel):
+    """A client tool. Loose so that server tools (`type: "web_search_…"`) are refused by name."""
 
     model_config = ConfigDict(extra="allow")
-    type: str
+    name: str
+    type: str | None = None
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    cache_control: CacheControl | None = None
+    strict: bool | None = None
+
+
+class OutputFormat(_Strict):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Strict):
+    """Structured output (`format`, enforced by constrained decoding) and `effort`, which
+    is passed to the chat template as `reasoning_effort`."""
+
+    format: OutputFormat | None = None
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+
+
+class ToolChoice(_Strict):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
 
 
 def _join(blocks: list[TextBlock]) -> str:
@@ -96,19 +174,28 @@ class CountTokensRequest(_Strict):
     messages: list[MessageParam] = Field(min_length=1, max_length=100_000)
     system: str | list[TextBlock] | None = None
     cache_control: CacheControl | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: dict[str, Any] | None = None
+    tools: list[ToolParam] | None = Field(default=None, max_length=1024)
+    tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
+    output_config: OutputConfig | None = None
 
     def refuse_unsupported(self) -> None:
-        if self.tools:
-            raise DomainError("tools are not supported yet", param="tools")
-        if self.tool_choice is not None and self.tool_choice.get("type") not in ("auto", "none"):
-            raise DomainError("tool_choice is not supported yet", param="tool_choice")
-        if self.thinking is not None and self.thinking.type != "disabled":
+        for i, tool in enumerate(self.tools or []):
+            if tool.type not in (None, "custom"):
+                raise DomainError(
+                    f"server tools ('{tool.type[:60]}') are not supported", param=f"tools.{i}.type"
+                )
+            if not _TOOL_NAME.match(tool.name):
+                raise DomainError("tool names must match ^[a-zA-Z0-9_-]{1,128}$", param=f"tools.{i}.name")
+            if tool.input_schema is None:
+                raise DomainError("Field required", param=f"tools.{i}.input_schema")
+            extra = set(tool.model_extra or {})
+            if extra:
+                raise DomainError(f"Extra inputs are not permitted: {sorted(extra)[0]}", param=f"tools.{i}")
+        self.tool_choice_values()
+        if self.thinking is not None and self.thinking.type == "enabled" and not self.thinking.budget_tokens:
             raise DomainError(
-                'extended thinking is not supported yet; omit \'thinking\' or send {"type": "disabled"}',
-                param="thinking",
+                "budget_tokens is required when thinking is enabled", param="thinking.budget_tokens"
             )
         if isinstance(self.system, list):
             for j, sys_block in enumerate(self.system):
@@ -124,9 +211,21 @@ class CountTokensRequest(_Strict):
                         raise DomainError(
                             reason or f"unknown content block type '{block.type[:40]}'", param=where
                         )
-                    if block.citations:
+                    if isinstance(block, TextBlock) and block.citations:
                         raise DomainError("citations are not supported", param=f"{where}.citations")
-            if not self.text_of(m) and not (i == last and m.role == "assistant"):
+                    if isinstance(block, ToolUseBlock) and m.role != "assistant":
+                        raise DomainError("tool_use blocks belong to assistant messages", param=where)
+                    if isinstance(block, ToolResultBlock):
+                        if m.role != "user":
+                            raise DomainError("tool_result blocks belong to user messages", param=where)
+                        for k, part in enumerate(block.content if isinstance(block.content, list) else []):
+                            if isinstance(part, OtherBlock):
+                                reason = _UNSUPPORTED_BLOCKS.get(part.type)
+                                raise DomainError(
+                                    reason or f"unsupported tool_result content '{part.type[:40]}'",
+                                    param=f"{where}.content.{k}",
+                                )
+            if not self._has_content(m) and not (i == last and m.role == "assistant"):
                 raise DomainError(
                     "all messages must have non-empty content except for the optional final assistant message",
                     param=f"messages.{i}",
@@ -137,6 +236,64 @@ class CountTokensRequest(_Strict):
         if isinstance(message.content, str):
             return message.content
         return _join([b for b in message.content if isinstance(b, TextBlock)])
+
+    def _has_content(self, message: MessageParam) -> bool:
+        if self.text_of(message):
+            return True
+        return isinstance(message.content, list) and any(
+            isinstance(b, ToolUseBlock | ToolResultBlock | ThinkingBlock) for b in message.content
+        )
+
+    def tool_choice_values(self) -> tuple[str, str | None, bool]:
+        """(mode, tool name, parallel calls allowed) in the worker's terms."""
+        choice = self.tool_choice
+        if choice is None:
+            return "auto", None, True
+        parallel = not choice.disable_parallel_tool_use
+        if choice.type == "tool":
+            if not choice.name or choice.name not in {t.name for t in self.tools or []}:
+                raise DomainError(
+                    f"tool_choice names a tool that is not in tools: {choice.name!r}",
+                    param="tool_choice.name",
+                )
+            return "function", choice.name, parallel
+        if choice.type == "any":
+            if not self.tools:
+                raise DomainError("tool_choice 'any' needs tools", param="tool_choice")
+            return "required", None, parallel
+        return choice.type, None, parallel
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The tools in the OpenAI shape that chat templates and the worker expect."""
+        if not self.tools:
+            return None
+        out = []
+        for t in self.tools:
+            fn: dict[str, Any] = {"name": t.name, "parameters": t.input_schema or {"type": "object"}}
+            if t.description:
+                fn["description"] = t.description
+            if t.strict:
+                fn["strict"] = True
+            out.append({"type": "function", "function": fn})
+        return out
+
+    def thinking_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.thinking is not None:
+            kwargs["enable_thinking"] = self.thinking.type != "disabled"
+        if self.output_config is not None and self.output_config.effort is not None:
+            kwargs["reasoning_effort"] = self.output_config.effort
+        return kwargs
+
+    def constraint(self) -> dict[str, Any] | None:
+        """`output_config.format` as the worker's constraint."""
+        fmt = self.output_config.format if self.output_config is not None else None
+        return {"type": "json_schema", "schema": fmt.schema_} if fmt is not None else None
+
+    def thinking_budget(self) -> int | None:
+        if self.thinking is not None and self.thinking.type == "enabled":
+            return self.thinking.budget_tokens
+        return None
 
     def system_text(self) -> str | None:
         if self.system is None:
@@ -154,17 +311,49 @@ class CountTokensRequest(_Strict):
         if system:
             out.append({"role": "system", "content": system})
         for m in self.messages:
+            if isinstance(m.content, list):
+                # Tool results answer the previous turn's calls: they come first, as tool messages.
+                for block in m.content:
+                    if isinstance(block, ToolResultBlock):
+                        content = block.text()
+                        if block.is_error:
+                            content = f"Error: {content}"
+                        out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": content})
             text = self.text_of(m)
-            if out and out[-1]["role"] == m.role:
+            calls = (
+                [b for b in m.content if isinstance(b, ToolUseBlock)] if isinstance(m.content, list) else []
+            )
+            thinking = (
+                [b.thinking for b in m.content if isinstance(b, ThinkingBlock)]
+                if isinstance(m.content, list)
+                else []
+            )
+            empty = not (text or calls or thinking)
+            if empty and (m.role == "user" or (out and out[-1]["role"] in (m.role, "tool"))):
+                continue
+            if out and out[-1]["role"] == m.role and not calls and not out[-1].get("tool_calls"):
                 if text:
-                    out[-1]["content"] += TURN_SEPARATOR + text
-            else:
-                out.append({"role": m.role, "content": text})
-        if out and out[-1]["role"] == "assistant":
+                    out[-1]["content"] += (TURN_SEPARATOR if out[-1]["content"] else "") + text
+                if thinking:
+                    out[-1]["reasoning_content"] = "\n".join(
+                        [out[-1].get("reasoning_content", ""), *thinking]
+                    ).strip()
+                continue
+            msg: dict[str, Any] = {"role": m.role, "content": text}
+            if calls:
+                msg["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.input}}
+                    for c in calls
+                ]
+            if thinking:
+                msg["reasoning_content"] = "\n".join(thinking)
+            out.append(msg)
+        kwargs = self.thinking_kwargs()
+        if out and out[-1]["role"] == "assistant" and not out[-1].get("tool_calls"):
             if out[-1]["content"]:
-                return out, {"add_generation_prompt": False, "continue_final_message": True}
+                return out, {**kwargs, "add_generation_prompt": False, "continue_final_message": True}
             out.pop()
-        return out, {}
+        return out, kwargs
 
 
 class MessagesRequest(CountTokensRequest):
@@ -186,6 +375,12 @@ class MessagesRequest(CountTokensRequest):
         if any(len(s) > 200 for s in v):
             raise ValueError("a stop sequence is longer than 200 characters")
         return v
+
+    def refuse_unsupported(self) -> None:
+        super().refuse_unsupported()
+        budget = self.thinking.budget_tokens if self.thinking is not None else None
+        if budget is not None and budget >= self.max_tokens:
+            raise DomainError("max_tokens must be greater than thinking.budget_tokens", param="max_tokens")
 
     def sampling_values(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}

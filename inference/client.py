@@ -178,6 +178,17 @@ class EngineClient:
         assert isinstance(reply, p.HealthReply)
         return reply.state
 
+    async def aclose(self) -> None:
+        """Close the connection (short-lived clients); requests still in flight fail as dead."""
+        task, writer = self._reader_task, self._writer
+        self._reader_task = self._writer = None
+        if writer is not None:
+            writer.close()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
 
 _clients: dict[int, EngineClient] = {}
 

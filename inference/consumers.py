@@ -6,7 +6,8 @@ logged-in user. Client messages:
     {"type": "chat", "id": "<client id>", "body": {<a /v1/chat/completions body>}}
     {"type": "stop", "id": "<client id>"}
 
-Server messages: `{"type": "delta", "id", "text"}` as tokens arrive, then
+Server messages: `{"type": "delta", "id", "text"}` as tokens arrive (with `reasoning` and
+`tool_calls` pieces when the model reasons or calls tools), then
 `{"type": "done", "id", "finish_reason", "usage"}`, or `{"type": "error", "id", "error": {...}}`
 (OpenAI's error object). "stop" and closing the socket abort the generation in the worker.
 """
@@ -103,8 +104,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             async with aclosing(get_engine_client().generate(req)) as outputs:
                 async for batch in outputs:
                     text = "".join(o.text for o in batch)
-                    if text:
-                        await self.send_json({"type": "delta", "id": rid, "text": text})
+                    reasoning = "".join(o.reasoning for o in batch)
+                    calls = [
+                        {"index": c.index, "id": c.id, "name": c.name, "arguments": c.arguments}
+                        for o in batch
+                        for c in o.tool_calls
+                    ]
+                    if text or reasoning or calls:
+                        delta: dict[str, Any] = {"type": "delta", "id": rid, "text": text}
+                        if reasoning:
+                            delta["reasoning"] = reasoning
+                        if calls:
+                            delta["tool_calls"] = calls
+                        await self.send_json(delta)
                     final = batch[-1] if batch[-1].finish_reason else None
                     if final is not None:
                         usage = {

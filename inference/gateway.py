@@ -95,6 +95,7 @@ def _with_profile_system(messages: list[dict[str, Any]], profile: Profile) -> li
 
 def chat_request(body: ChatCompletionRequest, target: Target) -> p.Generate:
     messages = _with_profile_system(body.template_messages(), target.profile)
+    tool_choice, tool_name = body.tool_choice_values()
     return p.Generate(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         model=target.spec,
@@ -102,8 +103,17 @@ def chat_request(body: ChatCompletionRequest, target: Target) -> p.Generate:
         messages=messages,
         chat_template_kwargs={
             **(target.profile.chat_template_kwargs or {}),
+            **body.reasoning_kwargs(),
             **(body.chat_template_kwargs or {}),
         },
+        tools=body.tool_dicts(),
+        tool_choice=tool_choice,
+        tool_name=tool_name,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        response_format=body.constraint(),
+        # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
+        tool_parser=target.profile.tool_parser or "",
+        reasoning_parser=target.profile.reasoning_parser or "",
     )
 
 
@@ -119,6 +129,7 @@ def completion_request(body: CompletionRequest, target: Target) -> p.Generate:
 def messages_request(body: MessagesRequest, target: Target) -> p.Generate:
     """An Anthropic Messages request as a chat generation."""
     messages, template_kwargs = body.chat_prompt()
+    tool_choice, tool_name, parallel = body.tool_choice_values()
     return p.Generate(
         request_id=f"msg_{uuid.uuid4().hex}",
         model=target.spec,
@@ -127,15 +138,27 @@ def messages_request(body: MessagesRequest, target: Target) -> p.Generate:
         ),
         messages=_with_profile_system(messages, target.profile),
         chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **template_kwargs},
+        tools=body.tool_dicts(),
+        tool_choice=tool_choice,
+        tool_name=tool_name,
+        parallel_tool_calls=parallel,
+        response_format=body.constraint(),
+        thinking_budget=body.thinking_budget(),
+        # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
+        tool_parser=target.profile.tool_parser or "",
+        reasoning_parser=target.profile.reasoning_parser or "",
     )
 
 
 def count_tokens_request(body: CountTokensRequest, target: Target) -> p.CountTokens:
     """The prompt `messages_request` would build for the same body, to be tokenized only."""
     messages, template_kwargs = body.chat_prompt()
+    tool_choice, _, _ = body.tool_choice_values()
     return p.CountTokens(
         request_id=f"count_{uuid.uuid4().hex}",
         model=target.spec,
         messages=_with_profile_system(messages, target.profile),
         chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **template_kwargs},
+        tools=body.tool_dicts() if tool_choice != "none" else None,
+        tool_parser=target.profile.tool_parser or "",
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-PROTOCOL_VERSION = 2  # 2: CountTokens / TokenCount
+PROTOCOL_VERSION = 3  # 2: CountTokens / TokenCount; 3: tools, reasoning, response_format
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 _LEN = struct.Struct(">I")
 
@@ -72,6 +72,22 @@ class Generate(msgspec.Struct, tag="generate", kw_only=True):
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     chat_template_kwargs: dict[str, Any] = {}
+    # Function tools in OpenAI's shape ({"type": "function", "function": {...}}): rendered by
+    # the chat template (or injected into the system prompt) and parsed out of the answer.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str = "auto"  # TOOL_CHOICES; "function" names the tool in `tool_name`
+    tool_name: str | None = None
+    parallel_tool_calls: bool = True
+    # The profile's overrides of what mlx-lm infers from the tokenizer ("" = inferred).
+    tool_parser: str = ""
+    reasoning_parser: str = ""
+    # Constrained decoding: {"type": "json_object"} or {"type": "json_schema", "schema": {...}}.
+    response_format: dict[str, Any] | None = None
+    # Reasoning tokens allowed before the end-of-thinking marker is forced.
+    thinking_budget: int | None = None
+
+
+TOOL_CHOICES = ("auto", "none", "required", "function")
 
 
 class CountTokens(msgspec.Struct, tag="count_tokens", kw_only=True):
@@ -82,6 +98,8 @@ class CountTokens(msgspec.Struct, tag="count_tokens", kw_only=True):
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     chat_template_kwargs: dict[str, Any] = {}
+    tools: list[dict[str, Any]] | None = None
+    tool_parser: str = ""
 
 
 class Abort(msgspec.Struct, tag="abort", kw_only=True):
@@ -106,8 +124,22 @@ ToWorker = Hello | Generate | CountTokens | Abort | Health | PoolCommand
 # ---- worker -> web -------------------------------------------------------------
 
 
+class ToolCallDelta(msgspec.Struct, array_like=True):
+    """A piece of tool call `index`: its first piece has `id` and `name`, later ones append
+    to `arguments` (a JSON object once all pieces are joined)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 class Output(msgspec.Struct, array_like=True):
-    """One request's progress since the last frame. `finish_reason` set means final."""
+    """One request's progress since the last frame. `finish_reason` set means final.
+
+    `text` is answer content; reasoning and tool calls come apart, with their markup removed.
+    `finish_reason` is "stop", "length" or "tool_calls" (the model stopped after calling tools).
+    """
 
     request_id: str
     text: str
@@ -116,6 +148,8 @@ class Output(msgspec.Struct, array_like=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     stop_sequence: str | None = None  # which stop string ended it, if one did
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] = []
 
 
 class Outputs(msgspec.Struct, tag="outputs"):

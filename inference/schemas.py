@@ -7,6 +7,7 @@ ignored.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -37,12 +38,44 @@ class ImagePart(_Strict):
     image_url: ImageURL
 
 
+_TOOL_NAME = r"^[a-zA-Z0-9_.-]{1,64}$"
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+class FunctionCall(_Strict):
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str = "{}"  # a JSON object, as a string
+
+
+class ToolCallParam(_Strict):
+    """A call the assistant made in an earlier turn."""
+
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=_TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart | ImagePart] | None = None
     name: str | None = Field(default=None, max_length=256)
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallParam] | None = None
     tool_call_id: str | None = None
+    # What a reasoning model thought in that turn (sent back by some clients).
+    reasoning_content: str | None = None
+    refusal: str | None = None
 
 
 class SamplingFields(_Strict):
@@ -107,29 +140,89 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=1024)
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: Literal[REASONING_EFFORTS] | None = None  # type: ignore[valid-type]
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
         if self.top_logprobs is not None:
             raise DomainError("top_logprobs is not supported yet", param="top_logprobs")
-        if self.response_format not in (None, {"type": "text"}):
-            raise DomainError("response_format other than text is not supported yet", param="response_format")
-        if self.tools:
-            raise DomainError("tools are not supported yet", param="tools")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise DomainError("tool_choice is not supported yet", param="tool_choice")
+        self.constraint()
+        self.tool_choice_values()
         for i, m in enumerate(self.messages):
-            if m.role == "tool" or m.tool_calls:
-                raise DomainError("tool messages are not supported yet", param=f"messages[{i}]")
+            if m.role == "tool" and not m.tool_call_id:
+                raise DomainError("a tool message needs 'tool_call_id'", param=f"messages[{i}].tool_call_id")
+            if m.tool_calls and m.role != "assistant":
+                raise DomainError(
+                    "only assistant messages carry tool_calls", param=f"messages[{i}].tool_calls"
+                )
+            for j, call in enumerate(m.tool_calls or []):
+                if not isinstance(_json_object(call.function.arguments), dict):
+                    raise DomainError(
+                        "arguments must be a JSON object",
+                        param=f"messages[{i}].tool_calls[{j}].function.arguments",
+                    )
             if isinstance(m.content, list) and any(p.type == "image_url" for p in m.content):
                 raise DomainError("this model does not accept images", param=f"messages[{i}].content")
 
+    def tool_choice_values(self) -> tuple[str, str | None]:
+        """`tool_choice` as (mode, tool name): auto (the default), none, required or function."""
+        choice = self.tool_choice
+        if choice is None:
+            return "auto", None
+        if choice in ("none", "auto", "required"):
+            if choice == "required" and not self.tools:
+                raise DomainError("tool_choice 'required' needs tools", param="tool_choice")
+            return choice, None
+        if isinstance(choice, dict) and choice.get("type") == "function":
+            name = (choice.get("function") or {}).get("name")
+            if not isinstance(name, str) or name not in {t.function.name for t in self.tools or []}:
+                raise DomainError(
+                    f"tool_choice names a tool that is not in tools: {name!r}", param="tool_choice"
+                )
+            return "function", name
+        raise DomainError(
+            'tool_choice must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}',
+            param="tool_choice",
+        )
+
+    def constraint(self) -> dict[str, Any] | None:
+        """`response_format` as the worker's constraint: None (text), json_object or json_schema."""
+        rf = self.response_format
+        if rf is None or rf == {"type": "text"}:
+            return None
+        kind = rf.get("type")
+        if kind == "json_object" and set(rf) == {"type"}:
+            return {"type": "json_object"}
+        if kind == "json_schema" and set(rf) <= {"type", "json_schema"}:
+            spec = rf.get("json_schema")
+            if isinstance(spec, dict) and set(spec) <= {"name", "schema", "strict", "description"}:
+                schema = spec.get("schema", {"type": "object"})
+                if isinstance(schema, dict):
+                    return {"type": "json_schema", "schema": schema}
+        raise DomainError(
+            'response_format must be {"type": "text"}, {"type": "json_object"} or '
+            '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": true}}',
+            param="response_format",
+        )
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
+
+    def reasoning_kwargs(self) -> dict[str, Any]:
+        """Chat-template kwargs for `reasoning_effort` ("none" turns thinking off)."""
+        if self.reasoning_effort is None:
+            return {}
+        if self.reasoning_effort == "none":
+            return {"enable_thinking": False}
+        return {"enable_thinking": True, "reasoning_effort": self.reasoning_effort}
+
     def template_messages(self) -> list[dict[str, Any]]:
-        """Messages as the chat template expects them (plain string content)."""
+        """Messages as the chat template expects them (plain string content; tool-call
+        arguments as objects, as Hugging Face templates expect)."""
         out = []
         for m in self.messages:
             if isinstance(m.content, list):
@@ -137,8 +230,34 @@ class ChatCompletionRequest(SamplingFields):
             else:
                 text = m.content or ""
             role = "system" if m.role == "developer" else m.role
-            out.append({"role": role, "content": text})
+            msg: dict[str, Any] = {"role": role, "content": text}
+            if m.tool_calls:
+                msg["tool_calls"] = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {
+                            "name": c.function.name,
+                            "arguments": _json_object(c.function.arguments),
+                        },
+                    }
+                    for c in m.tool_calls
+                ]
+            if m.role == "tool":
+                msg["tool_call_id"] = m.tool_call_id
+                if m.name:
+                    msg["name"] = m.name
+            if m.reasoning_content and m.role == "assistant":
+                msg["reasoning_content"] = m.reasoning_content
+            out.append(msg)
         return out
+
+
+def _json_object(text: str) -> Any:
+    try:
+        return json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return None
 
 
 class CompletionRequest(SamplingFields):

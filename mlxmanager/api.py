@@ -12,7 +12,14 @@ from ninja.security import django_auth
 
 from mlxmanager.accounts.api import router as keys_router
 from mlxmanager.accounts.api import tokens_router
+from mlxmanager.audit.api import router as audit_router
+from mlxmanager.credentials.api import router as credentials_router
+from mlxmanager.downloads.api import router as downloads_router
 from mlxmanager.errors import DomainError
+from mlxmanager.playground.api import router as conversations_router
+from mlxmanager.pool.api import router as pool_router
+from mlxmanager.profiles.api import router as profiles_router
+from mlxmanager.rules.api import router as rules_router
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +73,10 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 api.add_router("/keys", keys_router)
 api.add_router("/tokens", tokens_router)
+api.add_router("/audit", audit_router)
+api.add_router("/credentials", credentials_router)
+api.add_router("/rules", rules_router)
+api.add_router("/profiles", profiles_router)
+api.add_router("/pool", pool_router)
+api.add_router("/conversations", conversations_router)
+api.add_router("/", downloads_router)

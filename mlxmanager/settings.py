@@ -42,6 +42,12 @@ INSTALLED_APPS = [
     "template_partials",
     "mlxmanager.accounts",
     "mlxmanager.profiles",
+    "mlxmanager.pool",
+    "mlxmanager.playground",
+    "mlxmanager.downloads",
+    "mlxmanager.audit",
+    "mlxmanager.credentials",
+    "mlxmanager.rules",
     "inference",
 ]
 
@@ -55,6 +61,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "mlxmanager.audit.middleware.audit_middleware",
 ]
 
 ROOT_URLCONF = "mlxmanager.urls"
@@ -133,6 +140,37 @@ MLXM_MODELS_DIR = MLXM_DATA_DIR / "models"
 MLXM_WORKER_SOCKET = config.worker_socket(MLXM_DATA_DIR)
 # Seconds the gateway waits for the worker to accept a connection before answering 503.
 MLXM_WORKER_CONNECT_TIMEOUT = float(os.environ.get("MLXM_WORKER_CONNECT_TIMEOUT", "2"))
+
+# Discover and downloads. The hub endpoint is explicit so tests can use a local fake hub.
+# HF_TOKEN (optional, for gated/private models) is read from the environment until the
+# credentials store keeps it encrypted; it is never logged.
+MLXM_HF_ENDPOINT = os.environ.get("MLXM_HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+MLXM_HF_TOKEN = os.environ.get("HF_TOKEN") or None
+# Scanned for models already on disk, besides MLXM_MODELS_DIR (folders: os.pathsep-separated).
+MLXM_HF_CACHE_DIR = Path(
+    os.environ.get("HF_HUB_CACHE")
+    or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+).expanduser()
+MLXM_MODEL_DIRS = [Path(p).expanduser() for p in os.environ.get("MLXM_MODEL_DIRS", "").split(os.pathsep) if p]
+# Models larger than this are flagged as not fitting (default: 75% of physical RAM).
+MLXM_MEMORY_LIMIT_BYTES = int(
+    os.environ.get("MLXM_MEMORY_LIMIT_BYTES")
+    or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4
+)
+MLXM_DOWNLOAD_CONCURRENCY = int(os.environ.get("MLXM_DOWNLOAD_CONCURRENCY", "2"))
+
+# Team gateway: audit log, cloud credentials, routing rules, upstream calls (docs/architecture.md).
+MLXM_AUDIT_FLUSH_INTERVAL = float(os.environ.get("MLXM_AUDIT_FLUSH_INTERVAL", "1.0"))  # 0: no flusher thread
+MLXM_AUDIT_BATCH_SIZE = int(os.environ.get("MLXM_AUDIT_BATCH_SIZE", "500"))
+MLXM_AUDIT_MAX_BUFFER = int(os.environ.get("MLXM_AUDIT_MAX_BUFFER", "100000"))
+MLXM_AUDIT_RETENTION_DAYS = int(os.environ.get("MLXM_AUDIT_RETENTION_DAYS", "90"))  # 0: keep forever
+MLXM_CREDENTIALS_KEY_FILE = Path(os.environ.get("MLXM_CREDENTIALS_KEY_FILE") or MLXM_DATA_DIR / "credentials.key")
+MLXM_ROUTES_CACHE_SECONDS = float(os.environ.get("MLXM_ROUTES_CACHE_SECONDS", "5"))
+MLXM_UPSTREAM_TIMEOUT = float(os.environ.get("MLXM_UPSTREAM_TIMEOUT", "60"))
+MLXM_UPSTREAM_RETRIES = int(os.environ.get("MLXM_UPSTREAM_RETRIES", "2"))
+MLXM_UPSTREAM_BACKOFF = float(os.environ.get("MLXM_UPSTREAM_BACKOFF", "0.25"))
+MLXM_BREAKER_FAILURES = int(os.environ.get("MLXM_BREAKER_FAILURES", "5"))
+MLXM_BREAKER_COOLDOWN = float(os.environ.get("MLXM_BREAKER_COOLDOWN", "30"))
 
 LOGGING = {
     "version": 1,

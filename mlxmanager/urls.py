@@ -10,5 +10,12 @@ urlpatterns = [
     path("v1/", v1_api.urls),
     re_path(r"^v1/(?P<path>.*)$", v1_not_found),
     path("api/", api.urls),
+    path("profiles/", include("mlxmanager.profiles.urls")),
+    path("pool/", include("mlxmanager.pool.urls")),
+    path("playground/", include("mlxmanager.playground.urls")),
+    path("", include("mlxmanager.downloads.urls")),
     path("", include("mlxmanager.accounts.urls")),
+    path("", include("mlxmanager.audit.urls")),
+    path("", include("mlxmanager.credentials.urls")),
+    path("", include("mlxmanager.rules.urls")),
 ]

@@ -8,6 +8,7 @@ not needed: there is one version of this surface.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -21,6 +22,8 @@ from inference import gateway
 from inference import protocol as p
 from inference.anthropic_schemas import CountTokensRequest, MessagesRequest
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
+from inference.dispatch import routed
+from mlxmanager.audit.recorder import track_outputs
 
 router = Router(tags=["anthropic"])
 _json = msgspec.json.Encoder()
@@ -81,17 +84,98 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 
 _PING = _event("ping", {"type": "ping"})
-_BLOCK_START = _event(
-    "content_block_start",
-    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-)
-_BLOCK_STOP = _event("content_block_stop", {"type": "content_block_stop", "index": 0})
 _MESSAGE_STOP = _event("message_stop", {"type": "message_stop"})
-_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":%b}}\n\n'
+_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"%b","%b":%b}}\n\n'
+# Per block type: the empty block that opens it, and its delta's type and field.
+_BLOCKS: dict[str, tuple[dict[str, Any], bytes, bytes]] = {
+    "text": ({"type": "text", "text": ""}, b"text_delta", b"text"),
+    "thinking": ({"type": "thinking", "thinking": "", "signature": ""}, b"thinking_delta", b"thinking"),
+    "tool_use": ({"type": "tool_use", "input": {}}, b"input_json_delta", b"partial_json"),
+}
 
 
-def _text_delta(text: str) -> bytes:
-    return _DELTA % _json.encode(text)
+def _tool_use_id(call_id: str | None) -> str:
+    return "toolu_" + (call_id or "").removeprefix("call_")
+
+
+def _tool_input(arguments: str) -> dict[str, Any]:
+    """A call's arguments as `input`; {} when generation stopped inside them."""
+    try:
+        value = json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class _Blocks:
+    """Turns the worker's outputs into content blocks, in the order they were generated."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.kind: str | None = None
+
+    def _open(self, kind: str, **fields: Any) -> list[bytes]:
+        events = self.close()
+        self.index += 1
+        self.kind = kind
+        block = {**_BLOCKS[kind][0], **fields}
+        events.append(
+            _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": self.index, "content_block": block},
+            )
+        )
+        return events
+
+    def _delta(self, value: str) -> bytes:
+        assert self.kind is not None
+        _, delta_type, field = _BLOCKS[self.kind]
+        return _DELTA % (self.index, delta_type, field, _json.encode(value))
+
+    def close(self) -> list[bytes]:
+        if self.kind is None:
+            return []
+        self.kind = None
+        return [_event("content_block_stop", {"type": "content_block_stop", "index": self.index})]
+
+    def feed(self, out: p.Output) -> list[bytes]:
+        events: list[bytes] = []
+        for kind, value in (("thinking", out.reasoning), ("text", out.text)):
+            if value:
+                if self.kind != kind:
+                    events += self._open(kind)
+                events.append(self._delta(value))
+        for tc in out.tool_calls:
+            if tc.id is not None:
+                events += self._open("tool_use", id=_tool_use_id(tc.id), name=tc.name)
+            if tc.arguments and self.kind == "tool_use":
+                events.append(self._delta(tc.arguments))
+        return events
+
+    def finish(self) -> list[bytes]:
+        """Close the last block; an answer without any gets one empty text block."""
+        return (self._open("text") if self.index < 0 else []) + self.close()
+
+
+def _content(outputs: list[p.Output]) -> list[dict[str, Any]]:
+    """The content blocks of a whole answer (non-streaming)."""
+    blocks: list[dict[str, Any]] = []
+    args: dict[int, list[str]] = {}
+    for out in outputs:
+        for kind, value in (("thinking", out.reasoning), ("text", out.text)):
+            if value:
+                if not blocks or blocks[-1]["type"] != kind:
+                    blocks.append(dict(_BLOCKS[kind][0]))
+                blocks[-1][kind] += value
+        for tc in out.tool_calls:
+            if tc.id is not None:
+                blocks.append({"type": "tool_use", "id": _tool_use_id(tc.id), "name": tc.name, "input": {}})
+                args[len(blocks) - 1] = []
+            if tc.arguments and args:
+                args[max(args)].append(tc.arguments)
+    for i, pieces in args.items():
+        blocks[i]["input"] = _tool_input("".join(pieces))
+    return blocks or [{"type": "text", "text": ""}]
 
 
 def _usage(out: p.Output, output_tokens: int) -> dict[str, int]:
@@ -107,6 +191,8 @@ def _usage(out: p.Output, output_tokens: int) -> dict[str, int]:
 def _stop(final: p.Output) -> dict[str, Any]:
     if final.finish_reason == "length":
         reason = "max_tokens"
+    elif final.finish_reason == "tool_calls":
+        reason = "tool_use"
     elif final.stop_sequence is not None:
         reason = "stop_sequence"
     else:
@@ -132,17 +218,14 @@ def _message(
 async def _collect(
     req: p.Generate, first: list[p.Output], outputs: AsyncGenerator[list[p.Output], None]
 ) -> HttpResponse:
-    parts = [o.text for o in first]
+    collected = list(first)
     final = first[-1]
     async with aclosing(outputs):
         while final.finish_reason is None:
             batch = await outputs.__anext__()
-            parts.extend(o.text for o in batch)
+            collected.extend(batch)
             final = batch[-1]
-    text = "".join(parts)
-    body = _message(
-        req, [{"type": "text", "text": text}], _usage(final, final.completion_tokens), **_stop(final)
-    )
+    body = _message(req, _content(collected), _usage(final, final.completion_tokens), **_stop(final))
     return HttpResponse(_json.encode(body), content_type="application/json")
 
 
@@ -153,14 +236,17 @@ async def _events(
     async with aclosing(outputs):
         start = _message(req, [], _usage(first[0], 0))
         yield _event("message_start", {"type": "message_start", "message": start})
-        yield _BLOCK_START
-        yield _PING
+        blocks = _Blocks()
+        pinged = False
         batch = first
         try:
             while True:
-                text = "".join(o.text for o in batch)
-                if text:
-                    yield _text_delta(text)
+                for out in batch:
+                    for event in blocks.feed(out):
+                        yield event
+                        if not pinged:  # after the first block starts, as Anthropic does
+                            yield _PING
+                            pinged = True
                 final = batch[-1]
                 if final.finish_reason is not None:
                     break
@@ -168,7 +254,11 @@ async def _events(
         except (EngineDeadError, EngineRequestError) as exc:
             yield _stream_error(exc)
             return
-        yield _BLOCK_STOP
+        for event in blocks.finish():
+            yield event
+            if not pinged:
+                yield _PING
+                pinged = True
         delta = {
             "type": "message_delta",
             "delta": _stop(final),
@@ -179,7 +269,7 @@ async def _events(
 
 
 async def _generate(req: p.Generate, *, stream: bool) -> HttpResponseBase:
-    outputs = get_engine_client().generate(req)
+    outputs = track_outputs(get_engine_client().generate(req))
     try:
         # Wait for the worker's first answer, so setup errors still get a proper status.
         first = await outputs.__anext__()
@@ -198,6 +288,7 @@ async def _generate(req: p.Generate, *, stream: bool) -> HttpResponseBase:
 
 
 @router.post("/messages")
+@routed("messages")
 async def messages(request: HttpRequest, body: MessagesRequest) -> HttpResponseBase:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)
@@ -205,6 +296,7 @@ async def messages(request: HttpRequest, body: MessagesRequest) -> HttpResponseB
 
 
 @router.post("/messages/count_tokens")
+@routed("count_tokens")
 async def count_tokens(request: HttpRequest, body: CountTokensRequest) -> HttpResponse:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)

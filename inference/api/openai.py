@@ -24,8 +24,10 @@ from inference import gateway
 from inference import protocol as p
 from inference.api import anthropic
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
+from inference.dispatch import routed
 from inference.schemas import ChatCompletionRequest, CompletionRequest
 from mlxmanager.accounts.selectors import api_key_authenticate
+from mlxmanager.audit.recorder import track_outputs
 from mlxmanager.errors import DomainError
 from mlxmanager.profiles.selectors import profile_list_served
 
@@ -189,18 +191,73 @@ def _usage(final: p.Output) -> dict[str, Any]:
 class _Collected:
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
         self.final: p.Output | None = None
+
+    def add(self, batch: list[p.Output]) -> None:
+        for out in batch:
+            self.parts.append(out.text)
+            if out.reasoning:
+                self.reasoning.append(out.reasoning)
+            for tc in out.tool_calls:
+                call = self.calls.setdefault(
+                    tc.index,
+                    {"id": tc.id, "type": "function", "function": {"name": tc.name, "arguments": ""}},
+                )
+                call["function"]["arguments"] += tc.arguments
+            if out.finish_reason is not None:
+                self.final = out
 
     async def drain(self, outputs: AsyncGenerator[list[p.Output], None]) -> None:
         async for batch in outputs:
-            for out in batch:
-                self.parts.append(out.text)
-                if out.finish_reason is not None:
-                    self.final = out
+            self.add(batch)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    def message(self) -> dict[str, Any]:
+        """The assistant message: content (null when it only called tools), reasoning, calls."""
+        text = self.text
+        msg: dict[str, Any] = {"role": "assistant", "content": text if text or not self.calls else None}
+        msg["refusal"] = None
+        if self.reasoning:
+            msg["reasoning_content"] = "".join(self.reasoning)
+        if self.calls:
+            msg["tool_calls"] = [self.calls[i] for i in sorted(self.calls)]
+        return msg
+
+
+def _chat_deltas(batch: list[p.Output]) -> list[dict[str, Any]]:
+    """The deltas of one batch that carries reasoning or tool calls, in generation order;
+    argument pieces of one call are joined."""
+    deltas: list[dict[str, Any]] = []
+    for out in batch:
+        if out.reasoning:
+            if deltas and "reasoning_content" in deltas[-1]:
+                deltas[-1]["reasoning_content"] += out.reasoning
+            else:
+                deltas.append({"reasoning_content": out.reasoning})
+        if out.text:
+            if deltas and "content" in deltas[-1]:
+                deltas[-1]["content"] += out.text
+            else:
+                deltas.append({"content": out.text})
+        for tc in out.tool_calls:
+            last = deltas[-1]["tool_calls"][-1] if deltas and "tool_calls" in deltas[-1] else None
+            if tc.id is None and last is not None and last["index"] == tc.index:
+                last["function"]["arguments"] += tc.arguments
+                continue
+            item: dict[str, Any] = {"index": tc.index, "function": {"arguments": tc.arguments}}
+            if tc.id is not None:
+                item = {"index": tc.index, "id": tc.id, "type": "function",
+                        "function": {"name": tc.name, "arguments": tc.arguments}}  # fmt: skip
+            if deltas and "tool_calls" in deltas[-1]:
+                deltas[-1]["tool_calls"].append(item)
+            else:
+                deltas.append({"tool_calls": [item]})
+    return deltas
 
 
 class _SSE:
@@ -236,7 +293,7 @@ async def _run(
     request: HttpRequest, req: p.Generate, *, stream: bool, include_usage: bool, chat: bool
 ) -> HttpResponseBase:
     client = get_engine_client()
-    outputs = client.generate(req)
+    outputs = track_outputs(client.generate(req))
     created = int(time.time())
     model = req.model.name
     try:
@@ -247,8 +304,7 @@ async def _run(
 
     if not stream:
         collected = _Collected()
-        collected.parts = [o.text for o in first]
-        collected.final = next((o for o in first if o.finish_reason), None)
+        collected.add(first)
         async with aclosing(outputs):
             if collected.final is None:
                 await collected.drain(outputs)
@@ -257,7 +313,7 @@ async def _run(
         if chat:
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": collected.text, "refusal": None},
+                "message": collected.message(),
                 "logprobs": None,
                 "finish_reason": final.finish_reason,
             }
@@ -284,9 +340,15 @@ async def _run(
             batch: list[p.Output] | None = first
             try:
                 while batch is not None:
-                    text = "".join(o.text for o in batch)
                     final = batch[-1] if batch[-1].finish_reason else None
-                    if text:
+                    if chat and any(o.reasoning or o.tool_calls for o in batch):
+                        for delta in _chat_deltas(batch):
+                            yield sse.event(
+                                choices=[
+                                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+                                ]
+                            )
+                    elif text := "".join(o.text for o in batch):
                         yield sse.content(text)
                     if final is not None:
                         if chat:
@@ -336,6 +398,7 @@ async def list_models(request: HttpRequest) -> HttpResponse:
 
 
 @api.post("/chat/completions")
+@routed("chat")
 async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponseBase:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)
@@ -345,6 +408,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
 
 
 @api.post("/completions")
+@routed("completions")
 async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResponseBase:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)

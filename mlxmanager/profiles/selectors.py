@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import QuerySet
+
 from mlxmanager.errors import NotFound
 from mlxmanager.profiles.models import Profile
+
+# A download still in progress keeps its partial files in this folder (mlxmanager.downloads).
+_PARTIAL_DIR = ".mlxm-download"
 
 
 async def profile_resolve(name: str) -> Profile:
@@ -16,3 +26,64 @@ async def profile_resolve(name: str) -> Profile:
 
 async def profile_list_served() -> list[Profile]:
     return [p async for p in Profile.objects.filter(enabled=True).order_by("name")]
+
+
+def profile_list() -> QuerySet[Profile]:
+    """Every profile, enabled or not, default first."""
+    return Profile.objects.order_by("-is_default", "name")
+
+
+def profile_get(*, name: str | None = None, pk: int | None = None) -> Profile:
+    try:
+        if pk is not None:
+            return Profile.objects.get(pk=pk)
+        return Profile.objects.get(name=name)
+    except Profile.DoesNotExist as exc:
+        raise NotFound(f"no profile named '{name}'" if name else "no such profile", param="name") from exc
+
+
+@dataclass
+class LocalModel:
+    path: str
+    label: str
+    used_by: list[str] = field(default_factory=list)
+
+
+def _downloaded_models() -> list[tuple[str, str]]:
+    """(path, label) of the models the downloads app knows: its folder, the HF cache, extra dirs."""
+    try:
+        from mlxmanager.downloads.selectors import local_model_list
+    except ImportError:
+        return []
+    return [(str(m.path), m.name) for m in local_model_list()]
+
+
+def local_model_dirs(*, profiles: list[Profile] | None = None) -> list[LocalModel]:
+    """Model directories a profile can use: what is on disk (downloads, MLXM_MODELS_DIR) plus the
+    ones existing profiles already point at (e.g. the demo models)."""
+    profiles = list(profile_list()) if profiles is None else profiles
+    found: dict[str, LocalModel] = {}
+
+    def add(path: str, label: str) -> LocalModel | None:
+        key = os.path.realpath(path)
+        if key not in found and (Path(path) / "config.json").is_file():
+            found[key] = LocalModel(path=path, label=label)
+        return found.get(key)
+
+    for path, label in _downloaded_models():
+        add(path, label)
+    root = Path(settings.MLXM_MODELS_DIR)
+    try:
+        children = sorted(root.iterdir())
+    except OSError:
+        children = []
+    for child in children:
+        if child.is_dir() and not (child / _PARTIAL_DIR).exists():
+            add(str(child), child.name.replace("--", "/"))
+    for pr in profiles:
+        if pr.draft_model_path:
+            add(pr.draft_model_path, Path(pr.draft_model_path).name)
+        model = add(pr.model_path, Path(pr.model_path).name)
+        if model is not None:
+            model.used_by.append(pr.name)
+    return sorted(found.values(), key=lambda m: m.label.lower())

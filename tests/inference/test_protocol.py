@@ -60,3 +60,26 @@ def test_count_tokens_round_trip() -> None:
     assert got == ask
     (reply,) = read_frames(web, worker.encode(p.TokenCount(request_id="c1", input_tokens=12)))
     assert reply == p.TokenCount(request_id="c1", input_tokens=12)
+
+
+def test_tools_reasoning_and_tool_call_deltas_round_trip() -> None:
+    web, worker = p.client_codec(), p.worker_codec()
+    gen = p.Generate(
+        request_id="t1",
+        model=p.ModelSpec(name="m", path="/models/m"),
+        sampling=p.SamplingParams(),
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        tool_choice="function",
+        tool_name="f",
+        parallel_tool_calls=False,
+        tool_parser="prompt",
+        response_format={"type": "json_schema", "schema": {"type": "object"}},
+        thinking_budget=64,
+    )
+    (got,) = read_frames(worker, web.encode(gen))
+    assert got == gen
+    out = p.Output("t1", "", 3, "tool_calls", 9, 0, None, "hmm", [p.ToolCallDelta(0, "call_1", "f", '{"a"')])
+    (frame,) = read_frames(web, worker.encode(p.Outputs([out, p.Output("t1", "x", 4)])))
+    assert frame.items[0] == out
+    assert frame.items[1].reasoning == "" and frame.items[1].tool_calls == []

@@ -36,9 +36,24 @@ def test_out_of_range_values(field: dict) -> None:
         ({"n": 3}, "n"),
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": "x"}}}, "response_format"),
+        ({"response_format": {"type": "json_object", "schema": {}}}, "response_format"),
         ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}
+                        ],
+                    }
+                ]
+            },
+            "messages[0].tool_calls[0].function.arguments",
+        ),
     ],
 )
 def test_unsupported_but_known_are_refused_by_name(field: dict, param: str) -> None:
@@ -48,13 +63,57 @@ def test_unsupported_but_known_are_refused_by_name(field: dict, param: str) -> N
     assert exc.value.param == param
 
 
-def test_images_and_tool_messages_are_refused() -> None:
+def test_images_are_refused_and_malformed_tools_are_invalid() -> None:
     img = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]
     with pytest.raises(DomainError, match="images"):
         ChatCompletionRequest.model_validate({"model": "m", "messages": img}).refuse_unsupported()
-    tool = [{"role": "tool", "content": "x", "tool_call_id": "1"}]
-    with pytest.raises(DomainError, match="tool"):
-        ChatCompletionRequest.model_validate({"model": "m", "messages": tool}).refuse_unsupported()
+    for tools in ([{"type": "function"}], [{"type": "function", "function": {"name": "has space"}}]):
+        with pytest.raises(ValidationError):
+            ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, "tools": tools})
+
+
+def test_tools_history_and_formats_map_for_the_worker() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                *MSG,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "reasoning_content": "hmm",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            ],
+            "tools": [tool],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}},
+            },
+            "reasoning_effort": "low",
+        }
+    )
+    body.refuse_unsupported()
+    assert body.template_messages()[1:] == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}
+            ],
+            "reasoning_content": "hmm",
+        },
+        {"role": "tool", "content": "42", "tool_call_id": "c1"},
+    ]
+    assert body.tool_dicts() == [tool]
+    assert body.tool_choice_values() == ("function", "f")
+    assert body.constraint() == {"type": "json_schema", "schema": {"type": "object"}}
+    assert body.reasoning_kwargs() == {"enable_thinking": True, "reasoning_effort": "low"}
 
 
 def test_template_messages_flatten_parts_and_map_developer() -> None:

@@ -23,6 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=settings.MLXM_HOST)
         parser.add_argument("--port", type=int, default=settings.MLXM_PORT)
         parser.add_argument("--no-worker", action="store_true", help="run only the web server")
+        parser.add_argument("--no-downloads", action="store_true", help="don't run the download worker")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         host, port = opts["host"], opts["port"]
@@ -56,6 +57,9 @@ class Command(BaseCommand):
 
         worker = None if opts["no_worker"] else subprocess.Popen(worker_cmd(), env=env)
         web = subprocess.Popen(web_cmd, env=env)
+        # Downloads get their own process: they outlive inference worker crashes and web restarts.
+        downloads_cmd = [sys.executable, "-m", "django", "download_worker"]
+        downloads = None if opts["no_downloads"] else subprocess.Popen(downloads_cmd, env=env)
         shown_host = f"[{host}]" if ":" in host else host
         self.stdout.write(
             f"MLX Manager is starting on http://{shown_host}:{port}/  (OpenAI base URL: http://{shown_host}:{port}/v1)"
@@ -86,11 +90,17 @@ class Command(BaseCommand):
                     )
                     time.sleep(delay)
                     worker = subprocess.Popen(worker_cmd(), env=env)
+                if downloads is not None and downloads.poll() is not None:
+                    self.stderr.write(
+                        f"download worker exited with status {downloads.returncode}; restarting"
+                    )
+                    time.sleep(1.0)
+                    downloads = subprocess.Popen(downloads_cmd, env=env)
         finally:
-            for proc in (web, worker):
+            for proc in (web, worker, downloads):
                 if proc is not None and proc.poll() is None:
                     proc.terminate()
-            for proc in (web, worker):
+            for proc in (web, worker, downloads):
                 if proc is not None:
                     try:
                         proc.wait(timeout=10)

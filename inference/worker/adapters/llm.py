@@ -34,6 +34,8 @@ from mlx_lm.sample_utils import (
 from mlx_lm.utils import dequantize_model
 
 from inference import protocol as p
+from inference.worker import markup as mk
+from inference.worker import structured
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ class _Active:
     prompt_tokens: int
     cached_tokens: int
     max_tokens: int
+    parser: mk.OutputParser
+    single_call: bool = False  # parallel_tool_calls off: finish after the first call
     buffer: str = ""
     completion_tokens: int = 0
     stop_sequence: str | None = None
@@ -150,6 +154,13 @@ class LLMEngine:
             if self.draft_model is not None:
                 self.draft_model = _to_float32(self.draft_model)
         self.kv_group_size = _kv_group_size(self.model, spec.kv_bits)
+        vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+        self.grammars = structured.Grammars(
+            self.tokenizer,
+            vocab_size=int(vocab or len(self.tokenizer)),
+            eos_ids=list(self.tokenizer.eos_token_ids),
+        )
+        self._markups: dict[tuple[str, str], mk.Markup] = {}
         self.load_seconds = time.perf_counter() - t0
         self.weight_bytes = _nbytes(self.model) + (_nbytes(self.draft_model) if self.draft_model else 0)
         max_batch = max(1, spec.max_concurrent)
@@ -215,6 +226,25 @@ class LLMEngine:
 
     # ---- requests ----------------------------------------------------------------
 
+    def markup(self, tool_parser: str = "", reasoning_parser: str = "") -> mk.Markup:
+        key = (tool_parser, reasoning_parser)
+        found = self._markups.get(key)
+        if found is None:
+            try:
+                found = mk.resolve_markup(
+                    self.tokenizer, tool_parser=tool_parser, reasoning_parser=reasoning_parser
+                )
+            except mk.MarkupError as exc:
+                raise BadRequest(f"profile setting: {exc}") from exc
+            self._markups[key] = found
+        return found
+
+    def _tools(self, req: p.Generate | p.CountTokens) -> list[dict[str, Any]] | None:
+        """The tools the model sees and may call: none when tool_choice is "none"."""
+        if not req.tools or getattr(req, "tool_choice", "auto") == "none":
+            return None
+        return req.tools
+
     def _tokenize(self, req: p.Generate | p.CountTokens) -> list[int]:
         tok = self.tokenizer
         try:
@@ -223,7 +253,19 @@ class LLMEngine:
                     raise BadRequest(f"model '{self.spec.name}' has no chat template")
                 # A prefill (continue_final_message) turns the generation prompt off.
                 kwargs = {"add_generation_prompt": True, **req.chat_template_kwargs}
-                ids = tok.apply_chat_template(req.messages, **kwargs)
+                messages, tools = req.messages, self._tools(req)
+                if tools:
+                    markup = self.markup(req.tool_parser, getattr(req, "reasoning_parser", ""))
+                    if markup.tool is None:
+                        raise BadRequest(
+                            f"model '{self.spec.name}' has no tool-call format; set its profile's "
+                            "tool parser (e.g. 'prompt' to describe the tools in the system prompt)"
+                        )
+                    if markup.inject_tools:
+                        messages = mk.inject_tools(messages, tools)
+                    else:
+                        kwargs["tools"] = tools
+                ids = tok.apply_chat_template(messages, **kwargs)
             else:
                 ids = tok.encode(req.prompt or "")
         except BadRequest:
@@ -238,7 +280,9 @@ class LLMEngine:
     def count_tokens(self, req: p.CountTokens) -> int:
         return len(self._tokenize(req))
 
-    def _new_active(self, req: p.Generate, conn: Any, prompt: list[int], cached: int) -> _Active:
+    def _new_active(
+        self, req: p.Generate, conn: Any, prompt: list[int], cached: int, parser: mk.OutputParser
+    ) -> _Active:
         stops = [s for s in req.sampling.stop if s]
         self.prompt_tokens_seen += len(prompt)
         self.cache_hit_tokens += cached
@@ -252,7 +296,70 @@ class LLMEngine:
             prompt_tokens=len(prompt),
             cached_tokens=cached,
             max_tokens=req.sampling.max_tokens,
+            parser=parser,
+            single_call=bool(self._tools(req)) and not req.parallel_tool_calls,
         )
+
+    def _prepare(self, req: p.Generate, prompt: list[int]) -> tuple[mk.OutputParser, list[Any]]:
+        """The request's output parser and its extra logits processors (grammar, budget)."""
+        if req.messages is None:  # a raw completion: the text as generated, markers and all
+            markup, initial = mk.Markup(think=None, think_ids=None, tool=None), "normal"
+        else:
+            markup = self.markup(req.tool_parser, req.reasoning_parser)
+            initial = markup.initial_state(prompt)
+        tools = self._tools(req)
+        parser = mk.OutputParser(markup, initial_state=initial, tools=tools)
+        processors: list[Any] = []
+        reasoning = initial == "reasoning"
+        # Constrain only the answer: a reasoning prompt waits for the end of the think block.
+        after_think = markup.think_ids[1] if reasoning and markup.think_ids else None
+        try:
+            if tools and req.tool_choice in ("required", "function"):
+                assert markup.tool is not None
+                chosen = tools
+                if req.tool_choice == "function":
+                    chosen = [t for t in tools if t.get("function", {}).get("name") == req.tool_name]
+                    if not chosen:
+                        raise BadRequest(f"tool_choice names '{req.tool_name}', which is not in tools")
+                grammar = structured.tool_call_grammar(
+                    self.grammars,
+                    markup.tool,
+                    chosen,
+                    forced=True,
+                    parallel=req.parallel_tool_calls and req.tool_choice == "required",
+                    after_trigger=after_think is not None,
+                )
+                processors.append(structured.GrammarProcessor(self.grammars, grammar, trigger=after_think))
+            elif req.response_format is not None:
+                grammar = structured.response_grammar(
+                    req.response_format, after_trigger=after_think is not None
+                )
+                processors.append(structured.GrammarProcessor(self.grammars, grammar, trigger=after_think))
+            elif tools and markup.tool is not None and any(_strict(t) for t in tools):
+                start = tuple(self.tokenizer.encode(markup.tool.start, add_special_tokens=False))
+                try:
+                    grammar = structured.tool_call_grammar(
+                        self.grammars, markup.tool, tools, forced=False, parallel=True
+                    )
+                except structured.UnsupportedFormat:
+                    # `auto` leaves calling to the model: unconstrained where we can't constrain.
+                    log.info("strict tools not constrained for format %s", markup.tool.name)
+                    start = ()
+                if start:
+                    processors.append(
+                        structured.GrammarProcessor(self.grammars, grammar, trigger=start, repeat=True)
+                    )
+        except structured.GrammarError as exc:
+            raise BadRequest(f"could not compile the constraint: {exc}") from exc
+        if req.thinking_budget is not None and markup.think_ids is not None:
+            start_ids, end_ids = markup.think_ids
+            # Last, so that a forced end of reasoning wins over everything else.
+            processors.append(
+                structured.ThinkingBudget(
+                    req.thinking_budget, start=start_ids, end=end_ids, reasoning=reasoning
+                )
+            )
+        return parser, processors
 
     def _wants_sequential(self) -> bool:
         # KV quantization never batches; a draft model helps only a lone stream.
@@ -279,11 +386,13 @@ class LLMEngine:
     def add(self, req: p.Generate, conn: Any) -> None:
         prompt = self._tokenize(req)
         req = self._check_context(req, prompt)
+        parser, extra = self._prepare(req, prompt)  # compiles grammars: errors are the client's
         if self.spec.kv_bits is not None and self._sequential:
             self._waiting.append((req, conn))  # one quantized-KV stream at a time
             return
-        if self._wants_sequential():
-            self._add_sequential(req, conn, prompt)
+        # A draft model proposes tokens the grammar never saw: constrained requests batch.
+        if self._wants_sequential() and (not extra or self.spec.kv_bits is not None):
+            self._add_sequential(req, conn, prompt, parser, extra)
             return
         params = req.sampling
         cache, rest = self.prompt_cache.fetch_nearest_cache(self.spec.path, prompt)
@@ -301,18 +410,20 @@ class LLMEngine:
             caches=[cache] if cache is not None else None,
             all_tokens=[prompt[:cached]],
             samplers=[make_request_sampler(params)],
-            logits_processors=[make_request_processors(params)],
+            logits_processors=[make_request_processors(params) + extra],
             stop_sequences=[self._eos],
         )
-        self._by_uid[uid] = self._new_active(req, conn, prompt, cached)
+        self._by_uid[uid] = self._new_active(req, conn, prompt, cached, parser)
         self._uid_by_request[req.request_id] = uid
 
-    def _add_sequential(self, req: p.Generate, conn: Any, prompt: list[int]) -> None:
+    def _add_sequential(
+        self, req: p.Generate, conn: Any, prompt: list[int], parser: mk.OutputParser, extra: list[Any]
+    ) -> None:
         params = req.sampling
         common: dict[str, Any] = {
             "max_tokens": params.max_tokens,
             "sampler": make_request_sampler(params),
-            "logits_processors": make_request_processors(params),
+            "logits_processors": make_request_processors(params) + extra,
         }
         if self.spec.kv_bits is not None:
             common.update(kv_bits=self.spec.kv_bits, kv_group_size=self.kv_group_size, quantized_kv_start=0)
@@ -327,7 +438,7 @@ class LLMEngine:
             )
         else:
             tokens = generate_step(prompt_arr, self.model, **common)
-        act = self._new_active(req, conn, prompt, 0)
+        act = self._new_active(req, conn, prompt, 0, parser)
         act.sequential = (item[:2] for item in tokens)
         self._sequential[req.request_id] = act
 
@@ -365,7 +476,8 @@ class LLMEngine:
         ]
 
     def _on_token(self, act: _Active, token: int, finish: str | None) -> tuple[p.Output | None, bool]:
-        """Account one generated token. Returns (output or None, finished-by-stop-string)."""
+        """Account one generated token. Returns (output or None, finished early: by a stop
+        string, or by the first tool call when parallel calls are off)."""
         act.completion_tokens += 1
         detok = act.detokenizer
         if finish == "stop":  # an EOS token: never part of the text
@@ -377,24 +489,36 @@ class LLMEngine:
         text, stopped = act.feed(detok.last_segment)
         if stopped:
             finish = "stop"
+        delta = act.parser.feed(text)
+        if finish is None and act.single_call and act.parser.closed_calls:
+            finish, stopped = "stop", True
         if finish is None:
+            if not delta:
+                return None, False
             # Prompt counts ride along from the first output on (Anthropic's message_start needs them).
-            out = p.Output(
-                act.request_id, text, act.completion_tokens, None, act.prompt_tokens, act.cached_tokens
-            )
-            return (out if text else None), False
-        if not stopped:
-            text += act.flush()
-        out = p.Output(
+            return self._output(act, delta, None), False
+        return self._final(act, delta, finish, flush=not stopped), stopped
+
+    def _output(self, act: _Active, delta: mk.Delta, finish: str | None) -> p.Output:
+        return p.Output(
             act.request_id,
-            text,
+            delta.text,
             act.completion_tokens,
             finish,
             act.prompt_tokens,
             act.cached_tokens,
-            act.stop_sequence,
+            act.stop_sequence if finish else None,
+            delta.reasoning,
+            delta.tool_calls,
         )
-        return out, stopped
+
+    def _final(self, act: _Active, delta: mk.Delta, finish: str, *, flush: bool) -> p.Output:
+        if flush:
+            delta = _merge(delta, act.parser.feed(act.flush()))
+        delta = _merge(delta, act.parser.finish())
+        if finish == "stop" and act.parser.made_calls:
+            finish = "tool_calls"
+        return self._output(act, delta, finish)
 
     def step(self) -> list[tuple[Any, p.Output]]:
         """Run one step; return (connection, output) for every request that advanced."""
@@ -446,10 +570,8 @@ class LLMEngine:
                     finish = "length"
             if token is None:
                 act.detokenizer.finalize()
-                out: p.Output | None = p.Output(
-                    rid, act.flush() + act.detokenizer.last_segment, act.completion_tokens,
-                    "length", act.prompt_tokens, act.cached_tokens,
-                )  # fmt: skip
+                text, _ = act.feed(act.detokenizer.last_segment)
+                out: p.Output | None = self._final(act, act.parser.feed(text), "length", flush=True)
             else:
                 out, _ = self._on_token(act, token, finish)
                 self.tokens_generated += 1
@@ -463,13 +585,22 @@ class LLMEngine:
         while self._waiting and not self._sequential:
             req, conn = self._waiting.popleft()
             try:
-                self._add_sequential(req, conn, self._tokenize(req))
+                prompt = self._tokenize(req)
+                self._add_sequential(req, conn, prompt, *self._prepare(req, prompt))
             except BadRequest:
                 continue  # cannot happen: it tokenized on arrival
 
     def close(self) -> None:
         self.fail_all()
         self.batch.close()
+
+
+def _merge(a: mk.Delta, b: mk.Delta) -> mk.Delta:
+    return mk.Delta(a.text + b.text, a.reasoning + b.reasoning, a.tool_calls + b.tool_calls)
+
+
+def _strict(tool: dict[str, Any]) -> bool:
+    return bool(tool.get("function", {}).get("strict"))
 
 
 def _kv_group_size(model: Any, kv_bits: int | None) -> int:

@@ -300,7 +300,10 @@ def test_missing_or_wrong_key(gateway: Gateway) -> None:
     [
         ({"tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}, ["tools"]),
         ({"tool_choice": {"type": "any"}}, ["tool_choice"]),
-        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, ["thinking"]),
+        (
+            {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+            ["tools.0.type", "server tools"],
+        ),
         (
             {
                 "messages": [

@@ -212,28 +212,32 @@ def test_images_are_refused_with_a_clear_message() -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0.type"),
+        ({"tools": [{"name": "f"}]}, "tools.0.input_schema"),
+        ({"tools": [{"name": "bad name", "input_schema": {}}]}, "tools.0.name"),
         ({"tool_choice": {"type": "any"}}, "tool_choice"),
-        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
+        ({"tool_choice": {"type": "tool", "name": "f"}}, "tool_choice.name"),
+        ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 16}}, "max_tokens"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
+                ]
+            },
+            "messages.0.content.0",
+        ),
         (
             {
                 "messages": [
                     *HI,
                     {
                         "role": "assistant",
-                        "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}],
+                        "content": [{"type": "tool_result", "tool_use_id": "t", "content": "1"}],
                     },
                 ]
             },
             "messages.1.content.0",
-        ),
-        (
-            {
-                "messages": [
-                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "1"}]}
-                ]
-            },
-            "messages.0.content.0",
         ),
         ({"messages": [{"role": "user", "content": [{"type": "hologram"}]}]}, "messages.0.content.0"),
         ({"messages": [{"role": "user", "content": ""}, *HI]}, "messages.0"),
@@ -270,3 +274,98 @@ def test_only_messages_paths_get_anthropic_errors() -> None:
     assert anthropic.owns(rf.post("/v1/messages/count_tokens?beta=true"))
     assert not anthropic.owns(rf.post("/v1/chat/completions"))
     assert not anthropic.owns(rf.post("/v1/messagesx"))
+
+
+# ---- tools, tool results, thinking, structured output --------------------------------------
+
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Weather now",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    "cache_control": {"type": "ephemeral"},
+}
+
+
+def test_tools_and_tool_choice_map_to_the_worker_request() -> None:
+    req = generate(tools=[{**WEATHER_TOOL, "strict": True}], tool_choice={"type": "any"})
+    assert req.tools == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": WEATHER_TOOL["input_schema"],
+                "description": "Weather now",
+                "strict": True,
+            },
+        }
+    ]
+    assert (req.tool_choice, req.tool_name, req.parallel_tool_calls) == ("required", None, True)
+    named = generate(
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+    )
+    assert (named.tool_choice, named.tool_name, named.parallel_tool_calls) == (
+        "function",
+        "get_weather",
+        False,
+    )
+    assert generate(tools=[WEATHER_TOOL], tool_choice={"type": "none"}).tool_choice == "none"
+
+
+def test_tool_use_and_tool_result_blocks_become_template_messages() -> None:
+    req = generate(
+        tools=[WEATHER_TOOL],
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "Need the tool.", "signature": "sig"},
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [{"type": "text", "text": "21C"}],
+                    },
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "content": "boom", "is_error": True},
+                    {"type": "text", "text": "And now?"},
+                ],
+            },
+        ],
+    )
+    assert req.messages == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                }
+            ],
+            "reasoning_content": "Need the tool.",
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "21C"},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": "Error: boom"},
+        {"role": "user", "content": "And now?"},
+    ]
+    assert req.chat_template_kwargs == {}
+
+
+def test_thinking_and_output_config_map_to_template_kwargs_budget_and_constraint() -> None:
+    req = generate(max_tokens=64, thinking={"type": "enabled", "budget_tokens": 32})
+    assert req.chat_template_kwargs == {"enable_thinking": True} and req.thinking_budget == 32
+    off = generate(thinking={"type": "disabled"})
+    assert off.chat_template_kwargs == {"enable_thinking": False} and off.thinking_budget is None
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    out = generate(output_config={"format": {"type": "json_schema", "schema": schema}, "effort": "low"})
+    assert out.response_format == {"type": "json_schema", "schema": schema}
+    assert out.chat_template_kwargs == {"reasoning_effort": "low"}

@@ -219,8 +219,11 @@ def test_unknown_parameter_is_refused_by_name(gateway: Gateway) -> None:
     [
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"},
+            "tool_choice",
+        ),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
     ],
 )
 def test_unsupported_parameters_are_refused_not_ignored(gateway: Gateway, extra: dict, param: str) -> None:

@@ -16,6 +16,7 @@ from inference.worker.demo_models import (
     READY_MARKER,
     SMOLLM2_NAME,
     TINY_RANDOM_NAME,
+    TINY_TOOLS_NAME,
     _build_atomically,
     build_smollm2,
     build_tiny_random,
@@ -227,6 +228,7 @@ def test_prepare_builds_once_and_replaces_half_models(tmp_path: Path) -> None:
     assert paths == {
         SMOLLM2_NAME: models_dir / SMOLLM2_NAME,
         TINY_RANDOM_NAME: models_dir / TINY_RANDOM_NAME,
+        TINY_TOOLS_NAME: models_dir / TINY_TOOLS_NAME,
     }
     for path in paths.values():
         assert (path / READY_MARKER).is_file()

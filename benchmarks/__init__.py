@@ -1,0 +1,1 @@
+"""Benchmark scripts (run as `python benchmarks/<script>.py`); `_common` holds their shared helpers."""

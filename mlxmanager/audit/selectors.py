@@ -1,0 +1,325 @@
+"""Reads: the request log with filters and keyset pagination, totals, the chart, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncDay, TruncHour
+from django.utils import timezone
+
+from mlxmanager.audit.models import AdminAction, RequestLog
+from mlxmanager.errors import DomainError
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+EXPORT_FIELDS = (
+    "id",
+    "created_at",
+    "username",
+    "key_prefix",
+    "client_ip",
+    "endpoint",
+    "requested_model",
+    "rule",
+    "backend",
+    "upstream_model",
+    "status",
+    "error_type",
+    "stream",
+    "attempts",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "ttft_ms",
+    "duration_ms",
+    "tokens_per_s",
+)
+
+
+@dataclass(frozen=True)
+class RequestFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    user: str = ""
+    model: str = ""
+    backend: str = ""
+    status: str = ""  # "", "ok", "error" or an HTTP status code
+
+    def apply(self, qs: QuerySet[RequestLog]) -> QuerySet[RequestLog]:
+        if self.since is not None:
+            qs = qs.filter(created_at__gte=self.since)
+        if self.until is not None:
+            qs = qs.filter(created_at__lt=self.until)
+        if self.user:
+            qs = qs.filter(username=self.user)
+        if self.model:
+            qs = qs.filter(requested_model=self.model)
+        if self.backend:
+            qs = qs.filter(backend=self.backend)
+        if self.status == "ok":
+            qs = qs.filter(status__lt=400, error_type="")
+        elif self.status == "error":
+            qs = qs.filter(Q(status__gte=400) | ~Q(error_type=""))
+        elif self.status:
+            qs = qs.filter(status=int(self.status))
+        return qs
+
+    def query(self) -> dict[str, str]:
+        """The filter as query parameters (for links that keep it)."""
+        out = {
+            "since": _fmt_dt(self.since),
+            "until": _fmt_dt(self.until),
+            "user": self.user,
+            "model": self.model,
+            "backend": self.backend,
+            "status": self.status,
+        }
+        return {k: v for k, v in out.items() if v}
+
+
+def _fmt_dt(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") if value else ""
+
+
+def _parse_dt(raw: str, name: str) -> datetime | None:
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise DomainError(f"'{raw[:40]}' is not a date and time (use 2025-01-31T13:00)", param=name) from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def parse_filter(params: Any) -> RequestFilter:
+    """A filter from query parameters (a QueryDict or a dict); bad values raise DomainError."""
+    status = (params.get("status") or "").strip()
+    if status and status not in ("ok", "error") and not (status.isdigit() and 100 <= int(status) <= 599):
+        raise DomainError("status must be ok, error or an HTTP status code", param="status")
+    return RequestFilter(
+        since=_parse_dt(params.get("since", ""), "since"),
+        until=_parse_dt(params.get("until", ""), "until"),
+        user=(params.get("user") or "").strip()[:150],
+        model=(params.get("model") or "").strip()[:256],
+        backend=(params.get("backend") or "").strip()[:120],
+        status=status,
+    )
+
+
+# ---- keyset pagination -------------------------------------------------------------
+
+
+def cursor_of(row: RequestLog) -> str:
+    return f"{int(row.created_at.timestamp() * 1_000_000)}-{row.id}"
+
+
+def _parse_cursor(raw: str, name: str) -> tuple[datetime, int]:
+    try:
+        micros, _, pk = raw.partition("-")
+        when = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
+        return when, int(pk)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise DomainError("invalid page cursor", param=name) from exc
+
+
+@dataclass
+class Page:
+    rows: list[RequestLog]
+    older: str | None = None  # cursor for the next (older) page
+    newer: str | None = None  # cursor for the previous (newer) page
+    filters: RequestFilter = field(default_factory=RequestFilter)
+
+
+def request_page(*, filters: RequestFilter, before: str = "", after: str = "", size: int = PAGE_SIZE) -> Page:
+    """Newest first. One query whatever the table size: it walks a (…, created_at, id) index.
+
+    `before` gives the rows older than a cursor, `after` the rows newer than one.
+    """
+    size = max(1, min(size, MAX_PAGE_SIZE))
+    qs = filters.apply(RequestLog.objects.all())
+    if after:
+        when, pk = _parse_cursor(after, "after")
+        qs = qs.filter(created_at__gte=when).exclude(created_at=when, id__lte=pk)
+        rows = list(qs.order_by("created_at", "id")[: size + 1])
+        more_newer = len(rows) > size
+        rows = rows[:size][::-1]
+        return Page(
+            rows=rows,
+            older=cursor_of(rows[-1]) if rows else None,
+            newer=cursor_of(rows[0]) if rows and more_newer else None,
+            filters=filters,
+        )
+    if before:
+        when, pk = _parse_cursor(before, "before")
+        # `<=` plus an exclusion instead of an OR: the index range scan stays a range scan.
+        qs = qs.filter(created_at__lte=when).exclude(created_at=when, id__gte=pk)
+    rows = list(qs.order_by("-created_at", "-id")[: size + 1])
+    more_older = len(rows) > size
+    rows = rows[:size]
+    return Page(
+        rows=rows,
+        older=cursor_of(rows[-1]) if rows and more_older else None,
+        newer=cursor_of(rows[0]) if rows and before else None,
+        filters=filters,
+    )
+
+
+# ---- totals and the chart ------------------------------------------------------------
+
+DEFAULT_SUMMARY_WINDOW = timedelta(hours=24)
+
+
+def summary_window(filters: RequestFilter, *, now: datetime | None = None) -> RequestFilter:
+    """Totals are computed over a bounded window: the filter's, or the last 24 hours."""
+    if filters.since is not None:
+        return filters
+    now = now or timezone.now()
+    return RequestFilter(
+        since=(filters.until or now) - DEFAULT_SUMMARY_WINDOW,
+        until=filters.until,
+        user=filters.user,
+        model=filters.model,
+        backend=filters.backend,
+        status=filters.status,
+    )
+
+
+def _totals(qs: QuerySet[RequestLog], by: str, limit: int) -> list[dict[str, Any]]:
+    return list(
+        qs.values(by)
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status__gte=400) | ~Q(error_type="")),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+        )
+        .order_by("-requests", by)[:limit]
+    )
+
+
+def totals_by_model(filters: RequestFilter, *, limit: int = 20) -> list[dict[str, Any]]:
+    return _totals(filters.apply(RequestLog.objects.all()), "requested_model", limit)
+
+
+def totals_by_user(filters: RequestFilter, *, limit: int = 20) -> list[dict[str, Any]]:
+    return _totals(filters.apply(RequestLog.objects.all()), "username", limit)
+
+
+@dataclass(frozen=True)
+class Bar:
+    start: datetime
+    requests: int
+    errors: int
+    tokens: int
+
+
+def timeline(filters: RequestFilter, *, now: datetime | None = None) -> tuple[list[Bar], str]:
+    """Requests per hour (per day over windows longer than 3 days), gaps filled with zeros."""
+    now = now or timezone.now()
+    since = filters.since or now - DEFAULT_SUMMARY_WINDOW
+    until = filters.until or now
+    daily = until - since > timedelta(days=3)
+    trunc = TruncDay if daily else TruncHour
+    step = timedelta(days=1) if daily else timedelta(hours=1)
+    rows = (
+        filters.apply(RequestLog.objects.all())
+        .annotate(bucket=trunc("created_at"))
+        .values("bucket")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status__gte=400) | ~Q(error_type="")),
+            tokens=Sum("completion_tokens"),
+        )
+        .order_by("bucket")
+    )
+    found = {r["bucket"]: r for r in rows}
+    start = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if daily:
+        start = start.replace(hour=0)
+    bars: list[Bar] = []
+    at = start
+    while at < until and len(bars) < 400:
+        r = found.get(at, {})
+        bars.append(Bar(at, r.get("requests", 0), r.get("errors", 0), r.get("tokens") or 0))
+        at += step
+    return bars, "day" if daily else "hour"
+
+
+def chart_svg_bars(bars: list[Bar], *, width: int = 720, height: int = 120) -> list[dict[str, Any]]:
+    """Bar geometry for the SVG chart (the template draws it; no JS)."""
+    if not bars:
+        return []
+    peak = max(b.requests for b in bars) or 1
+    slot = width / len(bars)
+    out = []
+    for i, b in enumerate(bars):
+        h = round(b.requests / peak * (height - 14), 1)
+        eh = round(b.errors / peak * (height - 14), 1)
+        out.append(
+            {
+                "x": round(i * slot, 1),
+                "w": max(round(slot - 1, 1), 0.5),
+                "y": round(height - h, 1),
+                "h": h,
+                "ey": round(height - eh, 1),
+                "eh": eh,
+                "bar": b,
+            }
+        )
+    return out
+
+
+# ---- export and the live tail -------------------------------------------------------
+
+
+def _value(row: RequestLog, name: str) -> Any:
+    value = getattr(row, name)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, float):
+        return round(value, 3)
+    return value
+
+
+async def export_rows(filters: RequestFilter, fmt: str) -> AsyncIterator[bytes]:
+    """The filtered log, newest first, streamed as CSV or JSON Lines in chunks."""
+    qs = filters.apply(RequestLog.objects.all()).order_by("-created_at", "-id").only(*EXPORT_FIELDS)
+    buf = io.StringIO()
+    writer = csv.writer(buf) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(EXPORT_FIELDS)
+    n = 0
+    async for row in qs.aiterator(chunk_size=2000):
+        values = [_value(row, f) for f in EXPORT_FIELDS]
+        if writer is not None:
+            writer.writerow(["" if v is None else v for v in values])
+        else:
+            buf.write(json.dumps(dict(zip(EXPORT_FIELDS, values, strict=True)), separators=(",", ":")))
+            buf.write("\n")
+        n += 1
+        if n % 2000 == 0:
+            yield buf.getvalue().encode()
+            buf.seek(0)
+            buf.truncate()
+    if buf.tell():
+        yield buf.getvalue().encode()
+
+
+def live_row(row: RequestLog) -> dict[str, Any]:
+    """A flushed row as plain values (channel layers carry msgpack, not model instances)."""
+    return {f: _value(row, f) for f in EXPORT_FIELDS}
+
+
+def action_page(*, before: int | None = None, size: int = 50) -> list[AdminAction]:
+    qs = AdminAction.objects.all()
+    if before:
+        qs = qs.filter(id__lt=before)
+    return list(qs.order_by("-id")[: max(1, min(size, MAX_PAGE_SIZE))])

@@ -1,0 +1,240 @@
+"""Discover, downloads and local models in the management API (admins only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.http import HttpRequest
+from ninja import Query, Router, Schema, Status
+
+from mlxmanager.downloads import selectors, services
+from mlxmanager.downloads.models import Download
+from mlxmanager.errors import PermissionDenied
+
+router = Router(tags=["models and downloads"])
+
+
+def _staff(request: HttpRequest) -> None:
+    if not getattr(request.user, "is_staff", False):
+        raise PermissionDenied("Only admins can search, download and delete models.")
+
+
+class ModelSummaryOut(Schema):
+    repo_id: str
+    author: str | None
+    pipeline_tag: str | None
+    library_name: str | None
+    tags: list[str]
+    downloads: int
+    likes: int
+    last_modified: datetime | None
+    gated: bool
+    mlx: bool
+    weights_bytes: int | None
+
+
+class QuantizationOut(Schema):
+    bits: int
+    group_size: int | None
+    mode: str | None
+    label: str
+
+
+class TemplateOut(Schema):
+    has_template: bool
+    tools: bool
+    thinking: bool
+
+
+class HubFileOut(Schema):
+    name: str
+    size: int
+    sha256: str | None
+
+
+class ModelDetailOut(Schema):
+    repo_id: str
+    revision: str
+    sha: str
+    url: str
+    author: str | None
+    pipeline_tag: str | None
+    library_name: str | None
+    tags: list[str]
+    downloads: int
+    likes: int
+    last_modified: datetime | None
+    gated: bool
+    private: bool
+    mlx: bool
+    kind: str
+    kind_label: str
+    model_type: str | None
+    architectures: list[str]
+    quantization: QuantizationOut | None
+    dtype: str | None
+    context_length: int | None
+    template: TemplateOut
+    weights_bytes: int
+    download_bytes: int
+    memory_limit_bytes: int
+    fits_memory: bool
+    files: list[HubFileOut]
+    download_files: list[HubFileOut]
+
+
+class SearchQuery(Schema):
+    q: str = ""
+    mlx: bool = True
+    type: str | None = None
+    sort: str = "downloads"
+    limit: int = 30
+    max_gb: float | None = None
+
+
+class DownloadFileOut(Schema):
+    name: str
+    size: int
+    done: int
+
+
+class DownloadOut(Schema):
+    id: int
+    repo_id: str
+    revision: str
+    commit: str
+    status: str
+    bytes_total: int
+    bytes_done: int
+    percent: float
+    speed: float
+    eta_seconds: float | None
+    current_file: str
+    files: list[DownloadFileOut]
+    error: str
+    local_dir: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @staticmethod
+    def resolve_eta_seconds(obj: Download) -> float | None:
+        return obj.eta.total_seconds() if obj.eta is not None else None
+
+
+class DownloadIn(Schema):
+    repo_id: str
+    revision: str = "main"
+
+
+class LocalModelOut(Schema):
+    id: str
+    name: str
+    path: str
+    source: str
+    size_bytes: int
+    modified: datetime
+    kind: str
+    model_type: str | None
+    quantization: str | None
+    repo_id: str | None
+    commit: str | None
+    used_by: list[str]
+    deletable: bool
+
+
+# --- the hub ---------------------------------------------------------------------
+
+
+@router.get("/hub/models", response=list[ModelSummaryOut])
+def search_models(request: HttpRequest, filters: Query[SearchQuery]) -> object:
+    """Search the hub. `type`: text, vision, embeddings, tts or stt. `sort`: downloads, recent,
+    likes or trending. `max_gb` drops models whose weights are larger."""
+    _staff(request)
+    return selectors.hub_model_search(
+        query=filters.q,
+        mlx_only=filters.mlx,
+        kind=filters.type or None,
+        sort=filters.sort,
+        limit=filters.limit,
+        max_bytes=int(filters.max_gb * 1024**3) if filters.max_gb else None,
+    )
+
+
+@router.get("/hub/models/{path:repo_id}", response=ModelDetailOut)
+def model_info(request: HttpRequest, repo_id: str, revision: str | None = None) -> object:
+    """Size, quantization, architecture, type, tool/thinking support and memory fit."""
+    _staff(request)
+    return selectors.hub_model_detail(repo_id=repo_id, revision=revision)
+
+
+# --- downloads -------------------------------------------------------------------
+
+
+@router.get("/downloads", response=list[DownloadOut])
+def list_downloads(request: HttpRequest) -> object:
+    _staff(request)
+    return selectors.download_list()
+
+
+@router.post("/downloads", response={201: DownloadOut})
+def create_download(request: HttpRequest, body: DownloadIn) -> object:
+    _staff(request)
+    download = services.download_create(repo_id=body.repo_id, revision=body.revision, user=request.user)  # type: ignore[arg-type]
+    return Status(201, download)
+
+
+@router.get("/downloads/{download_id}", response=DownloadOut)
+def get_download(request: HttpRequest, download_id: int) -> object:
+    _staff(request)
+    return selectors.download_get(download_id=download_id)
+
+
+@router.post("/downloads/{download_id}/pause", response=DownloadOut)
+def pause_download(request: HttpRequest, download_id: int) -> object:
+    _staff(request)
+    return services.download_pause(download_id=download_id)
+
+
+@router.post("/downloads/{download_id}/resume", response=DownloadOut)
+def resume_download(request: HttpRequest, download_id: int) -> object:
+    _staff(request)
+    return services.download_resume(download_id=download_id)
+
+
+@router.post("/downloads/{download_id}/cancel", response=DownloadOut)
+def cancel_download(request: HttpRequest, download_id: int) -> object:
+    """Stop and delete the partial files."""
+    _staff(request)
+    return services.download_cancel(download_id=download_id)
+
+
+@router.delete("/downloads/{download_id}", response={204: None})
+def remove_download(request: HttpRequest, download_id: int) -> object:
+    """Forget a completed or cancelled download; the model stays on disk."""
+    _staff(request)
+    services.download_remove(download_id=download_id)
+    return Status(204, None)
+
+
+# --- local models ----------------------------------------------------------------
+
+
+@router.get("/local-models", response=list[LocalModelOut])
+def list_local_models(request: HttpRequest) -> object:
+    """Models on disk, with their size and the profiles that use them."""
+    _staff(request)
+    return [_local_out(m) for m in selectors.local_model_list()]
+
+
+@router.delete("/local-models/{model_id}", response={204: None})
+def delete_local_model(request: HttpRequest, model_id: str) -> object:
+    """Delete a model from disk; refused (409) while a profile uses it."""
+    _staff(request)
+    services.local_model_delete(model_id=model_id)
+    return Status(204, None)
+
+
+def _local_out(m: selectors.LocalModel) -> dict[str, object]:
+    return {**m.__dict__, "path": str(m.path), "deletable": m.deletable}

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Download(models.Model):
+    """One model repo being fetched into MLXM_MODELS_DIR/<org>--<name>.
+
+    The download worker owns the transfer; the web process only changes `status`
+    (pause, resume, cancel) and reads the progress the worker persists every second.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Downloading"
+        PAUSED = "paused", "Paused"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+    # States a resume (or a new request for the same repo) may restart from.
+    RESUMABLE = (Status.PAUSED, Status.FAILED, Status.CANCELLED)
+    FINISHED = (Status.COMPLETED, Status.CANCELLED)
+
+    repo_id = models.CharField(max_length=200)
+    revision = models.CharField(max_length=200, default="main")
+    commit = models.CharField(max_length=64, blank=True, help_text="The commit the files are pinned to.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    # [{"name": str, "size": int, "sha256": str | None, "done": int}]
+    files = models.JSONField(default=list, blank=True)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_done = models.BigIntegerField(default=0)
+    speed = models.FloatField(default=0, help_text="Bytes per second, averaged over the last seconds.")
+    current_file = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    local_dir = models.CharField(max_length=500, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.repo_id} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def percent(self) -> float:
+        if self.bytes_total <= 0:
+            return 100.0 if self.status == self.Status.COMPLETED else 0.0
+        return min(100.0, 100.0 * self.bytes_done / self.bytes_total)
+
+    @property
+    def eta(self) -> timedelta | None:
+        if self.status != self.Status.RUNNING or self.speed <= 0:
+            return None
+        return timedelta(seconds=max(0, self.bytes_total - self.bytes_done) / self.speed)
+
+    @property
+    def files_done(self) -> int:
+        return sum(1 for f in self.files if f.get("done", 0) >= f.get("size", 0))

@@ -1,0 +1,223 @@
+"""Writes: start, pause, resume, cancel and remove downloads; delete local models.
+
+The web process never transfers bytes. It changes a download's `status`; the download
+worker (`manage.py download_worker`, started by `serve`) polls for those changes, runs
+the transfers and persists their progress.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+
+from mlxmanager.downloads import hub, selectors, storage
+from mlxmanager.downloads.errors import HubAccessDenied, InsufficientStorage
+from mlxmanager.downloads.models import Download
+from mlxmanager.errors import Conflict, DomainError
+
+log = logging.getLogger(__name__)
+
+Status = Download.Status
+
+
+def ensure_disk_space(*, needed: int, where: Path, repo_id: str) -> None:
+    free = storage.free_bytes(where)
+    if needed > free:
+        raise InsufficientStorage(
+            f"Not enough disk space for {repo_id}: it needs {filesizeformat(needed)} more, "
+            f"and only {filesizeformat(free)} is free in {where}."
+        )
+
+
+def _files_with_progress(local_dir: Path, files: list[hub.HubFile]) -> list[dict[str, object]]:
+    """The file list, each with the bytes already on disk (finished or partial)."""
+    out: list[dict[str, object]] = []
+    for f in files:
+        final = local_dir / f.name
+        done = f.size if storage.file_size(final) == f.size and final.is_file() else 0
+        if not done:
+            done = min(f.size, storage.file_size(storage.partial_path(local_dir, f.name)))
+        out.append({"name": f.name, "size": f.size, "sha256": f.sha256, "done": done})
+    return out
+
+
+def download_create(
+    *, repo_id: str, revision: str = "main", user: User | None = None, now: datetime | None = None
+) -> Download:
+    """Queue a download of `repo_id` (or restart a paused, failed or cancelled one)."""
+    repo_id = hub.check_repo_id(repo_id)
+    revision = (revision or "main").strip()
+    local_dir = storage.local_dir_for(repo_id)
+    existing = Download.objects.filter(local_dir=str(local_dir)).first()
+    if existing is not None and existing.is_active:
+        raise Conflict(f"Already downloading {repo_id}.")
+    if (
+        existing is None
+        and local_dir.exists()
+        and any(local_dir.iterdir())
+        and not (local_dir / storage.PARTIAL_DIR).exists()
+    ):
+        raise Conflict(
+            f"The folder {local_dir} already exists: delete it in Local models first.", param="repo_id"
+        )
+    if (
+        existing is not None
+        and existing.status == Status.COMPLETED
+        and local_dir.is_dir()
+        and not (local_dir / storage.PARTIAL_DIR).exists()
+    ):
+        raise Conflict(f"Already downloaded: {repo_id} is in Local models.")
+
+    detail = selectors.hub_model_detail(repo_id=repo_id, revision=revision)
+    if not detail.has_weights:
+        raise DomainError(
+            f"{repo_id} has no MLX weights (.safetensors or .npz files), so MLX cannot load it as is.",
+            param="repo_id",
+        )
+    if detail.gated and not hub.token():
+        raise HubAccessDenied(
+            f"'{repo_id}' is a gated model: accept its terms on its Hugging Face page, then set HF_TOKEN "
+            "to a token of an account that has access."
+        )
+    files = _files_with_progress(local_dir, detail.download_files)
+    total = sum(int(f["size"]) for f in files)  # type: ignore[call-overload]
+    done = sum(int(f["done"]) for f in files)  # type: ignore[call-overload]
+    ensure_disk_space(needed=total - done, where=storage.models_dir(), repo_id=repo_id)
+
+    now = now or timezone.now()
+    fields = {
+        "repo_id": repo_id,
+        "revision": revision,
+        "commit": detail.sha,
+        "status": Status.QUEUED,
+        "files": files,
+        "bytes_total": total,
+        "bytes_done": done,
+        "speed": 0.0,
+        "current_file": "",
+        "error": "",
+        "updated_at": now,
+        "finished_at": None,
+    }
+    try:
+        with transaction.atomic():
+            if existing is not None:
+                # Conditional: a concurrent resume or worker claim must not be overwritten.
+                updated = Download.objects.filter(pk=existing.pk, status=existing.status).update(**fields)
+                if not updated:
+                    raise Conflict(
+                        f"The download of {repo_id} changed state meanwhile; reload and try again."
+                    )
+                existing.refresh_from_db()
+                return existing
+            return Download.objects.create(
+                local_dir=str(local_dir), created_by=user, created_at=now, **fields
+            )
+    except IntegrityError as exc:
+        raise Conflict(f"Already downloading {repo_id}.") from exc
+
+
+def download_pause(*, download_id: int, now: datetime | None = None) -> Download:
+    """Stop transferring; the bytes already on disk are kept for the resume."""
+    now = now or timezone.now()
+    if Download.objects.filter(pk=download_id, status__in=Download.ACTIVE).update(
+        status=Status.PAUSED, speed=0, updated_at=now
+    ):
+        return selectors.download_get(download_id=download_id)
+    download = selectors.download_get(download_id=download_id)
+    if download.status == Status.PAUSED:
+        return download
+    raise Conflict(f"A {download.get_status_display().lower()} download cannot be paused.")
+
+
+def download_resume(*, download_id: int, now: datetime | None = None) -> Download:
+    """Queue it again; the worker continues from the partial bytes on disk (HTTP range)."""
+    now = now or timezone.now()
+    download = selectors.download_get(download_id=download_id)
+    if download.is_active:
+        return download
+    if download.status == Status.COMPLETED:
+        raise Conflict("This download is already complete.")
+    local_dir = Path(download.local_dir)
+    files = [
+        hub.HubFile(name=str(f["name"]), size=int(f["size"]), sha256=f.get("sha256")) for f in download.files
+    ]
+    files_now = _files_with_progress(local_dir, files)
+    done = sum(int(f["done"]) for f in files_now)  # type: ignore[call-overload]
+    ensure_disk_space(
+        needed=download.bytes_total - done, where=storage.models_dir(), repo_id=download.repo_id
+    )
+    if not Download.objects.filter(pk=download_id, status=download.status).update(
+        status=Status.QUEUED, error="", files=files_now, bytes_done=done, speed=0, updated_at=now,
+        finished_at=None,
+    ):  # fmt: skip
+        raise Conflict("The download changed state meanwhile; reload and try again.")
+    return selectors.download_get(download_id=download_id)
+
+
+def download_cancel(*, download_id: int, now: datetime | None = None) -> Download:
+    """Stop and delete the partial files. A running transfer is stopped by the worker, which
+    deletes the files once it has let go of them."""
+    now = now or timezone.now()
+    idle = (Status.QUEUED, Status.PAUSED, Status.FAILED)
+    for _attempt in range(3):
+        download = selectors.download_get(download_id=download_id)
+        if download.status == Status.CANCELLED:
+            return download
+        if download.status == Status.COMPLETED:
+            raise Conflict("This download is complete: delete the model in Local models instead.")
+        reset = [{**f, "done": 0} for f in download.files]
+        if download.status in idle:
+            # Only QUEUED rows are ever claimed by the worker, atomically: once this update
+            # wins, nobody else touches the folder.
+            if Download.objects.filter(pk=download_id, status=download.status).update(
+                status=Status.CANCELLED, speed=0, bytes_done=0, files=reset, current_file="",
+                updated_at=now, finished_at=now,
+            ):  # fmt: skip
+                storage.remove_tree(Path(download.local_dir), within=storage.models_dir())
+                return selectors.download_get(download_id=download_id)
+        elif Download.objects.filter(pk=download_id, status=Status.RUNNING).update(
+            status=Status.CANCELLED, speed=0, updated_at=now, finished_at=now
+        ):
+            return selectors.download_get(download_id=download_id)
+    raise Conflict("The download changed state meanwhile; reload and try again.")
+
+
+def download_remove(*, download_id: int) -> None:
+    """Forget a completed or cancelled download (the model itself stays on disk)."""
+    download = selectors.download_get(download_id=download_id)
+    if download.status not in Download.FINISHED:
+        raise Conflict("Only completed or cancelled downloads can be removed from the list; cancel it first.")
+    Download.objects.filter(pk=download_id, status__in=Download.FINISHED).delete()
+
+
+def local_model_delete(*, model_id: str) -> selectors.LocalModel:
+    """Delete a model from disk, unless a profile uses it."""
+    model = selectors.local_model_get(model_id=model_id)
+    if model.used_by:
+        names = ", ".join(model.used_by)
+        plural = "s" if len(model.used_by) > 1 else ""
+        raise Conflict(
+            f"Can't delete {model.name}: the profile{plural} {names} use{'' if plural else 's'} it. "
+            f"Change or delete the profile{plural} first."
+        )
+    if model.source == selectors.SOURCE_MODELS:
+        if Download.objects.filter(local_dir=str(model.path), status__in=Download.ACTIVE).exists():
+            raise Conflict(f"Can't delete {model.name} while it downloads: cancel the download first.")
+        storage.remove_tree(model.path, within=storage.models_dir())
+        Download.objects.filter(local_dir=str(model.path), status=Status.COMPLETED).delete()
+    elif model.source == selectors.SOURCE_HF_CACHE and model.commit:
+        from huggingface_hub import scan_cache_dir
+
+        cache_dir = model.path.parent.parent.parent  # <cache>/models--org--name/snapshots/<commit>
+        scan_cache_dir(cache_dir).delete_revisions(model.commit).execute()
+    else:
+        raise Conflict(f"MLX Manager does not delete models in configured folders ({model.path}).")
+    log.info("deleted local model %s (%s)", model.name, model.path)
+    return model

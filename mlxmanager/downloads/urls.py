@@ -1,0 +1,13 @@
+from django.urls import path
+
+from mlxmanager.downloads import views
+
+urlpatterns = [
+    path("models/discover/", views.discover, name="discover"),
+    path("models/discover/<path:repo_id>/", views.model_detail, name="model-detail"),
+    path("models/local/", views.local_models, name="local-models"),
+    path("models/local/<str:model_id>/delete/", views.local_model_delete, name="local-model-delete"),
+    path("downloads/", views.downloads, name="downloads"),
+    path("downloads/events/", views.download_events, name="download-events"),
+    path("downloads/<int:download_id>/<str:action>/", views.download_action, name="download-action"),
+]

@@ -1,0 +1,280 @@
+"""Pages: Discover, a model, Downloads (live over server-sent events), Local models. Admins only."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from mlxmanager.downloads import analysis, selectors, services
+from mlxmanager.errors import DomainError
+
+# An event stream ends after this long; EventSource reconnects by itself, and a long-lived
+# request never outlives a deploy by much.
+SSE_MAX_SECONDS = 300.0
+SSE_POLL_SECONDS = 1.0
+SSE_KEEPALIVE_SECONDS = 15.0
+
+TYPE_CHOICES = [("", "Any type")] + [(k, analysis.TYPE_LABELS[k]) for k in analysis.PIPELINE_TAGS]
+SORT_CHOICES = [("downloads", "Most downloads"), ("recent", "Recently updated"), ("likes", "Most likes"),
+                ("trending", "Trending")]  # fmt: skip
+LIMIT_CHOICES = [10, 30, 50, 100]
+
+
+def staff_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Log in first (redirect), then admins only (403). Works for sync and async views."""
+    if iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            user = await request.auser()
+            if not user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            if not user.is_staff:
+                raise PermissionDenied
+            return await view(request, *args, **kwargs)  # type: ignore[no-any-return]
+
+        return async_wrapper
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not request.user.is_staff:
+            raise PermissionDenied
+        return view(request, *args, **kwargs)  # type: ignore[no-any-return]
+
+    return wrapper
+
+
+def _htmx(request: HttpRequest) -> bool:
+    return bool(getattr(request, "htmx", False))
+
+
+# --- discover --------------------------------------------------------------------
+
+
+def _search_filters(request: HttpRequest) -> dict[str, Any]:
+    params = request.GET
+    # "MLX-ready only" is on by default; a submitted form without the box means off.
+    submitted = "sort" in params
+    try:
+        limit = int(params.get("limit", "30"))
+    except ValueError:
+        limit = 30
+    try:
+        max_gb = float(params["max_gb"]) if params.get("max_gb") else None
+    except ValueError:
+        max_gb = None
+    return {
+        "q": params.get("q", "").strip(),
+        "mlx": params.get("mlx") == "on" if submitted else True,
+        "type": params.get("type", ""),
+        "sort": params.get("sort", "downloads"),
+        "limit": limit if limit in LIMIT_CHOICES else 30,
+        "max_gb": max_gb if max_gb is not None and max_gb > 0 else None,
+    }
+
+
+@staff_required
+@require_GET
+def discover(request: HttpRequest) -> HttpResponse:
+    filters = _search_filters(request)
+    results: list[Any] = []
+    error = None
+    try:
+        results = selectors.hub_model_search(
+            query=filters["q"],
+            mlx_only=filters["mlx"],
+            kind=filters["type"] or None,
+            sort=filters["sort"],
+            limit=filters["limit"],
+            max_bytes=int(filters["max_gb"] * 1024**3) if filters["max_gb"] else None,
+        )
+    except DomainError as exc:
+        error = exc.message
+    context = {
+        "filters": filters,
+        "results": results,
+        "error": error,
+        "type_choices": TYPE_CHOICES,
+        "sort_choices": SORT_CHOICES,
+        "limit_choices": LIMIT_CHOICES,
+    }
+    template = "downloads/discover.html#results" if _htmx(request) else "downloads/discover.html"
+    return render(request, template, context)
+
+
+@staff_required
+@require_GET
+def model_detail(request: HttpRequest, repo_id: str) -> HttpResponse:
+    revision = request.GET.get("revision") or None
+    try:
+        detail = selectors.hub_model_detail(repo_id=repo_id, revision=revision)
+    except DomainError as exc:
+        return render(
+            request, "downloads/model.html", {"repo_id": repo_id, "error": exc.message}, status=exc.status
+        )
+    context: dict[str, Any] = {
+        "repo_id": detail.repo_id,
+        "detail": detail,
+        "download": selectors.download_for_repo(repo_id=detail.repo_id),
+    }
+    return render(request, "downloads/model.html", context)
+
+
+# --- downloads -------------------------------------------------------------------
+
+
+def _downloads_context(**extra: Any) -> dict[str, Any]:
+    items = selectors.download_list()
+    return {
+        "downloads": items,
+        "has_active": any(d.is_active for d in items),
+        "service_alive": selectors.download_service_alive(),
+        **extra,
+    }
+
+
+@staff_required
+@require_http_methods(["GET", "POST"])
+def downloads(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        return _download_create(request)
+    template = "downloads/downloads.html#downloads-panel" if _htmx(request) else "downloads/downloads.html"
+    return render(request, template, _downloads_context())
+
+
+def _download_create(request: HttpRequest) -> HttpResponse:
+    repo_id = request.POST.get("repo_id", "")
+    revision = request.POST.get("revision") or "main"
+    try:
+        services.download_create(repo_id=repo_id, revision=revision, user=request.user)  # type: ignore[arg-type]
+    except DomainError as exc:
+        context: dict[str, Any] = {
+            "repo_id": repo_id,
+            "revision": revision,
+            "download": selectors.download_for_repo(repo_id=repo_id) if "/" in repo_id else None,
+            "download_error": exc.message,
+        }
+        try:
+            context["detail"] = selectors.hub_model_detail(repo_id=repo_id, revision=revision)
+        except DomainError as inner:
+            context["error"] = inner.message
+        if _htmx(request):
+            # htmx swaps 2xx and 400 answers only (base.html): the message must be seen.
+            return render(request, "downloads/model.html#download-box", context, status=400)
+        return render(request, "downloads/model.html", context, status=exc.status)
+    if _htmx(request):
+        return HttpResponseClientRedirect(reverse("downloads"))
+    return redirect("downloads")
+
+
+_ACTIONS: dict[str, Callable[..., Any]] = {
+    "pause": services.download_pause,
+    "resume": services.download_resume,
+    "cancel": services.download_cancel,
+    "remove": services.download_remove,
+}
+
+
+@staff_required
+@require_POST
+def download_action(request: HttpRequest, download_id: int, action: str) -> HttpResponse:
+    handler = _ACTIONS.get(action)
+    if handler is None:
+        return HttpResponse("unknown action", status=404)
+    error = None
+    try:
+        handler(download_id=download_id)
+    except DomainError as exc:
+        error = exc
+    if _htmx(request):
+        return render(
+            request,
+            "downloads/downloads.html#downloads-panel",
+            _downloads_context(error=error.message if error else None),
+            status=400 if error else 200,
+        )
+    if error is not None:
+        return render(
+            request, "downloads/downloads.html", _downloads_context(error=error.message), status=error.status
+        )
+    return redirect("downloads")
+
+
+def _sse(event: str, html: str) -> str:
+    data = "".join(f"data: {line}\n" for line in html.splitlines() or [""])
+    return f"event: {event}\n{data}\n"
+
+
+@staff_required
+async def download_events(request: HttpRequest) -> StreamingHttpResponse:
+    """Server-sent events: the downloads panel, re-rendered whenever a download changes."""
+
+    def render_panel() -> str:
+        return render_to_string(
+            "downloads/downloads.html#downloads-panel", _downloads_context(), request=request
+        )
+
+    async def stream() -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        started = last_sent = time.monotonic()
+        last: tuple[Any, ...] | None = None
+        while time.monotonic() - started < SSE_MAX_SECONDS:
+            fingerprint = await sync_to_async(selectors.download_fingerprint)()
+            if fingerprint != last:
+                last = fingerprint
+                last_sent = time.monotonic()
+                yield _sse("downloads", await sync_to_async(render_panel)())
+            elif time.monotonic() - last_sent > SSE_KEEPALIVE_SECONDS:
+                last_sent = time.monotonic()
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(SSE_POLL_SECONDS)
+
+    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: don't buffer the stream
+    return response
+
+
+# --- local models ----------------------------------------------------------------
+
+
+def _local_context(**extra: Any) -> dict[str, Any]:
+    return {"models": selectors.local_model_list(), **extra}
+
+
+@staff_required
+@require_GET
+def local_models(request: HttpRequest) -> HttpResponse:
+    template = "downloads/local.html#local-panel" if _htmx(request) else "downloads/local.html"
+    return render(request, template, _local_context())
+
+
+@staff_required
+@require_POST
+def local_model_delete(request: HttpRequest, model_id: str) -> HttpResponse:
+    error = deleted = None
+    try:
+        deleted = services.local_model_delete(model_id=model_id)
+    except DomainError as exc:
+        error = exc
+    context = _local_context(error=error.message if error else None, deleted=deleted)
+    if _htmx(request):
+        return render(request, "downloads/local.html#local-panel", context, status=400 if error else 200)
+    if error is not None:
+        return render(request, "downloads/local.html", context, status=error.status)
+    return redirect("local-models")

@@ -1,0 +1,89 @@
+"""The pool in the management API (admins): its state, and load/unload/pin/unpin by profile."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from django.http import HttpRequest
+from ninja import Router, Schema
+
+from mlxmanager.errors import PermissionDenied
+from mlxmanager.pool import services
+from mlxmanager.pool.selectors import pool_state
+
+router = Router(tags=["pool"])
+
+
+def _require_admin(request: HttpRequest) -> None:
+    # Async operations: read the user django_auth put in `request.auth`; `request.user` would query.
+    if not getattr(request.auth, "is_staff", False):  # type: ignore[attr-defined]
+        raise PermissionDenied("only admins can see and change the pool")
+
+
+class MemoryOut(Schema):
+    used_bytes: int
+    limit_bytes: int
+    evictions: int
+
+
+class LoadedOut(Schema):
+    name: str
+    profile: str | None
+    profiles: list[str]
+    path: str
+    weight_bytes: int
+    prompt_cache_bytes: int
+    active_requests: int
+    queued_requests: int
+    tokens_per_s: float
+    cache_hit_rate: float | None
+    last_used: datetime | None
+    pinned: bool
+    kv_bits: int | None
+    speculative: bool
+    context_length: int | None
+    keep_alive_s: float | None
+
+
+class PoolOut(Schema):
+    worker: Literal["up", "down"]
+    detail: str
+    memory: MemoryOut
+    queue_depth: int
+    loading: str | None
+    loaded: list[LoadedOut]
+    not_loaded: list[str]
+
+
+class ActionOut(Schema):
+    message: str
+
+
+@router.get("", response=PoolOut)
+async def get_pool(request: HttpRequest) -> dict[str, Any]:
+    _require_admin(request)
+    state = await pool_state()
+    return {
+        "worker": "up" if state.up else "down",
+        "detail": state.detail,
+        "memory": {
+            "used_bytes": state.used_bytes,
+            "limit_bytes": state.limit_bytes,
+            "evictions": state.evictions,
+        },
+        "queue_depth": state.queue_depth,
+        "loading": state.loading,
+        "loaded": [m.as_dict() for m in state.loaded],
+        "not_loaded": [p.name for p in state.available],
+    }
+
+
+@router.post("/{profile_name}/{action}", response=ActionOut)
+async def pool_action(
+    request: HttpRequest, profile_name: str, action: Literal["load", "unload", "pin", "unpin"]
+) -> dict[str, str]:
+    """Load, unload, pin or unpin the model of a profile. Busy models can't be unloaded (409);
+    a load that doesn't fit in memory even after evicting idle models is a 503."""
+    _require_admin(request)
+    return {"message": await services.pool_action(profile_name=profile_name, action=action)}

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class PoolConfig(AppConfig):
+    name = "mlxmanager.pool"
+    label = "pool"
+    verbose_name = "Model pool"

@@ -1,0 +1,27 @@
+// Live tail of the audit log: the server pushes rendered <tr> rows over a WebSocket.
+(function () {
+  const box = document.getElementById("live-tail");
+  if (!box) return;
+  let socket = null;
+  function rows() { return document.getElementById("audit-rows"); }
+  function open() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    socket = new WebSocket(scheme + location.host + box.dataset.ws);
+    socket.onmessage = function (ev) {
+      const msg = JSON.parse(ev.data);
+      const body = rows();
+      if (!body || msg.type !== "rows") return;
+      const empty = body.querySelector("tr.empty");
+      if (empty) empty.remove();
+      const tmp = document.createElement("tbody");
+      tmp.innerHTML = msg.html;  // rendered and escaped by the server's template
+      const fresh = Array.from(tmp.children);
+      fresh.reverse().forEach(function (tr) { tr.classList.add("fresh"); body.prepend(tr); });
+      while (body.children.length > 200) body.lastElementChild.remove();
+    };
+    socket.onclose = function () { if (box.checked) setTimeout(open, 2000); };
+  }
+  box.addEventListener("change", function () {
+    if (box.checked) open(); else if (socket) { const s = socket; socket = null; s.onclose = null; s.close(); }
+  });
+})();

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from mlxmanager.audit import selectors as s
+from mlxmanager.errors import DomainError
+from tests.mlxmanager.audit.factories import T0, rows
+
+pytestmark = pytest.mark.django_db
+
+
+def test_keyset_pages_walk_every_row_once_even_with_equal_times() -> None:
+    made = rows(60, step=timedelta(0)) + rows(45, start=T0 + timedelta(hours=1))
+    seen: list[int] = []
+    page = s.request_page(filters=s.RequestFilter(), size=20)
+    pages = [page]
+    while page.older:
+        page = s.request_page(filters=s.RequestFilter(), before=page.older, size=20)
+        pages.append(page)
+    for p in pages:
+        seen += [r.id for r in p.rows]
+    assert sorted(seen) == sorted(r.id for r in made) and len(seen) == len(set(seen))
+    assert [r.id for r in pages[0].rows][:1] == [max(r.id for r in made[60:])]
+    back = s.request_page(
+        filters=s.RequestFilter(), after=pages[2].rows[0].id and s.cursor_of(pages[2].rows[0]), size=20
+    )
+    assert [r.id for r in back.rows] == [r.id for r in pages[1].rows]
+
+
+def test_filters() -> None:
+    rows(3, username="ann", requested_model="a")
+    rows(2, username="bob", requested_model="b", status=429, start=T0 + timedelta(days=1))
+    rows(1, username="bob", requested_model="b", error_type="client_closed", status=499)
+    rows(1, backend="cloud:x", start=T0 - timedelta(days=2))
+
+    def count(**kw: Any) -> int:
+        return len(s.request_page(filters=s.parse_filter(kw), size=500).rows)
+
+    assert count(user="ann") == 3 and count(model="b") == 3 and count(backend="cloud:x") == 1
+    assert count(status="429") == 2 and count(status="error") == 3 and count(status="ok") == 4
+    assert count(since=(T0 + timedelta(hours=1)).isoformat()) == 2
+    assert count(until=T0.isoformat()) == 1
+    with pytest.raises(DomainError):
+        s.parse_filter({"status": "nope"})
+    with pytest.raises(DomainError):
+        s.parse_filter({"since": "yesterday"})
+    with pytest.raises(DomainError):
+        s.request_page(filters=s.RequestFilter(), before="garbage")
+
+
+def test_totals_and_timeline() -> None:
+    rows(4, username="ann", requested_model="a", step=timedelta(minutes=20))
+    rows(2, username="bob", requested_model="b", status=500, start=T0 + timedelta(hours=2))
+    window = s.summary_window(s.RequestFilter(), now=T0 + timedelta(hours=3))
+    by_model = {t["requested_model"]: t for t in s.totals_by_model(window)}
+    assert (
+        by_model["a"]["requests"] == 4
+        and by_model["a"]["prompt_tokens"] == 40
+        and by_model["b"]["errors"] == 2
+    )
+    assert [t["username"] for t in s.totals_by_user(window)] == ["ann", "bob"]
+    bars, unit = s.timeline(window, now=T0 + timedelta(hours=3))
+    assert unit == "hour" and len(bars) == 24
+    counts = {b.start: b.requests for b in bars}
+    assert counts[T0] == 3 and counts[T0 + timedelta(hours=1)] == 1 and counts[T0 + timedelta(hours=2)] == 2
+    geo = s.chart_svg_bars(bars)
+    assert len(geo) == 24 and max(g["h"] for g in geo) > 0
+    week = s.RequestFilter(since=T0 - timedelta(days=6), until=T0 + timedelta(days=1))
+    bars, unit = s.timeline(week)
+    assert unit == "day" and sum(b.requests for b in bars) == 6
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_export_streams_csv_and_jsonl() -> None:
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(rows)(2500)
+    csv = b"".join([c async for c in s.export_rows(s.RequestFilter(), "csv")]).decode().splitlines()
+    assert csv[0].startswith("id,created_at,username") and len(csv) == 2501
+    jsonl = b"".join([c async for c in s.export_rows(s.RequestFilter(), "jsonl")]).decode().splitlines()
+    assert len(jsonl) == 2500 and '"requested_model":"m"' in jsonl[0]

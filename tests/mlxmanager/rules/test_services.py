@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlxmanager.audit.models import AdminAction
+from mlxmanager.credentials import crypto
+from mlxmanager.credentials.services import credential_create, credential_update
+from mlxmanager.errors import Conflict, DomainError
+from mlxmanager.profiles.models import Profile
+from mlxmanager.rules import selectors
+from mlxmanager.rules.models import Rule
+from mlxmanager.rules.services import (
+    TargetSpec,
+    parse_targets,
+    rule_create,
+    rule_delete,
+    rule_move,
+    rule_reorder,
+    rule_update,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def setup(tmp_path: Path, settings: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("MLXM_CREDENTIALS_KEY", raising=False)
+    settings.MLXM_CREDENTIALS_KEY_FILE = tmp_path / "credentials.key"
+    crypto.keyring.reload()
+    selectors.invalidate_routes()
+    credential_create(name="oa", provider="openai", secret="sk-1")
+    Profile.objects.create(name="tiny", model_path="/m")
+
+
+def test_parse_targets() -> None:
+    assert parse_targets("local:tiny\n oa:gpt-4o \n\noa\nollama:llama3:8b") == [
+        TargetSpec(profile="tiny"), TargetSpec(credential="oa", model="gpt-4o"), TargetSpec(credential="oa"),
+        TargetSpec(credential="ollama", model="llama3:8b")]  # fmt: skip
+
+
+def test_create_orders_audits_and_validates(boss: Any) -> None:
+    a = rule_create(name="a", match_type="glob", pattern="gpt-*", targets=parse_targets("oa:gpt-4o\nlocal:tiny"),
+                    timeout_s=5, user=boss)  # fmt: skip
+    b = rule_create(name="b", match_type="exact", pattern="x", targets=[TargetSpec(profile="tiny")])
+    assert (a.position, b.position) == (0, 1)
+    assert [t.label for t in a.targets.all()] == ["oa:gpt-4o", "local:tiny"]
+    entry = AdminAction.objects.get(action="mlxmanager.rule.created", object_id=str(a.pk))
+    assert entry.data["targets"] == ["oa:gpt-4o", "local:tiny"] and entry.actor_name == "boss"
+    with pytest.raises(Conflict):
+        rule_create(name="a", match_type="exact", pattern="y", targets=[TargetSpec(profile="tiny")])
+    for bad in ([], [TargetSpec(credential="nope")], [TargetSpec()], [TargetSpec(profile="t")] * 9):
+        with pytest.raises(DomainError):
+            rule_create(name="c", match_type="exact", pattern="y", targets=bad)
+    with pytest.raises(DomainError):
+        rule_create(
+            name="c", match_type="exact", pattern="y", targets=[TargetSpec(profile="t")], timeout_s=-1
+        )
+    with pytest.raises(DomainError):
+        rule_create(name="c", match_type="regex", pattern="(a+)+", targets=[TargetSpec(profile="t")])
+
+
+def test_reorder_move_update_delete(boss: Any) -> None:
+    r = [
+        rule_create(name=n, match_type="exact", pattern=n, targets=[TargetSpec(profile="tiny")])
+        for n in "abc"
+    ]
+    rule_move(rule_id=r[2].pk, offset=-1, user=boss)
+    assert list(Rule.objects.values_list("name", flat=True)) == ["a", "c", "b"]
+    rule_reorder(ids=[r[1].pk, r[0].pk, r[2].pk])
+    assert list(Rule.objects.values_list("name", flat=True)) == ["b", "a", "c"]
+    with pytest.raises(DomainError):
+        rule_reorder(ids=[r[0].pk])
+    rule_update(
+        rule_id=r[0].pk,
+        pattern="a*",
+        match_type="glob",
+        targets=parse_targets("oa"),
+        enabled=False,
+        user=boss,
+    )
+    changed = AdminAction.objects.filter(action="mlxmanager.rule.changed").latest("id").data
+    assert set(changed) == {"pattern", "match_type", "targets", "enabled"}
+    rule_delete(rule_id=r[0].pk)
+    assert (
+        Rule.objects.count() == 2
+        and AdminAction.objects.filter(action="mlxmanager.rule.reordered").count() == 2
+    )
+
+
+def test_route_table_and_explain() -> None:
+    rule_create(
+        name="g",
+        match_type="glob",
+        pattern="gpt-*",
+        targets=parse_targets("oa:up-model\nlocal:tiny\nlocal:gone"),
+    )
+    rule_create(name="e", match_type="exact", pattern="gpt-4o", targets=parse_targets("local:tiny"))
+    table = selectors.load_routes()
+    route = table.match("gpt-4o")
+    assert route is not None and route.rule_name == "g"
+    assert [t.label for t in route.targets] == ["cloud:oa", "local:tiny", "local:gone"]
+    assert route.targets[0].upstream is not None and route.targets[0].upstream.secret == "sk-1"
+    assert route.targets[0].upstream_model("gpt-4o") == "up-model"
+    assert table.match("claude") is None
+    info = selectors.explain("gpt-4o")
+    assert info["rule"] == "g" and [t["ok"] for t in info["targets"]] == [True, True, False]
+    assert "upstream model 'up-model'" in info["targets"][0]["note"]
+    assert selectors.explain("tiny")["targets"][0]["label"] == "local:tiny"
+    assert "404" in selectors.explain("unknown")["note"]
+    credential_update(credential_id=route.targets[0].upstream.id, enabled=False)
+    assert "credential disabled" in selectors.explain("gpt-4o")["targets"][0]["note"]
+
+
+def test_the_route_cache_is_dropped_on_writes(django_capture_on_commit_callbacks: Any, settings: Any) -> None:
+    settings.MLXM_ROUTES_CACHE_SECONDS = 3600
+    assert selectors.routes().match("m") is None
+    with django_capture_on_commit_callbacks(execute=True):
+        rule_create(name="m", match_type="exact", pattern="m", targets=[TargetSpec(profile="tiny")])
+    assert selectors.routes().match("m") is not None

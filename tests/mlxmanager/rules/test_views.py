@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from mlxmanager.credentials import crypto
+from mlxmanager.credentials.services import credential_create
+from mlxmanager.rules.models import Rule
+
+pytestmark = pytest.mark.django_db
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture(autouse=True)
+def setup(tmp_path: Path, settings: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("MLXM_CREDENTIALS_KEY", raising=False)
+    settings.MLXM_CREDENTIALS_KEY_FILE = tmp_path / "credentials.key"
+    crypto.keyring.reload()
+    credential_create(name="oa", provider="openai", secret="sk-view-secret-1234")
+
+
+def test_admin_only(client: Client, member_client: Client) -> None:
+    assert client.get("/routing/").status_code == 302
+    assert member_client.get("/routing/").status_code == 403
+    assert member_client.get("/api/rules/").status_code == 403
+
+
+def test_create_reorder_toggle_test_delete(boss_client: Client) -> None:
+    for name in ("first", "second"):
+        r = boss_client.post("/routing/", {"name": name, "match_type": "glob", "pattern": "gpt-*",
+                                           "targets": "oa:gpt-4o-mini\nlocal:tiny-random", "timeout_s": "7"}, **HTMX)  # fmt: skip
+        assert r.status_code == 200 and "Added rule" in r.content.decode()
+    html = boss_client.get("/routing/").content.decode()
+    assert html.index("first") < html.index("second") and "sk-view-secret" not in html
+    second = Rule.objects.get(name="second")
+    boss_client.post(f"/routing/{second.pk}/move/", {"direction": "up"}, **HTMX)
+    assert list(Rule.objects.values_list("name", flat=True)) == ["second", "first"]
+    first = Rule.objects.get(name="first")
+    boss_client.post("/routing/order/", {"ids": [first.pk, second.pk]}, **HTMX)
+    assert list(Rule.objects.values_list("name", flat=True)) == ["first", "second"]
+    r = boss_client.get("/routing/test/", {"model": "gpt-5"}, **HTMX)
+    assert "first" in r.content.decode() and "cloud:oa" in r.content.decode()
+    boss_client.post(f"/routing/{first.pk}/toggle/", {"enabled": "0"}, **HTMX)
+    assert "second" in boss_client.get("/routing/test/", {"model": "gpt-5"}, **HTMX).content.decode()
+    bad = boss_client.post(
+        "/routing/", {"name": "x", "match_type": "regex", "pattern": "(a+)+", "targets": "oa"}, **HTMX
+    )
+    assert bad.status_code == 400 and "nested repetition" in bad.content.decode()
+    boss_client.post(f"/routing/{first.pk}/delete/", **HTMX)
+    assert Rule.objects.count() == 1
+    assert boss_client.get("/routing/test/?model=zzz").status_code == 200  # full page
+
+
+def test_api(boss_client: Client) -> None:
+    r = boss_client.post("/api/rules/", {"name": "r", "pattern": "m", "targets": [{"credential": "oa", "model": "x"}]},
+                         content_type="application/json")  # fmt: skip
+    assert r.status_code == 201 and r.json()["targets"] == [{"profile": "", "credential": "oa", "model": "x"}]
+    rid = r.json()["id"]
+    r = boss_client.patch(f"/api/rules/{rid}", {"timeout_s": 3.5}, content_type="application/json")
+    assert r.json()["timeout_s"] == 3.5
+    assert boss_client.get("/api/rules/match?model=m").json()["rule"] == "r"
+    r = boss_client.post("/api/rules/", {"name": "q", "pattern": "(a+)+", "match_type": "regex", "targets": [{"profile": "p"}]},
+                         content_type="application/json")  # fmt: skip
+    assert r.status_code == 400 and r.json()["param"] == "pattern"
+    assert boss_client.delete(f"/api/rules/{rid}").status_code == 204
