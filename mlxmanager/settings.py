@@ -164,7 +164,9 @@ MLXM_AUDIT_FLUSH_INTERVAL = float(os.environ.get("MLXM_AUDIT_FLUSH_INTERVAL", "1
 MLXM_AUDIT_BATCH_SIZE = int(os.environ.get("MLXM_AUDIT_BATCH_SIZE", "500"))
 MLXM_AUDIT_MAX_BUFFER = int(os.environ.get("MLXM_AUDIT_MAX_BUFFER", "100000"))
 MLXM_AUDIT_RETENTION_DAYS = int(os.environ.get("MLXM_AUDIT_RETENTION_DAYS", "90"))  # 0: keep forever
-MLXM_CREDENTIALS_KEY_FILE = Path(os.environ.get("MLXM_CREDENTIALS_KEY_FILE") or MLXM_DATA_DIR / "credentials.key")
+MLXM_CREDENTIALS_KEY_FILE = Path(
+    os.environ.get("MLXM_CREDENTIALS_KEY_FILE") or MLXM_DATA_DIR / "credentials.key"
+)
 MLXM_ROUTES_CACHE_SECONDS = float(os.environ.get("MLXM_ROUTES_CACHE_SECONDS", "5"))
 MLXM_UPSTREAM_TIMEOUT = float(os.environ.get("MLXM_UPSTREAM_TIMEOUT", "60"))
 MLXM_UPSTREAM_RETRIES = int(os.environ.get("MLXM_UPSTREAM_RETRIES", "2"))
