@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_prune = 0.0
+        self._stopping = False
         self.dropped = 0
         self.written = 0
         self.listeners: list[Callable[[list[dict[str, Any]]], None]] = []
@@ -236,9 +237,29 @@ class Recorder:
             self._thread = threading.Thread(target=self._run, name="audit-flusher", daemon=True)
             self._thread.start()
 
+    def stop(self) -> None:
+        """Flush and end the flusher thread (tests; the process exit flushes by itself)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._thread = None
+        self._stopping = False
+
     def _run(self) -> None:
-        while True:
-            self._wake.wait(settings.MLXM_AUDIT_FLUSH_INTERVAL)
+        # The first retention pass a minute after start, then hourly.
+        self._last_prune = time.monotonic() - 3600 + 60
+        try:
+            self._loop_until_stopped()
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    def _loop_until_stopped(self) -> None:
+        while not self._stopping:
+            interval = settings.MLXM_AUDIT_FLUSH_INTERVAL
+            if interval <= 0:  # turned off (tests): leave flushing to explicit calls
+                return
+            self._wake.wait(interval)
             self._wake.clear()
             try:
                 self.flush()

@@ -82,7 +82,9 @@ def test_client_disconnect_is_audited(routed_gateway: Gateway, admin: Admin) -> 
 
 def test_live_pages_render_and_export(routed_gateway: Gateway, admin: Admin) -> None:
     # Make sure there is at least one row to export, whatever ran before.
-    httpx.get(routed_gateway.v1 + "/models", headers={"Authorization": f"Bearer {routed_gateway.key}"}, timeout=30)
+    httpx.get(
+        routed_gateway.v1 + "/models", headers={"Authorization": f"Bearer {routed_gateway.key}"}, timeout=30
+    )
     admin.wait_rows(lambda rows: len(rows) >= 1)
     page = admin.http.get("/audit/")
     assert page.status_code == 200 and "Audit log" in page.text

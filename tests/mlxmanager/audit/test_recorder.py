@@ -90,10 +90,14 @@ def test_the_background_thread_flushes(settings: Any) -> None:
     settings.MLXM_AUDIT_FLUSH_INTERVAL = 0.05
     r = rec.Recorder()
     r.add(_audit())
-    deadline = time.monotonic() + 5
-    while RequestLog.objects.count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert RequestLog.objects.count() == 1
+    try:
+        deadline = time.monotonic() + 5
+        while RequestLog.objects.count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert RequestLog.objects.count() == 1
+    finally:
+        r.stop()
+    assert r._thread is None
 
 
 @pytest.mark.asyncio
