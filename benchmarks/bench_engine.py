@@ -1180,13 +1180,17 @@ def merge_raw(raw: dict[str, Any], earlier: dict[str, Any]) -> None:
         if key == "levers":
             if data and not raw.get("levers"):
                 raw["levers"] = data
-                merged.append(f"CPU levers from {label}")
+                source = data[0].get("source", label)
+                for lever in data:
+                    lever.setdefault("source", source)
+                merged.append(f"CPU levers from {source}")
             continue
         mine = raw.setdefault(key, {})
         for scenario, value in data.items():
             if "runs" in value and "runs" not in mine.get(scenario, {}):
                 mine[scenario] = value
-                merged.append(f"{key} ({scenario}) from {label}")
+                value.setdefault("source", label)  # kept when this merged result is merged again
+                merged.append(f"{key} ({scenario}) from {value['source']}")
     raw["meta"].setdefault("merged", []).extend(merged)
 
 

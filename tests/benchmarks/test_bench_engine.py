@@ -194,3 +194,8 @@ def test_merge_keeps_this_invocations_scenarios_and_labels_the_rest() -> None:
     assert now[bench.TINY] == earlier[bench.TINY]
     assert now["levers"] == earlier["levers"]
     assert any("tiny-random (b) from `old` (d0" in m for m in now["meta"]["merged"])
+    # Merged again later, a result keeps naming the invocation that measured it.
+    again: dict[str, Any] = {"meta": {}}
+    bench.merge_raw(again, {**now, "meta": {"command": "newer", "date": "d1"}})
+    assert any("tiny-random (b) from `old` (d0" in m for m in again["meta"]["merged"])
+    assert not any("newer" in m and "tiny-random" in m for m in again["meta"]["merged"])
