@@ -1,35 +1,69 @@
-"""Admin-only gates for pages and the management API (staff users are admins)."""
+"""The one admin gate: pages (sync or async views), the management API and WebSockets.
+
+Admins are staff users. Anonymous visitors of a page go to the login page; logged-in members
+get the 403 page; API callers get a 403 problem.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from inspect import iscoroutinefunction
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponseForbidden
-from django.http.response import HttpResponseBase
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied as PageDenied
+from django.http import HttpRequest, HttpResponseBase
 
 from mlxmanager.errors import PermissionDenied
 
+DENIED = "Only admins can open this page."
+
 
 def is_admin(user: Any) -> bool:
-    return bool(user is not None and user.is_authenticated and user.is_active and user.is_staff)
+    return bool(
+        getattr(user, "is_authenticated", False)
+        and getattr(user, "is_active", False)
+        and getattr(user, "is_staff", False)
+    )
 
 
-def admin_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    """Log in first (redirect), then 403 for members."""
+def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a page view, sync or async."""
+    if iscoroutinefunction(view):
+
+        @wraps(view)
+        async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            user = await request.auser()
+            # Loaded once on the async side: templates read request.user, which would query.
+            request.user = user
+            if not user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            if not is_admin(user):
+                raise PageDenied(DENIED)
+            response: HttpResponseBase = await view(request, *args, **kwargs)
+            return response
+
+        return async_wrapper
 
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
         if not is_admin(request.user):
-            return HttpResponseForbidden("Only admins can see this page.")
-        return view(request, *args, **kwargs)
+            raise PageDenied(DENIED)
+        response: HttpResponseBase = view(request, *args, **kwargs)
+        return response
 
-    return login_required(wrapper)
+    return wrapper
 
 
-def require_admin(request: HttpRequest) -> None:
-    """For ninja routes (already session-authenticated): members get a 403 problem."""
-    if not is_admin(request.user):
-        raise PermissionDenied("only admins can do this")
+def require_admin(request: HttpRequest, what: str = "do this") -> None:
+    """For ninja routes (session-authenticated): members get a 403 problem.
+
+    Reads the user django_auth put in `request.auth` when there is one, so async operations
+    don't query through `request.user`.
+    """
+    user = getattr(request, "auth", None) or getattr(request, "user", None)
+    if not is_admin(user):
+        raise PermissionDenied(f"only admins can {what}")

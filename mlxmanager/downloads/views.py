@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, sync_to_async
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -20,6 +17,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from mlxmanager.downloads import analysis, selectors, services
 from mlxmanager.errors import DomainError
+from mlxmanager.permissions import admin_required
 
 # An event stream ends after this long; EventSource reconnects by itself, and a long-lived
 # request never outlives a deploy by much.
@@ -31,32 +29,6 @@ TYPE_CHOICES = [("", "Any type")] + [(k, analysis.TYPE_LABELS[k]) for k in analy
 SORT_CHOICES = [("downloads", "Most downloads"), ("recent", "Recently updated"), ("likes", "Most likes"),
                 ("trending", "Trending")]  # fmt: skip
 LIMIT_CHOICES = [10, 30, 50, 100]
-
-
-def staff_required(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Log in first (redirect), then admins only (403). Works for sync and async views."""
-    if iscoroutinefunction(view):
-
-        @functools.wraps(view)
-        async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            user = await request.auser()
-            if not user.is_authenticated:
-                return redirect_to_login(request.get_full_path())
-            if not user.is_staff:
-                raise PermissionDenied
-            return await view(request, *args, **kwargs)  # type: ignore[no-any-return]
-
-        return async_wrapper
-
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not request.user.is_staff:
-            raise PermissionDenied
-        return view(request, *args, **kwargs)  # type: ignore[no-any-return]
-
-    return wrapper
 
 
 def _htmx(request: HttpRequest) -> bool:
@@ -88,7 +60,7 @@ def _search_filters(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-@staff_required
+@admin_required
 @require_GET
 def discover(request: HttpRequest) -> HttpResponse:
     filters = _search_filters(request)
@@ -117,7 +89,7 @@ def discover(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
-@staff_required
+@admin_required
 @require_GET
 def model_detail(request: HttpRequest, repo_id: str) -> HttpResponse:
     revision = request.GET.get("revision") or None
@@ -148,7 +120,7 @@ def _downloads_context(**extra: Any) -> dict[str, Any]:
     }
 
 
-@staff_required
+@admin_required
 @require_http_methods(["GET", "POST"])
 def downloads(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
@@ -190,7 +162,7 @@ _ACTIONS: dict[str, Callable[..., Any]] = {
 }
 
 
-@staff_required
+@admin_required
 @require_POST
 def download_action(request: HttpRequest, download_id: int, action: str) -> HttpResponse:
     handler = _ACTIONS.get(action)
@@ -220,7 +192,7 @@ def _sse(event: str, html: str) -> str:
     return f"event: {event}\n{data}\n"
 
 
-@staff_required
+@admin_required
 async def download_events(request: HttpRequest) -> StreamingHttpResponse:
     """Server-sent events: the downloads panel, re-rendered whenever a download changes."""
 
@@ -257,14 +229,14 @@ def _local_context(**extra: Any) -> dict[str, Any]:
     return {"models": selectors.local_model_list(), **extra}
 
 
-@staff_required
+@admin_required
 @require_GET
 def local_models(request: HttpRequest) -> HttpResponse:
     template = "downloads/local.html#local-panel" if _htmx(request) else "downloads/local.html"
     return render(request, template, _local_context())
 
 
-@staff_required
+@admin_required
 @require_POST
 def local_model_delete(request: HttpRequest, model_id: str) -> HttpResponse:
     error = deleted = None

@@ -8,17 +8,11 @@ from typing import Any, Literal
 from django.http import HttpRequest
 from ninja import Router, Schema
 
-from mlxmanager.errors import PermissionDenied
+from mlxmanager.permissions import require_admin
 from mlxmanager.pool import services
 from mlxmanager.pool.selectors import pool_state
 
 router = Router(tags=["pool"])
-
-
-def _require_admin(request: HttpRequest) -> None:
-    # Async operations: read the user django_auth put in `request.auth`; `request.user` would query.
-    if not getattr(request.auth, "is_staff", False):  # type: ignore[attr-defined]
-        raise PermissionDenied("only admins can see and change the pool")
 
 
 class MemoryOut(Schema):
@@ -62,7 +56,7 @@ class ActionOut(Schema):
 
 @router.get("", response=PoolOut)
 async def get_pool(request: HttpRequest) -> dict[str, Any]:
-    _require_admin(request)
+    require_admin(request, "see and change the pool")
     state = await pool_state()
     return {
         "worker": "up" if state.up else "down",
@@ -85,5 +79,5 @@ async def pool_action(
 ) -> dict[str, str]:
     """Load, unload, pin or unpin the model of a profile. Busy models can't be unloaded (409);
     a load that doesn't fit in memory even after evicting idle models is a 503."""
-    _require_admin(request)
+    require_admin(request, "see and change the pool")
     return {"message": await services.pool_action(profile_name=profile_name, action=action)}

@@ -11,8 +11,8 @@ from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
-from mlxmanager.accounts.decorators import admin_required
 from mlxmanager.errors import DomainError
+from mlxmanager.permissions import admin_required
 from mlxmanager.pool import services
 from mlxmanager.pool.selectors import PoolState, pool_state
 

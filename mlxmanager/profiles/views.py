@@ -8,8 +8,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from mlxmanager.accounts.decorators import admin_required
 from mlxmanager.errors import DomainError, NotFound
+from mlxmanager.permissions import admin_required
 from mlxmanager.profiles import selectors, services
 from mlxmanager.profiles.forms import ProfileForm
 from mlxmanager.profiles.models import Profile
