@@ -97,6 +97,37 @@ class TemplateFeatures:
     thinking: bool
 
 
+# Quantization filter choices for search: the hub's model list carries names, tags and
+# safetensors dtypes, not config.json, so search reads those (the model page reads the config).
+QUANT_FILTERS = {
+    "2bit": "2-bit",
+    "3bit": "3-bit",
+    "4bit": "4-bit",
+    "5bit": "5-bit",
+    "6bit": "6-bit",
+    "8bit": "8-bit",
+    "mxfp4": "MXFP4",
+    "bf16": "bfloat16 (not quantized)",
+    "fp16": "float16 (not quantized)",
+    "fp32": "float32 (not quantized)",
+}
+_QUANT_NAME = re.compile(r"(?<![a-z0-9])(?:(\d)-?bits?|(mxfp4|nvfp4|bf16|fp16|fp32|f16|f32))(?![a-z0-9])")
+_DTYPE_ONLY = {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}
+
+
+def search_quantization(repo_id: str, tags: list[str], parameters: Mapping[str, int] | None) -> str | None:
+    """A QUANT_FILTERS key read from the repo name and tags, else from the weights' dtypes."""
+    for text in [repo_id.rsplit("/", 1)[-1].lower(), *(t.lower() for t in tags)]:
+        match = _QUANT_NAME.search(text)
+        if match:
+            found = match.group(1) and f"{match.group(1)}bit" or match.group(2)
+            return {"f16": "fp16", "f32": "fp32", "nvfp4": "mxfp4"}.get(found, found)
+    dtypes = {k for k, v in (parameters or {}).items() if v}
+    if len(dtypes) == 1 and next(iter(dtypes)) in _DTYPE_ONLY:
+        return _DTYPE_ONLY[next(iter(dtypes))]
+    return None
+
+
 def is_weight_file(name: str) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)
 

@@ -31,6 +31,7 @@ class ModelSummaryOut(Schema):
     gated: bool
     mlx: bool
     weights_bytes: int | None
+    quantization: str | None
 
 
 class QuantizationOut(Schema):
@@ -90,6 +91,7 @@ class SearchQuery(Schema):
     sort: str = "downloads"
     limit: int = 30
     max_gb: float | None = None
+    quantization: str | None = None
 
 
 class DownloadFileOut(Schema):
@@ -150,7 +152,9 @@ class LocalModelOut(Schema):
 @router.get("/hub/models", response=list[ModelSummaryOut])
 def search_models(request: HttpRequest, filters: Query[SearchQuery]) -> object:
     """Search the hub. `type`: text, vision, embeddings, tts or stt. `sort`: downloads, recent,
-    likes or trending. `max_gb` drops models whose weights are larger."""
+    likes or trending. `max_gb` drops models whose weights are larger. `quantization`: 2bit,
+    3bit, 4bit, 5bit, 6bit, 8bit, mxfp4, bf16, fp16 or fp32 (read from names, tags and weight
+    dtypes)."""
     _staff(request)
     return selectors.hub_model_search(
         query=filters.q,
@@ -159,6 +163,7 @@ def search_models(request: HttpRequest, filters: Query[SearchQuery]) -> object:
         sort=filters.sort,
         limit=filters.limit,
         max_bytes=int(filters.max_gb * 1024**3) if filters.max_gb else None,
+        quantization=filters.quantization or None,
     )
 
 

@@ -158,6 +158,11 @@ class ModelSummary:
     gated: bool
     weights_bytes: int | None
     mlx: bool
+    quantization: str | None = None
+
+    @property
+    def quantization_label(self) -> str:
+        return analysis.QUANT_FILTERS.get(self.quantization or "", "")
 
     @property
     def kind_label(self) -> str:
@@ -207,6 +212,9 @@ def list_models(
             gated=bool(m.gated),
             weights_bytes=analysis.bytes_from_parameters(m.safetensors.parameters if m.safetensors else None),
             mlx=_is_mlx(m.tags, m.library_name),
+            quantization=analysis.search_quantization(
+                m.id, list(m.tags or []), m.safetensors.parameters if m.safetensors else None
+            ),
         )
         for m in items
     ]

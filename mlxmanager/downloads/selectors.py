@@ -53,11 +53,13 @@ def hub_model_search(
     sort: str = "downloads",
     limit: int = 30,
     max_bytes: int | None = None,
+    quantization: str | None = None,
 ) -> list[hub.ModelSummary]:
     """Search the hub. `kind` is one of analysis.PIPELINE_TAGS; `max_bytes` drops larger models.
 
     The size filter runs on the returned page (the hub cannot filter by bytes); models
-    whose size the hub does not report are kept.
+    whose size the hub does not report are kept. `quantization` (an analysis.QUANT_FILTERS
+    key) keeps only models known to have it, from their name, tags or weight dtypes.
     """
     if sort not in SORTS:
         raise DomainError(f"sort must be one of {', '.join(SORTS)}", param="sort")
@@ -65,6 +67,9 @@ def hub_model_search(
         raise DomainError(f"type must be one of {', '.join(analysis.PIPELINE_TAGS)}", param="type")
     if not 1 <= limit <= MAX_LIMIT:
         raise DomainError(f"limit must be between 1 and {MAX_LIMIT}", param="limit")
+    if quantization and quantization not in analysis.QUANT_FILTERS:
+        choices = ", ".join(analysis.QUANT_FILTERS)
+        raise DomainError(f"quantization must be one of {choices}", param="quantization")
     query = query.strip()[:200]
     key = _cache_key("search", query, mlx_only, kind, sort, limit)
     results: list[hub.ModelSummary] | None = cache.get(key)
@@ -79,6 +84,8 @@ def hub_model_search(
         cache.set(key, results, _CACHE_SECONDS)
     if max_bytes is not None:
         results = [m for m in results if m.weights_bytes is None or m.weights_bytes <= max_bytes]
+    if quantization:
+        results = [m for m in results if m.quantization == quantization]
     return results
 
 

@@ -57,6 +57,7 @@ def _search_filters(request: HttpRequest) -> dict[str, Any]:
         "sort": params.get("sort", "downloads"),
         "limit": limit if limit in LIMIT_CHOICES else 30,
         "max_gb": max_gb if max_gb is not None and max_gb > 0 else None,
+        "quant": params.get("quant", "") if params.get("quant", "") in analysis.QUANT_FILTERS else "",
     }
 
 
@@ -74,10 +75,12 @@ def discover(request: HttpRequest) -> HttpResponse:
             sort=filters["sort"],
             limit=filters["limit"],
             max_bytes=int(filters["max_gb"] * 1024**3) if filters["max_gb"] else None,
+            quantization=filters["quant"] or None,
         )
     except DomainError as exc:
         error = exc.message
     context = {
+        "quant_choices": list(analysis.QUANT_FILTERS.items()),
         "filters": filters,
         "results": results,
         "error": error,

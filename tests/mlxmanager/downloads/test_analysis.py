@@ -128,3 +128,22 @@ def test_pipeline_label() -> None:
     assert analysis.pipeline_label("sentence-similarity") == "Embeddings"
     assert analysis.pipeline_label("image-to-image") == "image-to-image"
     assert analysis.pipeline_label(None) == ""
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "tags", "parameters", "expected"),
+    [
+        ("mlx-community/Qwen3-0.6B-4bit", [], None, "4bit"),
+        ("mlx-community/Llama-3.2-1B-Instruct-8-bit", [], None, "8bit"),
+        ("mlx-community/gpt-oss-20b-MXFP4-Q8", [], None, "mxfp4"),
+        ("acme/model", ["mlx", "3bit"], None, "3bit"),
+        ("mlx-community/Kokoro-82M-bf16", [], None, "bf16"),
+        ("acme/plain", [], {"F32": 10}, "fp32"),
+        ("acme/mixed", [], {"BF16": 10, "U32": 40}, None),  # quantized, bits unknown
+        ("acme/a4bitty-model", [], None, None),  # "4bit" inside a word is not a marker
+    ],
+)
+def test_search_quantization(
+    repo_id: str, tags: list[str], parameters: dict | None, expected: str | None
+) -> None:
+    assert analysis.search_quantization(repo_id, tags, parameters) == expected

@@ -91,6 +91,14 @@ def test_search_max_size(api: ApiClient) -> None:
     assert VISION not in repos and QWEN in repos
 
 
+def test_search_by_quantization(api: ApiClient) -> None:
+    items = api.get("/api/hub/models?quantization=4bit").json()
+    assert {m["repo_id"] for m in items} >= {QWEN, VISION}
+    assert {m["quantization"] for m in items} == {"4bit"}
+    body = assert_problem(api.get("/api/hub/models?quantization=7bit"), 400)
+    assert body["param"] == "quantization"
+
+
 def test_search_all_models(api: ApiClient) -> None:
     repos = [m["repo_id"] for m in api.get("/api/hub/models?mlx=false").json()]
     assert GATED in repos and BIN_ONLY in repos

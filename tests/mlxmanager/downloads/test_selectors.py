@@ -236,3 +236,24 @@ def test_dir_size_ignores_symlinks(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 10)
     os.symlink(tmp_path / "a", tmp_path / "link")
     assert storage.dir_size(tmp_path) == 10
+
+
+@pytest.mark.parametrize(
+    ("quant", "expected"),
+    [
+        ("4bit", [QWEN, VISION, BIG]),  # from the names
+        ("bf16", [EMBED, KOKORO]),
+        ("8bit", []),
+    ],
+)
+def test_search_by_quantization(quant: str, expected: list[str]) -> None:
+    assert ids(selectors.hub_model_search(quantization=quant)) == expected
+
+
+def test_search_quantization_is_reported_and_refused_when_unknown() -> None:
+    by_id = {m.repo_id: m.quantization for m in selectors.hub_model_search()}
+    assert by_id[QWEN] == "4bit"
+    assert by_id[WHISPER] is None  # nothing in its name, tags or dtypes says
+    with pytest.raises(DomainError) as exc:
+        selectors.hub_model_search(quantization="7bit")
+    assert exc.value.param == "quantization"

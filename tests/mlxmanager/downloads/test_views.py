@@ -75,6 +75,12 @@ def test_discover_search_with_htmx_returns_the_results_only(admin_client: Client
     assert VISION in html and QWEN not in html
 
 
+def test_discover_quantization_filter(admin_client: Client) -> None:
+    html = admin_client.get("/models/discover/?q=&sort=downloads&limit=30&mlx=on&quant=bf16").content.decode()
+    assert EMBED in html and QWEN not in html
+    assert '<option value="bf16" selected>' in html and "bfloat16 (not quantized)" in html
+
+
 def test_discover_unchecking_mlx_only(admin_client: Client) -> None:
     html = admin_client.get("/models/discover/?q=&sort=downloads&limit=30").content.decode()
     assert BIN_ONLY in html and 'name="mlx" checked' not in html
