@@ -22,7 +22,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from inference import gateway
 from inference import protocol as p
-from inference.api import anthropic
+from inference.api import anthropic, responses
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
 from inference.dispatch import routed
 from inference.schemas import ChatCompletionRequest, CompletionRequest
@@ -55,6 +55,7 @@ api = NinjaAPI(
     auth=ApiKeyAuth(),
 )
 api.add_router("", anthropic.router)
+api.add_router("", responses.router)
 
 
 def error_response(
