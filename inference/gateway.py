@@ -115,6 +115,7 @@ def chat_request(body: ChatCompletionRequest, target: Target) -> p.Generate:
         # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
         tool_parser=target.profile.tool_parser or "",
         reasoning_parser=target.profile.reasoning_parser or "",
+        logprobs=body.logprobs_count(),
     )
 
 
@@ -124,6 +125,7 @@ def completion_request(body: CompletionRequest, target: Target) -> p.Generate:
         model=target.spec,
         sampling=sampling_for(body, target.profile, max_tokens=body.max_tokens),
         prompt=body.prompt_text(),
+        logprobs=body.logprobs,
     )
 
 
