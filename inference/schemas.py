@@ -277,8 +277,10 @@ class CompletionRequest(SamplingFields):
                 "batched prompts are not supported yet; send one prompt per request",
                 param="prompt",
             )
-        if self.echo:
-            raise DomainError("echo is not supported yet", param="echo")
+        if self.echo and self.logprobs is not None:
+            raise DomainError(
+                "echo with logprobs is not supported (no log-probabilities for prompt tokens)", param="echo"
+            )
         if self.best_of not in (None, 1):
             raise DomainError("best_of is not supported", param="best_of")
         if self.suffix:

@@ -331,8 +331,9 @@ async def _first(outputs: AsyncGenerator[list[p.Output], None]) -> list[p.Output
 
 
 async def _run(
-    request: HttpRequest, req: p.Generate, *, stream: bool, include_usage: bool, chat: bool
+    request: HttpRequest, req: p.Generate, *, stream: bool, include_usage: bool, chat: bool, echo: str = ""
 ) -> HttpResponseBase:
+    """Answer one generation; `echo` (completions) is text that precedes the generated one."""
     client = get_engine_client()
     outputs = track_outputs(client.generate(req))
     created = int(time.time())
@@ -363,7 +364,7 @@ async def _run(
         else:
             choice = {
                 "index": 0,
-                "text": collected.text,
+                "text": echo + collected.text,
                 "logprobs": _Logprobs(chat=False).payload(collected.logprobs) if wants_logprobs else None,
                 "finish_reason": final.finish_reason,
             }
@@ -380,6 +381,8 @@ async def _run(
             if chat:
                 yield sse.event(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None}])  # fmt: skip
+            elif echo:
+                yield sse.content(echo)
             batch: list[p.Output] | None = first
             try:
                 while batch is not None:
@@ -480,4 +483,5 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
     target = await gateway.resolve(body.model)
     req = gateway.completion_request(body, target)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _run(request, req, stream=body.stream, include_usage=include_usage, chat=False)
+    echo = body.prompt_text() if body.echo else ""
+    return await _run(request, req, stream=body.stream, include_usage=include_usage, chat=False, echo=echo)

@@ -135,5 +135,8 @@ def test_completion_prompt_forms() -> None:
     assert CompletionRequest.model_validate({"model": "m", "prompt": ["x"]}).prompt_text() == "x"
     with pytest.raises(DomainError):
         CompletionRequest.model_validate({"model": "m", "prompt": ["x", "y"]}).refuse_unsupported()
+    CompletionRequest.model_validate({"model": "m", "prompt": "x", "echo": True}).refuse_unsupported()
     with pytest.raises(DomainError):
-        CompletionRequest.model_validate({"model": "m", "prompt": "x", "echo": True}).refuse_unsupported()
+        CompletionRequest.model_validate(
+            {"model": "m", "prompt": "x", "echo": True, "logprobs": 1}
+        ).refuse_unsupported()

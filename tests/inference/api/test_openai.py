@@ -278,6 +278,21 @@ def test_logprobs_text_completions(gateway: Gateway) -> None:
     assert len(streamed) == 6
 
 
+def test_echo_on_text_completions(gateway: Gateway) -> None:
+    client = gateway.openai()
+    prompt = "The capital of France is"
+    r = client.completions.create(model=SMOL, prompt=prompt, max_tokens=5, temperature=0, echo=True)
+    plain = client.completions.create(model=SMOL, prompt=prompt, max_tokens=5, temperature=0)
+    assert r.choices[0].text == prompt + plain.choices[0].text and plain.choices[0].text
+    chunks = list(client.completions.create(model=SMOL, prompt=prompt, max_tokens=5, temperature=0, echo=True,
+                                            stream=True))  # fmt: skip
+    assert chunks[0].choices[0].text == prompt
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=SMOL, prompt=prompt, max_tokens=5, echo=True, logprobs=1)
+    assert exc.value.body["param"] == "echo"  # type: ignore[index]
+
+
 def test_unknown_model_is_404(gateway: Gateway) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         chat_text(gateway, model="no-such-model", messages=FRANCE)
