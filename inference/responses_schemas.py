@@ -9,7 +9,7 @@ Responses are not stored: `previous_response_id`, `store: true` and item referen
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -140,7 +140,7 @@ def _arguments(text: str, where: str) -> Any:
 
 class ResponsesRequest(_Strict):
     model: str = Field(min_length=1, max_length=256)
-    input: str | list[dict[str, Any]] = Field(max_length=100_000)
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=100_000)]
     instructions: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

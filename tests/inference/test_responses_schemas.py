@@ -15,6 +15,7 @@ def body(**kw: Any) -> ResponsesRequest:
 
 
 def test_string_input_and_instructions() -> None:
+    assert body(input="x" * 300_000).chat_messages() == [{"role": "user", "content": "x" * 300_000}]
     assert body(instructions="Be brief.").chat_messages() == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "hi"},
