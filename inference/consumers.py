@@ -86,6 +86,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         try:
             body = ChatCompletionRequest.model_validate(content.get("body"))
             body.refuse_unsupported()
+            if body.logprobs:  # deltas here carry text only
+                raise DomainError("logprobs are served by POST /v1/chat/completions only", param="logprobs")
             target = await gateway.resolve(body.model)
         except ValidationError as exc:
             first = exc.errors()[0]

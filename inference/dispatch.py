@@ -61,7 +61,7 @@ def _reason(exc: BaseException) -> str:
 
 def routed(surface: str) -> Callable[[View], View]:
     """Apply routing rules to a /v1 route taking `(request, body)` (surface: "chat",
-    "completions", "messages" or "count_tokens")."""
+    "completions", "messages", "count_tokens" or "responses")."""
 
     def decorate(view: View) -> View:
         @wraps(view)
@@ -118,6 +118,12 @@ async def _serve(
         if target.unavailable:
             failures.append((target.label, upstream.UpstreamFailure(
                 f"{target.label}: {target.unavailable}", kind="unavailable", status=503)))  # fmt: skip
+            continue
+        if surface == "responses" and target.kind != "local":
+            # The Responses API is served by local profiles only (no upstream relay or translation yet).
+            failures.append((target.label, upstream.UpstreamFailure(
+                f"{target.label}: cloud targets do not serve /v1/responses", kind="local_only",
+                status=503)))  # fmt: skip
             continue
         if audit is not None:
             audit.attempts += 1

@@ -10,6 +10,7 @@ import msgspec
 
 from inference import protocol as p
 from inference.anthropic_schemas import CountTokensRequest, MessagesRequest
+from inference.responses_schemas import ResponsesRequest
 from inference.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from mlxmanager.profiles.models import Profile
 from mlxmanager.profiles.selectors import profile_resolve
@@ -114,6 +115,7 @@ def chat_request(body: ChatCompletionRequest, target: Target) -> p.Generate:
         # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
         tool_parser=target.profile.tool_parser or "",
         reasoning_parser=target.profile.reasoning_parser or "",
+        logprobs=body.logprobs_count(),
     )
 
 
@@ -123,6 +125,7 @@ def completion_request(body: CompletionRequest, target: Target) -> p.Generate:
         model=target.spec,
         sampling=sampling_for(body, target.profile, max_tokens=body.max_tokens),
         prompt=body.prompt_text(),
+        logprobs=body.logprobs,
     )
 
 
@@ -144,6 +147,27 @@ def messages_request(body: MessagesRequest, target: Target) -> p.Generate:
         parallel_tool_calls=parallel,
         response_format=body.constraint(),
         thinking_budget=body.thinking_budget(),
+        # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
+        tool_parser=target.profile.tool_parser or "",
+        reasoning_parser=target.profile.reasoning_parser or "",
+    )
+
+
+def responses_request(body: ResponsesRequest, target: Target) -> p.Generate:
+    """An OpenAI Responses request as a chat generation."""
+    tool_choice, tool_name = body.tool_choice_values()
+    requested = {"temperature": body.temperature, "top_p": body.top_p}
+    return p.Generate(
+        request_id=f"resp_{uuid.uuid4().hex}",
+        model=target.spec,
+        sampling=merge_sampling(target.profile, requested, max_tokens=body.max_output_tokens, stop=[]),
+        messages=_with_profile_system(body.chat_messages(), target.profile),
+        chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **body.reasoning_kwargs()},
+        tools=body.tool_dicts(),
+        tool_choice=tool_choice,
+        tool_name=tool_name,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        response_format=body.constraint(),
         # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
         tool_parser=target.profile.tool_parser or "",
         reasoning_parser=target.profile.reasoning_parser or "",

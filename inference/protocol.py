@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-PROTOCOL_VERSION = 3  # 2: CountTokens / TokenCount; 3: tools, reasoning, response_format
+PROTOCOL_VERSION = 4  # 2: CountTokens / TokenCount; 3: tools, reasoning, response_format; 4: logprobs
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 _LEN = struct.Struct(">I")
 
@@ -85,6 +85,8 @@ class Generate(msgspec.Struct, tag="generate", kw_only=True):
     response_format: dict[str, Any] | None = None
     # Reasoning tokens allowed before the end-of-thinking marker is forced.
     thinking_budget: int | None = None
+    # Per-token log-probabilities: None = off; N = each token's, with its N most likely alternatives.
+    logprobs: int | None = None
 
 
 TOOL_CHOICES = ("auto", "none", "required", "function")
@@ -134,6 +136,20 @@ class ToolCallDelta(msgspec.Struct, array_like=True):
     arguments: str = ""
 
 
+class TopLogprob(msgspec.Struct, array_like=True):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(msgspec.Struct, array_like=True):
+    """One generated token (decoded on its own) and its log-probability after the request's
+    logits processors (penalties, bias, constraints), before temperature."""
+
+    token: str
+    logprob: float
+    top: list[TopLogprob] = []
+
+
 class Output(msgspec.Struct, array_like=True):
     """One request's progress since the last frame. `finish_reason` set means final.
 
@@ -150,6 +166,7 @@ class Output(msgspec.Struct, array_like=True):
     stop_sequence: str | None = None  # which stop string ended it, if one did
     reasoning: str = ""
     tool_calls: list[ToolCallDelta] = []
+    logprobs: list[TokenLogprob] | None = None  # the tokens since the last output, when asked
 
 
 class Outputs(msgspec.Struct, tag="outputs"):

@@ -97,7 +97,6 @@ class SamplingFields(_Strict):
     logit_bias: dict[str, float] | None = None
     n: int | None = Field(default=None, ge=1, le=128)
     user: str | None = Field(default=None, max_length=256)
-    logprobs: Any = None
 
     @field_validator("stop")
     @classmethod
@@ -131,14 +130,13 @@ class SamplingFields(_Strict):
     def refuse_unsupported(self) -> None:
         if self.n not in (None, 1):
             raise DomainError("n > 1 is not supported yet; send one request per choice", param="n")
-        if self.logprobs not in (None, False):
-            raise DomainError("logprobs is not supported yet", param="logprobs")
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    top_logprobs: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     tools: list[Tool] | None = Field(default=None, max_length=1024)
     tool_choice: Any = None
@@ -148,8 +146,8 @@ class ChatCompletionRequest(SamplingFields):
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.top_logprobs is not None:
-            raise DomainError("top_logprobs is not supported yet", param="top_logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise DomainError("top_logprobs needs logprobs: true", param="top_logprobs")
         self.constraint()
         self.tool_choice_values()
         for i, m in enumerate(self.messages):
@@ -212,6 +210,10 @@ class ChatCompletionRequest(SamplingFields):
     def tool_dicts(self) -> list[dict[str, Any]] | None:
         return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
 
+    def logprobs_count(self) -> int | None:
+        """The worker's `logprobs`: None (off) or how many alternatives per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def reasoning_kwargs(self) -> dict[str, Any]:
         """Chat-template kwargs for `reasoning_effort` ("none" turns thinking off)."""
         if self.reasoning_effort is None:
@@ -262,6 +264,8 @@ def _json_object(text: str) -> Any:
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] = Field()
+    # The legacy shape: how many alternatives per token (0: only the chosen token's).
+    logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool | None = None
     best_of: int | None = None
     suffix: str | None = None
@@ -273,8 +277,10 @@ class CompletionRequest(SamplingFields):
                 "batched prompts are not supported yet; send one prompt per request",
                 param="prompt",
             )
-        if self.echo:
-            raise DomainError("echo is not supported yet", param="echo")
+        if self.echo and self.logprobs is not None:
+            raise DomainError(
+                "echo with logprobs is not supported (no log-probabilities for prompt tokens)", param="echo"
+            )
         if self.best_of not in (None, 1):
             raise DomainError("best_of is not supported", param="best_of")
         if self.suffix:

@@ -22,7 +22,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from inference import gateway
 from inference import protocol as p
-from inference.api import anthropic
+from inference.api import anthropic, responses
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
 from inference.dispatch import routed
 from inference.schemas import ChatCompletionRequest, CompletionRequest
@@ -55,6 +55,7 @@ api = NinjaAPI(
     auth=ApiKeyAuth(),
 )
 api.add_router("", anthropic.router)
+api.add_router("", responses.router)
 
 
 def error_response(
@@ -188,9 +189,47 @@ def _usage(final: p.Output) -> dict[str, Any]:
     }
 
 
+def _bytes(token: str) -> list[int]:
+    return list(token.encode("utf-8"))
+
+
+class _Logprobs:
+    """Per-token log-probabilities in the chat shape (`content: [...]`) or the legacy
+    completions shape (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`)."""
+
+    def __init__(self, *, chat: bool) -> None:
+        self.chat = chat
+        self.offset = 0
+
+    def payload(self, items: list[p.TokenLogprob]) -> dict[str, Any]:
+        if self.chat:
+            content = [
+                {"token": t.token, "logprob": t.logprob, "bytes": _bytes(t.token),
+                 "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": _bytes(a.token)}
+                                  for a in t.top]}
+                for t in items
+            ]  # fmt: skip
+            return {"content": content, "refusal": None}
+        offsets = []
+        for t in items:
+            offsets.append(self.offset)
+            self.offset += len(t.token)
+        return {
+            "tokens": [t.token for t in items],
+            "token_logprobs": [t.logprob for t in items],
+            "top_logprobs": [{a.token: a.logprob for a in t.top} for t in items],
+            "text_offset": offsets,
+        }
+
+
+def _batch_logprobs(batch: list[p.Output]) -> list[p.TokenLogprob]:
+    return [t for out in batch for t in out.logprobs or ()]
+
+
 class _Collected:
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.logprobs: list[p.TokenLogprob] = []
         self.reasoning: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}
         self.final: p.Output | None = None
@@ -198,6 +237,8 @@ class _Collected:
     def add(self, batch: list[p.Output]) -> None:
         for out in batch:
             self.parts.append(out.text)
+            if out.logprobs:
+                self.logprobs.extend(out.logprobs)
             if out.reasoning:
                 self.reasoning.append(out.reasoning)
             for tc in out.tool_calls:
@@ -290,8 +331,9 @@ async def _first(outputs: AsyncGenerator[list[p.Output], None]) -> list[p.Output
 
 
 async def _run(
-    request: HttpRequest, req: p.Generate, *, stream: bool, include_usage: bool, chat: bool
+    request: HttpRequest, req: p.Generate, *, stream: bool, include_usage: bool, chat: bool, echo: str = ""
 ) -> HttpResponseBase:
+    """Answer one generation; `echo` (completions) is text that precedes the generated one."""
     client = get_engine_client()
     outputs = track_outputs(client.generate(req))
     created = int(time.time())
@@ -302,6 +344,7 @@ async def _run(
         await outputs.aclose()
         raise
 
+    wants_logprobs = req.logprobs is not None
     if not stream:
         collected = _Collected()
         collected.add(first)
@@ -314,15 +357,15 @@ async def _run(
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": collected.message(),
-                "logprobs": None,
+                "logprobs": _Logprobs(chat=True).payload(collected.logprobs) if wants_logprobs else None,
                 "finish_reason": final.finish_reason,
             }
             obj = "chat.completion"
         else:
             choice = {
                 "index": 0,
-                "text": collected.text,
-                "logprobs": None,
+                "text": echo + collected.text,
+                "logprobs": _Logprobs(chat=False).payload(collected.logprobs) if wants_logprobs else None,
                 "finish_reason": final.finish_reason,
             }
             obj = "text_completion"
@@ -331,17 +374,24 @@ async def _run(
         return HttpResponse(_json.encode(body), content_type="application/json")
 
     sse = _SSE(rid=req.request_id, model=model, created=created, chat=chat)
+    lp = _Logprobs(chat=chat)
 
     async def events() -> AsyncIterator[bytes]:
         async with aclosing(outputs):
             if chat:
                 yield sse.event(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None}])  # fmt: skip
+            elif echo:
+                yield sse.content(echo)
             batch: list[p.Output] | None = first
             try:
                 while batch is not None:
                     final = batch[-1] if batch[-1].finish_reason else None
-                    if chat and any(o.reasoning or o.tool_calls for o in batch):
+                    if wants_logprobs:
+                        # Slow path: each chunk carries the log-probabilities of its tokens.
+                        for event in _logprob_chunks(sse, lp, batch, chat=chat):
+                            yield event
+                    elif chat and any(o.reasoning or o.tool_calls for o in batch):
                         for delta in _chat_deltas(batch):
                             yield sse.event(
                                 choices=[
@@ -382,6 +432,25 @@ async def _run(
     return response
 
 
+def _logprob_chunks(sse: _SSE, lp: _Logprobs, batch: list[p.Output], *, chat: bool) -> list[bytes]:
+    """A batch's chunks with its tokens' log-probabilities on the first one (an empty delta
+    carries them when the batch produced no visible text, e.g. a held-back stop string)."""
+    tokens = _batch_logprobs(batch)
+    choices: list[dict[str, Any]]
+    if chat:
+        deltas = _chat_deltas(batch)
+        choices = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None} for d in deltas]
+    else:
+        text = "".join(o.text for o in batch)
+        choices = [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}] if text else []
+    if tokens:
+        if not choices:
+            empty: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
+            choices = [{"index": 0, **empty, "logprobs": None, "finish_reason": None}]
+        choices[0]["logprobs"] = lp.payload(tokens)
+    return [sse.event(choices=[c]) for c in choices]
+
+
 @api.get("/models")
 async def list_models(request: HttpRequest) -> HttpResponse:
     profiles = await profile_list_served()
@@ -414,4 +483,5 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
     target = await gateway.resolve(body.model)
     req = gateway.completion_request(body, target)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _run(request, req, stream=body.stream, include_usage=include_usage, chat=False)
+    echo = body.prompt_text() if body.echo else ""
+    return await _run(request, req, stream=body.stream, include_usage=include_usage, chat=False, echo=echo)

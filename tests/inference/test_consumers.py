@@ -101,6 +101,9 @@ async def test_bad_requests_get_clear_errors(chat_setup: dict[str, Any]) -> None
     await comm.send_json_to({"type": "chat"})
     msg = await comm.receive_json_from(timeout=10)
     assert msg["error"]["param"] == "id"
+    await comm.send_json_to({"type": "chat", "id": "w", "body": body(logprobs=True)})
+    msg = await comm.receive_json_from(timeout=10)
+    assert msg["type"] == "error" and msg["error"]["param"] == "logprobs"
     await comm.disconnect()
 
 

@@ -34,8 +34,7 @@ def test_out_of_range_values(field: dict) -> None:
     ("field", "param"),
     [
         ({"n": 3}, "n"),
-        ({"logprobs": True}, "logprobs"),
-        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs: true
         ({"response_format": {"type": "json_schema", "json_schema": {"schema": "x"}}}, "response_format"),
         ({"response_format": {"type": "json_object", "schema": {}}}, "response_format"),
         ({"tool_choice": "required"}, "tool_choice"),
@@ -136,5 +135,8 @@ def test_completion_prompt_forms() -> None:
     assert CompletionRequest.model_validate({"model": "m", "prompt": ["x"]}).prompt_text() == "x"
     with pytest.raises(DomainError):
         CompletionRequest.model_validate({"model": "m", "prompt": ["x", "y"]}).refuse_unsupported()
+    CompletionRequest.model_validate({"model": "m", "prompt": "x", "echo": True}).refuse_unsupported()
     with pytest.raises(DomainError):
-        CompletionRequest.model_validate({"model": "m", "prompt": "x", "echo": True}).refuse_unsupported()
+        CompletionRequest.model_validate(
+            {"model": "m", "prompt": "x", "echo": True, "logprobs": 1}
+        ).refuse_unsupported()

@@ -100,6 +100,8 @@ class _Active:
     stop_sequence: str | None = None
     # Set for requests served one at a time (draft model or quantized KV): a token iterator.
     sequential: Iterator[tuple[int, Any]] | None = None
+    top_logprobs: int | None = None  # None: no logprobs asked
+    logprobs: list[p.TokenLogprob] = field(default_factory=list)  # not yet sent
     started: float = field(default_factory=time.perf_counter)
 
     def feed(self, text: str) -> tuple[str, bool]:
@@ -161,6 +163,7 @@ class LLMEngine:
             eos_ids=list(self.tokenizer.eos_token_ids),
         )
         self._markups: dict[tuple[str, str], mk.Markup] = {}
+        self._token_texts: dict[int, str] = {}  # token id -> its text alone, for logprobs
         self.load_seconds = time.perf_counter() - t0
         self.weight_bytes = _nbytes(self.model) + (_nbytes(self.draft_model) if self.draft_model else 0)
         max_batch = max(1, spec.max_concurrent)
@@ -298,6 +301,7 @@ class LLMEngine:
             max_tokens=req.sampling.max_tokens,
             parser=parser,
             single_call=bool(self._tools(req)) and not req.parallel_tool_calls,
+            top_logprobs=req.logprobs,
         )
 
     def _prepare(self, req: p.Generate, prompt: list[int]) -> tuple[mk.OutputParser, list[Any]]:
@@ -475,10 +479,32 @@ class LLMEngine:
             req.request_id for req, c in self._waiting if c is conn
         ]
 
-    def _on_token(self, act: _Active, token: int, finish: str | None) -> tuple[p.Output | None, bool]:
+    def _token_text(self, token: int) -> str:
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = self.tokenizer.decode([token])
+        return text
+
+    def _logprob(self, act: _Active, token: int, logprobs: Any) -> None:
+        """Record a token's log-probability (and its top alternatives) for the next output."""
+        k = act.top_logprobs or 0
+        top: list[p.TopLogprob] = []
+        if k:
+            ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
+            ids_list = cast(list[int], ids.tolist())
+            values = cast(list[float], logprobs[ids].tolist())
+            pairs = sorted(zip(ids_list, values, strict=True), key=lambda x: -x[1])
+            top = [p.TopLogprob(self._token_text(i), v) for i, v in pairs]
+        act.logprobs.append(p.TokenLogprob(self._token_text(token), logprobs[token].item(), top))
+
+    def _on_token(
+        self, act: _Active, token: int, finish: str | None, logprobs: Any = None
+    ) -> tuple[p.Output | None, bool]:
         """Account one generated token. Returns (output or None, finished early: by a stop
         string, or by the first tool call when parallel calls are off)."""
         act.completion_tokens += 1
+        if act.top_logprobs is not None and logprobs is not None and finish != "stop":
+            self._logprob(act, token, logprobs)
         detok = act.detokenizer
         if finish == "stop":  # an EOS token: never part of the text
             detok.finalize()
@@ -500,6 +526,9 @@ class LLMEngine:
         return self._final(act, delta, finish, flush=not stopped), stopped
 
     def _output(self, act: _Active, delta: mk.Delta, finish: str | None) -> p.Output:
+        logprobs = None
+        if act.top_logprobs is not None:
+            logprobs, act.logprobs = act.logprobs, []
         return p.Output(
             act.request_id,
             delta.text,
@@ -510,6 +539,7 @@ class LLMEngine:
             act.stop_sequence if finish else None,
             delta.reasoning,
             delta.tool_calls,
+            logprobs,
         )
 
     def _final(self, act: _Active, delta: mk.Delta, finish: str, *, flush: bool) -> p.Output:
@@ -538,7 +568,7 @@ class LLMEngine:
             act = self._by_uid.get(r.uid)
             if act is None:
                 continue
-            out, stopped = self._on_token(act, r.token, r.finish_reason)
+            out, stopped = self._on_token(act, r.token, r.finish_reason, r.logprobs)
             if out is None:
                 continue
             outputs.append((act.conn, out))
@@ -561,9 +591,9 @@ class LLMEngine:
             assert act.sequential is not None
             finish: str | None
             try:
-                token, _ = next(act.sequential)
+                token, logprobs = next(act.sequential)
             except StopIteration:  # generate_step stops at max_tokens
-                token, finish = None, "length"
+                token, logprobs, finish = None, None, "length"
             else:
                 finish = "stop" if token in self._eos_ids else None
                 if finish is None and act.completion_tokens + 1 >= act.max_tokens:
@@ -573,7 +603,7 @@ class LLMEngine:
                 text, _ = act.feed(act.detokenizer.last_segment)
                 out: p.Output | None = self._final(act, act.parser.feed(text), "length", flush=True)
             else:
-                out, _ = self._on_token(act, token, finish)
+                out, _ = self._on_token(act, token, finish, logprobs)
                 self.tokens_generated += 1
             if out is not None:
                 outputs.append((act.conn, out))

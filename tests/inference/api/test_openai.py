@@ -218,7 +218,8 @@ def test_unknown_parameter_is_refused_by_name(gateway: Gateway) -> None:
     ("extra", "param"),
     [
         ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         (
             {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"},
             "tool_choice",
@@ -230,6 +231,66 @@ def test_unsupported_parameters_are_refused_not_ignored(gateway: Gateway, extra:
     with pytest.raises(openai.BadRequestError) as exc:
         tiny(gateway, extra_body=extra)
     assert exc.value.body["param"] == param
+
+
+def test_logprobs_chat_streamed_and_not(gateway: Gateway) -> None:
+    client = gateway.openai()
+    kw: dict = {"model": SMOL, "messages": FRANCE, "max_tokens": 8, "temperature": 0, "logprobs": True,
+                "top_logprobs": 3}  # fmt: skip
+    r = client.chat.completions.create(**kw)
+    choice = r.choices[0]
+    assert choice.logprobs is not None and r.usage is not None
+    tokens = choice.logprobs.content or []
+    eos = choice.finish_reason == "stop"  # the end-of-sequence token is no text: it has no entry
+    assert len(tokens) == r.usage.completion_tokens - eos > 3
+    assert "".join(t.token for t in tokens) == choice.message.content
+    for t in tokens:
+        assert t.logprob <= 0 and t.bytes == list(t.token.encode())
+        alts = [a.logprob for a in t.top_logprobs]
+        assert len(alts) == 3 and alts == sorted(alts, reverse=True)
+        assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == t.logprob  # greedy
+    stream = client.chat.completions.create(**kw, stream=True)
+    streamed = [
+        t for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []
+    ]
+    assert [t.token for t in streamed] == [t.token for t in tokens]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in tokens], abs=1e-3)
+    plain = client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=4)
+    assert plain.choices[0].logprobs is None
+
+
+def test_logprobs_text_completions(gateway: Gateway) -> None:
+    client = gateway.openai()
+    r = client.completions.create(model=TINY, prompt="hello", max_tokens=6, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs and lp.text_offset
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    for alts, value in zip(lp.top_logprobs, lp.token_logprobs, strict=True):
+        # (two alternatives that decode to the same text share a key)
+        assert 1 <= len(alts) <= 2 and value <= max(alts.values()) <= 0
+    assert lp.text_offset == sorted(lp.text_offset)
+    chunks = list(
+        client.completions.create(model=TINY, prompt="hello", max_tokens=6, logprobs=0, stream=True)
+    )
+    streamed = [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens or []
+    ]
+    assert len(streamed) == 6
+
+
+def test_echo_on_text_completions(gateway: Gateway) -> None:
+    client = gateway.openai()
+    prompt = "The capital of France is"
+    r = client.completions.create(model=SMOL, prompt=prompt, max_tokens=5, temperature=0, echo=True)
+    plain = client.completions.create(model=SMOL, prompt=prompt, max_tokens=5, temperature=0)
+    assert r.choices[0].text == prompt + plain.choices[0].text and plain.choices[0].text
+    chunks = list(client.completions.create(model=SMOL, prompt=prompt, max_tokens=5, temperature=0, echo=True,
+                                            stream=True))  # fmt: skip
+    assert chunks[0].choices[0].text == prompt
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=SMOL, prompt=prompt, max_tokens=5, echo=True, logprobs=1)
+    assert exc.value.body["param"] == "echo"  # type: ignore[index]
 
 
 def test_unknown_model_is_404(gateway: Gateway) -> None:

@@ -202,9 +202,50 @@ def test_gemma4_call_with_thought_channel(chunk: int) -> None:
         "<|channel>thoughtThe user wants the weather.<channel|>"
         '<|tool_call>call:get_weather{location:<|"|>Paris, France<|"|>,days:3}<tool_call|>'
     )
-    content, reasoning, calls, _ = run("gemma4", out, think=("<|channel>thought", "<channel|>"), chunk=chunk)
+    content, reasoning, calls, pieces = run(
+        "gemma4", out, think=("<|channel>thought", "<channel|>"), chunk=chunk
+    )
     assert reasoning == "The user wants the weather."
     assert (content, calls) == ("", [PARIS])
+    if chunk == 1:
+        assert pieces > 10  # the string value streamed as it was generated
+
+
+NOTE = {
+    "type": "function",
+    "function": {
+        "name": "add_note",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "text": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "meta": {"type": "object"},
+                "pinned": {"type": "boolean"},
+                "id": {"type": "string"},
+            },
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_gemma4_parallel_calls_with_nested_values(chunk: int) -> None:
+    out = (
+        '<|tool_call>call:add_note{text:<|"|>a, {b}: "c"\nd<|"|>,tags:[<|"|>x,y<|"|>,<|"|>z<|"|>],'
+        'meta:{level:2,who:<|"|>me<|"|>},pinned:true}<tool_call|>'
+        '<|tool_call>call:get_time{timezone:<|"|>Asia/Tokyo<|"|>}<tool_call|>'
+    )
+    _, _, calls, pieces = run("gemma4", out, think=None, chunk=chunk, tools=[NOTE, TIME])
+    note = {
+        "text": 'a, {b}: "c"\nd',
+        "tags": ["x,y", "z"],
+        "meta": {"level": 2, "who": "me"},
+        "pinned": True,
+    }
+    assert calls == [{"name": "add_note", "arguments": note}, TOKYO_TIME]
+    if chunk == 1:
+        assert pieces > 20
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
@@ -221,9 +262,50 @@ def test_glm_thinking_and_xml_args(chunk: int) -> None:
         "<tool_call>get_weather\n<arg_key>location</arg_key>\n<arg_value>Paris, France</arg_value>\n"
         "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>"
     )
-    content, reasoning, calls, _ = run("glm47", out, chunk=chunk)
+    content, reasoning, calls, pieces = run("glm47", out, chunk=chunk)
     assert reasoning == "The user wants Paris weather for three days."
     assert (content, calls) == ("", [PARIS])
+    if chunk == 1:
+        assert pieces > 10  # the string value streamed as it was generated
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_glm_parallel_calls_with_multiline_and_typed_values(chunk: int) -> None:
+    body = 'line one\n  </arg line two "quoted"\n'
+    out = (
+        "I'll save it.<tool_call>add_note\n<arg_key>text</arg_key>\n<arg_value>\n"
+        f'{body}</arg_value>\n<arg_key>tags</arg_key>\n<arg_value>["a", "b"]</arg_value>\n'
+        "<arg_key>pinned</arg_key><arg_value>true</arg_value>\n<arg_key>id</arg_key>"
+        "<arg_value>42</arg_value>\n</tool_call><tool_call>get_time\n<arg_key>timezone</arg_key>\n"
+        "<arg_value>Asia/Tokyo</arg_value>\n</tool_call>"
+    )
+    content, _, calls, pieces = run("glm47", out, chunk=chunk, tools=[NOTE, TIME])
+    note = {
+        "text": body.strip(),
+        "tags": ["a", "b"],
+        "pinned": True,
+        "id": "42",
+    }  # "id" is a string by schema
+    assert content == "I'll save it."
+    assert calls == [{"name": "add_note", "arguments": note}, TOKYO_TIME]
+    if chunk == 1:
+        assert pieces > 20
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_pythonic_parallel_calls(chunk: int) -> None:
+    # LFM2 style; nested containers as JSON (true/false/null), as chat templates render them.
+    out = (
+        "Checking.<|tool_call_start|>[get_weather(location='Paris, France', days=3), "
+        'add_note(text="a (b), [c]", tags=["x", "y"], meta={"ok": true, "n": null}, pinned=False), '
+        'get_time(timezone="Asia/Tokyo")]<|tool_call_end|>'
+    )
+    content, _, calls, pieces = run("pythonic", out, think=None, chunk=chunk, tools=[WEATHER, NOTE, TIME])
+    note = {"text": "a (b), [c]", "tags": ["x", "y"], "meta": {"ok": True, "n": None}, "pinned": False}
+    assert content == "Checking."
+    assert calls == [PARIS, {"name": "add_note", "arguments": note}, TOKYO_TIME]
+    if chunk == 1:
+        assert pieces >= 12  # each argument as soon as its value is complete
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
