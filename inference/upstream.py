@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import random
 import time
@@ -171,6 +172,12 @@ def client_for(cfg: UpstreamConfig) -> httpx.AsyncClient:
     return client
 
 
+@functools.lru_cache(maxsize=512)
+def _parsed_url(url: str) -> httpx.URL:
+    """Upstream URLs parsed once (httpx's URL parser costs ~0.1 ms a request)."""
+    return httpx.URL(url)
+
+
 @dataclass
 class Call:
     """One upstream request, built from the client's request and the route's target."""
@@ -272,7 +279,7 @@ async def open_response(call: Call, *, timeout: float) -> httpx.Response:
         failure: UpstreamFailure
         try:
             req = client.build_request(
-                "POST", call.url, content=content, headers=call.headers, timeout=limits
+                "POST", _parsed_url(call.url), content=content, headers=call.headers, timeout=limits
             )
             resp = await client.send(req, stream=True)
         except httpx.TimeoutException:

@@ -1,4 +1,9 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels."""
+"""ASGI entry point: HTTP through Django, WebSockets through Channels.
+
+`/v1/` (the gateway's API-key traffic) goes to its own Django handler whose middleware chain
+is `MLXM_GATEWAY_MIDDLEWARE`: no sessions, CSRF, auth, messages or page middleware, each of
+which would cost two thread hops per request (`docs/benchmarks.md`, gateway overhead).
+"""
 
 import os
 
@@ -12,11 +17,12 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from mlxmanager.gateway_asgi import GatewayASGIHandler, split_http  # noqa: E402
 from mlxmanager.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": split_http(gateway=GatewayASGIHandler(), default=django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

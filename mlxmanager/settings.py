@@ -63,6 +63,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "mlxmanager.audit.middleware.audit_middleware",
 ]
+# /v1/ (API-key clients) runs through its own handler with only these (mlxmanager/gateway_asgi.py).
+MLXM_GATEWAY_MIDDLEWARE = ["mlxmanager.audit.middleware.audit_middleware"]
 
 ROOT_URLCONF = "mlxmanager.urls"
 ASGI_APPLICATION = "mlxmanager.asgi.application"
@@ -168,6 +170,9 @@ MLXM_CREDENTIALS_KEY_FILE = Path(
     os.environ.get("MLXM_CREDENTIALS_KEY_FILE") or MLXM_DATA_DIR / "credentials.key"
 )
 MLXM_ROUTES_CACHE_SECONDS = float(os.environ.get("MLXM_ROUTES_CACHE_SECONDS", "5"))
+# API keys found by /v1 requests are reused this long (0: look up every request); a revocation
+# applies at once in the process that made it, within this TTL in other web processes.
+MLXM_API_KEY_CACHE_SECONDS = float(os.environ.get("MLXM_API_KEY_CACHE_SECONDS", "10"))
 MLXM_UPSTREAM_TIMEOUT = float(os.environ.get("MLXM_UPSTREAM_TIMEOUT", "60"))
 MLXM_UPSTREAM_RETRIES = int(os.environ.get("MLXM_UPSTREAM_RETRIES", "2"))
 MLXM_UPSTREAM_BACKOFF = float(os.environ.get("MLXM_UPSTREAM_BACKOFF", "0.25"))

@@ -26,7 +26,7 @@ from inference.api import anthropic, responses
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
 from inference.dispatch import routed
 from inference.schemas import ChatCompletionRequest, CompletionRequest
-from mlxmanager.accounts.selectors import api_key_authenticate
+from mlxmanager.accounts import keycache
 from mlxmanager.audit.recorder import track_outputs
 from mlxmanager.errors import DomainError
 from mlxmanager.profiles.selectors import profile_list_served
@@ -42,7 +42,7 @@ class ApiKeyAuth:
         header = request.headers.get("authorization", "")
         secret = header[7:].strip() if header[:7].lower() == "bearer " else ""
         secret = secret or request.headers.get("x-api-key", "").strip()
-        key = await api_key_authenticate(secret)
+        key = await keycache.authenticate(secret)  # cached briefly: no query per request
         if key is not None:
             request.api_key = key  # type: ignore[attr-defined]
         return key

@@ -1,12 +1,15 @@
 """Reads for routing rules, and the gateway's in-memory route table.
 
 The table (enabled rules in order, compiled matchers, credentials decrypted) is rebuilt at
-most every `MLXM_ROUTES_CACHE_SECONDS` or at once after a change in this process, so a
-request normally costs no query here. Other web processes see a change within that TTL.
+once after a change in this process, and in the background once it is older than
+`MLXM_ROUTES_CACHE_SECONDS`, so a request normally costs no query here. Other web
+processes see a change within that TTL (plus one reload).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -98,11 +101,14 @@ def load_routes() -> RouteTable:
 
 
 _table: RouteTable | None = None
+_generation = 0  # bumped by every invalidation: a reload begun before it is not kept
+_refresh: asyncio.Task[None] | None = None
 
 
 def invalidate_routes() -> None:
-    global _table
+    global _table, _generation
     _table = None
+    _generation += 1
 
 
 def _fresh(table: RouteTable | None) -> bool:
@@ -118,12 +124,36 @@ def routes() -> RouteTable:
     return table
 
 
-async def aroutes() -> RouteTable:
+async def _reload() -> RouteTable:
     global _table
+    generation = _generation
+    table = await sync_to_async(load_routes, thread_sensitive=False)()
+    if generation == _generation:
+        _table = table
+    return table
+
+
+async def _refresh_in_background() -> None:
+    try:
+        await _reload()
+    except Exception:
+        log.exception("reloading the routing rules failed; the previous table stays in use")
+        if _table is not None:
+            _table.built_at = time.monotonic()  # try again after another TTL, not per request
+
+
+async def aroutes() -> RouteTable:
+    """The route table. After a change in this process it is reloaded before use; when it is
+    only older than the TTL (changes made by other processes), the request is served from it
+    while a reload runs in the background, so no request waits for the database here."""
+    global _refresh
     table = _table
-    if not _fresh(table):
-        table = _table = await sync_to_async(load_routes, thread_sensitive=False)()
-    assert table is not None
+    if table is None:
+        return await _reload()
+    loop = asyncio.get_running_loop()
+    if not _fresh(table) and (_refresh is None or _refresh.done() or _refresh.get_loop() is not loop):
+        # A clean context: the reload belongs to no request (audit record, thread context).
+        _refresh = loop.create_task(_refresh_in_background(), context=contextvars.Context())
     return table
 
 
