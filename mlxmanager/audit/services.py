@@ -26,6 +26,8 @@ ACTIONS: dict[str, str] = {
     "mlxmanager.profile.created": "Profile created",
     "mlxmanager.profile.changed": "Profile changed",
     "mlxmanager.profile.deleted": "Profile deleted",
+    "mlxmanager.hub_token.set": "Hugging Face token saved",
+    "mlxmanager.hub_token.removed": "Hugging Face token removed",
     "mlxmanager.credential.created": "Credential created",
     "mlxmanager.credential.changed": "Credential changed",
     "mlxmanager.credential.secret_replaced": "Credential secret replaced",

@@ -237,6 +237,9 @@ def credentials_reencrypt(*, user: Any = None) -> int:
             cred.secret_jwe, cred.key_id = crypto.encrypt(crypto.decrypt(cred.secret_jwe))
             cred.save(update_fields=["secret_jwe", "key_id"])
             n += 1
+        from mlxmanager.downloads.services import hub_token_reencrypt
+
+        n += hub_token_reencrypt()
         if n:
             from mlxmanager.audit.services import log_action
 

@@ -7,8 +7,8 @@ from datetime import datetime
 from django.http import HttpRequest
 from ninja import Query, Router, Schema, Status
 
-from mlxmanager.downloads import selectors, services
-from mlxmanager.downloads.models import Download
+from mlxmanager.downloads import hub, selectors, services
+from mlxmanager.downloads.models import Download, HubToken
 from mlxmanager.errors import PermissionDenied
 
 router = Router(tags=["models and downloads"])
@@ -175,6 +175,51 @@ def model_info(request: HttpRequest, repo_id: str, revision: str | None = None) 
 
 
 # --- downloads -------------------------------------------------------------------
+
+
+class HubTokenOut(Schema):
+    set: bool
+    source: str | None
+    hint: str | None
+    updated_at: datetime | None
+
+
+class HubTokenIn(Schema):
+    token: str
+
+
+def _token_state() -> HubTokenOut:
+    row = HubToken.objects.filter(pk=1).first()
+    return HubTokenOut(
+        set=hub.token() is not None,
+        source=hub.token_source(),
+        hint=row.hint if row else None,
+        updated_at=row.updated_at if row else None,
+    )
+
+
+@router.get("/hub/token", response=HubTokenOut)
+def hub_token(request: HttpRequest) -> object:
+    """Whether a Hugging Face token is in use and where from ("stored" or "environment").
+    Write-only: the token itself is never returned, only its last characters when stored."""
+    _staff(request)
+    return _token_state()
+
+
+@router.put("/hub/token", response=HubTokenOut)
+def hub_token_set(request: HttpRequest, body: HubTokenIn) -> object:
+    """Store a Hugging Face token, encrypted at rest; it wins over HF_TOKEN."""
+    _staff(request)
+    services.hub_token_set(token=body.token, user=request.user)
+    return _token_state()
+
+
+@router.delete("/hub/token", response=HubTokenOut)
+def hub_token_clear(request: HttpRequest) -> object:
+    """Remove the stored token (HF_TOKEN from the environment applies again)."""
+    _staff(request)
+    services.hub_token_clear(user=request.user)
+    return _token_state()
 
 
 @router.get("/downloads", response=list[DownloadOut])

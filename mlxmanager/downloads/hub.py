@@ -1,8 +1,8 @@
 """The Hugging Face hub, through huggingface_hub, with its errors turned into domain errors.
 
 The endpoint is always passed explicitly (`settings.MLXM_HF_ENDPOINT`), so tests can point
-the real client at a local fake hub. The token comes from `HF_TOKEN` in the environment
-only (until the credentials store keeps it encrypted); it is never logged or put in a
+the real client at a local fake hub. The token is the one an admin saved (stored as a JWE,
+see `HubToken`), else `HF_TOKEN` from the environment; it is never logged or put in a
 message, and `False` is passed when there is none so a token cached in ~/.cache is not
 picked up behind the admin's back.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -69,8 +70,41 @@ def endpoint() -> str:
     return str(settings.MLXM_HF_ENDPOINT).rstrip("/")
 
 
+# The stored token is read at most every few seconds per process (the download worker is
+# another process: it sees a change within that time).
+_TOKEN_TTL = 5.0
+_stored: tuple[float, str | None] = (0.0, None)
+
+
+def forget_stored_token() -> None:
+    global _stored
+    _stored = (0.0, None)
+
+
+def stored_token() -> str | None:
+    """The token an admin saved (decrypted), or None."""
+    global _stored
+    at, value = _stored
+    if time.monotonic() - at < _TOKEN_TTL:
+        return value
+    from mlxmanager.credentials import crypto
+    from mlxmanager.downloads.models import HubToken
+
+    row = HubToken.objects.filter(pk=1).only("secret_jwe").first()
+    value = crypto.decrypt(row.secret_jwe) if row else None
+    _stored = (time.monotonic(), value)
+    return value
+
+
+def token_source() -> str | None:
+    """'stored', 'environment' or None: where the token in use comes from."""
+    if stored_token():
+        return "stored"
+    return "environment" if getattr(settings, "MLXM_HF_TOKEN", None) else None
+
+
 def token() -> str | None:
-    return getattr(settings, "MLXM_HF_TOKEN", None) or None
+    return stored_token() or getattr(settings, "MLXM_HF_TOKEN", None) or None
 
 
 def client() -> HfApi:
@@ -92,9 +126,9 @@ def hub_error(exc: BaseException, *, repo_id: str, revision: str | None = None) 
     """The domain error for a failure talking to the hub; None if `exc` is not one."""
     if isinstance(exc, GatedRepoError):
         extra = (
-            "The configured HF_TOKEN has no access to it yet."
+            "The configured Hugging Face token (HF_TOKEN) has no access to it yet."
             if token()
-            else "Set HF_TOKEN to a token of an account that has access."
+            else "Save a Hugging Face token (Discover page) or set HF_TOKEN, of an account that has access."
         )
         return HubAccessDenied(
             f"'{repo_id}' is a gated model: accept its terms on its Hugging Face page. {extra}"
@@ -103,7 +137,7 @@ def hub_error(exc: BaseException, *, repo_id: str, revision: str | None = None) 
         return HubAccessDenied(f"'{repo_id}' has been disabled on the hub.")
     if isinstance(exc, RepositoryNotFoundError):
         return NotFound(
-            f"Model '{repo_id}' was not found on the hub (a private model also needs HF_TOKEN).",
+            f"Model '{repo_id}' was not found on the hub (a private model also needs a Hugging Face token, HF_TOKEN).",
             param="repo_id",
         )
     if isinstance(exc, RevisionNotFoundError):
@@ -115,7 +149,7 @@ def hub_error(exc: BaseException, *, repo_id: str, revision: str | None = None) 
         if status in (401, 403):
             return HubAccessDenied(
                 f"The hub refused access to '{repo_id}' (HTTP {status}): authentication is required or "
-                "HF_TOKEN is invalid."
+                "the Hugging Face token (HF_TOKEN) is invalid."
             )
         if status == 429:
             return HubUnavailable("The hub is rate limiting requests (HTTP 429); try again in a minute.")

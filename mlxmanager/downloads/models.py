@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from mlxmanager.audit.models import LoggedModel
+
 
 class Download(models.Model):
     """One model repo being fetched into MLXM_MODELS_DIR/<org>--<name>.
@@ -72,3 +74,21 @@ class Download(models.Model):
     @property
     def files_done(self) -> int:
         return sum(1 for f in self.files if f.get("done", 0) >= f.get("size", 0))
+
+
+class HubToken(LoggedModel):
+    """The Hugging Face token for gated and private models: one row, stored only as a JWE.
+
+    It wins over `HF_TOKEN` in the environment; removing it falls back to the environment.
+    """
+
+    secret_jwe = models.TextField(editable=False, help_text="The token, encrypted (compact JWE).")
+    key_id = models.CharField(max_length=32, editable=False, help_text="Which encryption key sealed it.")
+    hint = models.CharField(max_length=8, help_text="The token's last characters, to recognise it.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "Hugging Face token"
+
+    def __str__(self) -> str:
+        return f"Hugging Face token …{self.hint}"

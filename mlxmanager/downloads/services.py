@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
@@ -18,7 +19,7 @@ from django.utils import timezone
 
 from mlxmanager.downloads import hub, selectors, storage
 from mlxmanager.downloads.errors import HubAccessDenied, InsufficientStorage
-from mlxmanager.downloads.models import Download
+from mlxmanager.downloads.models import Download, HubToken
 from mlxmanager.errors import Conflict, DomainError
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ def download_create(
         )
     if detail.gated and not hub.token():
         raise HubAccessDenied(
-            f"'{repo_id}' is a gated model: accept its terms on its Hugging Face page, then set HF_TOKEN "
-            "to a token of an account that has access."
+            f"'{repo_id}' is a gated model: accept its terms on its Hugging Face page, then save a "
+            "Hugging Face token (Discover page) or set HF_TOKEN, of an account that has access."
         )
     files = _files_with_progress(local_dir, detail.download_files)
     total = sum(int(f["size"]) for f in files)  # type: ignore[call-overload]
@@ -221,3 +222,58 @@ def local_model_delete(*, model_id: str) -> selectors.LocalModel:
         raise Conflict(f"MLX Manager does not delete models in configured folders ({model.path}).")
     log.info("deleted local model %s (%s)", model.name, model.path)
     return model
+
+
+# --- the Hugging Face token ----------------------------------------------------------
+
+MAX_TOKEN = 512
+
+
+def hub_token_set(*, token: str, user: Any = None) -> HubToken:
+    """Store the token encrypted (replacing any stored one); it wins over HF_TOKEN."""
+    from mlxmanager.credentials import crypto
+
+    token = (token or "").strip()
+    if not token:
+        raise DomainError("the token is empty", param="token")
+    if len(token) > MAX_TOKEN or any(c.isspace() for c in token) or not token.isprintable():
+        raise DomainError(
+            "that is not a Hugging Face token (one word, at most 512 characters)", param="token"
+        )
+    sealed, kid = crypto.encrypt(token)
+    with transaction.atomic():
+        row, created = HubToken.objects.update_or_create(
+            pk=1,
+            defaults={"secret_jwe": sealed, "key_id": kid, "hint": token[-4:], "updated_at": timezone.now()},
+        )
+        row.log_action(
+            "mlxmanager.hub_token.set", user=user, data={"replaced": not created, "hint": row.hint}
+        )
+    hub.forget_stored_token()
+    return row
+
+
+def hub_token_clear(*, user: Any = None) -> bool:
+    """Remove the stored token (HF_TOKEN from the environment applies again). False if none."""
+    with transaction.atomic():
+        row = HubToken.objects.filter(pk=1).first()
+        if row is None:
+            return False
+        row.log_action("mlxmanager.hub_token.removed", user=user, data={"hint": row.hint})
+        row.delete()
+    hub.forget_stored_token()
+    return True
+
+
+def hub_token_reencrypt() -> int:
+    """Seal the stored token under the current key (key rotation); 1 if it changed."""
+    from mlxmanager.credentials import crypto
+
+    with transaction.atomic():
+        row = HubToken.objects.select_for_update().filter(pk=1).first()
+        if row is None or row.key_id == crypto.keyring.current.kid:
+            return 0
+        row.secret_jwe, row.key_id = crypto.encrypt(crypto.decrypt(row.secret_jwe))
+        row.save(update_fields=["secret_jwe", "key_id"])
+    hub.forget_stored_token()
+    return 1

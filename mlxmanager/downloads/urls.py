@@ -4,6 +4,7 @@ from mlxmanager.downloads import views
 
 urlpatterns = [
     path("models/discover/", views.discover, name="discover"),
+    path("models/hub-token/", views.hub_token, name="hub-token"),
     path("models/discover/<path:repo_id>/", views.model_detail, name="model-detail"),
     path("models/local/", views.local_models, name="local-models"),
     path("models/local/<str:model_id>/delete/", views.local_model_delete, name="local-model-delete"),

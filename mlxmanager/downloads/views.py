@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from mlxmanager.downloads import analysis, selectors, services
+from mlxmanager.downloads import analysis, hub, selectors, services
 from mlxmanager.errors import DomainError
 from mlxmanager.permissions import admin_required
 
@@ -61,9 +61,7 @@ def _search_filters(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-@admin_required
-@require_GET
-def discover(request: HttpRequest) -> HttpResponse:
+def _discover_context(request: HttpRequest) -> dict[str, Any]:
     filters = _search_filters(request)
     results: list[Any] = []
     error = None
@@ -79,7 +77,7 @@ def discover(request: HttpRequest) -> HttpResponse:
         )
     except DomainError as exc:
         error = exc.message
-    context = {
+    return {
         "quant_choices": list(analysis.QUANT_FILTERS.items()),
         "filters": filters,
         "results": results,
@@ -88,8 +86,14 @@ def discover(request: HttpRequest) -> HttpResponse:
         "sort_choices": SORT_CHOICES,
         "limit_choices": LIMIT_CHOICES,
     }
-    template = "downloads/discover.html#results" if _htmx(request) else "downloads/discover.html"
-    return render(request, template, context)
+
+
+@admin_required
+@require_GET
+def discover(request: HttpRequest) -> HttpResponse:
+    if _htmx(request):
+        return render(request, "downloads/discover.html#results", _discover_context(request))
+    return render(request, "downloads/discover.html", {**_discover_context(request), **_token_context()})
 
 
 @admin_required
@@ -223,6 +227,39 @@ async def download_events(request: HttpRequest) -> StreamingHttpResponse:
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: don't buffer the stream
     return response
+
+
+# --- the Hugging Face token ------------------------------------------------------
+
+
+def _token_context(**extra: Any) -> dict[str, Any]:
+    from mlxmanager.downloads.models import HubToken
+
+    return {"hub_token": HubToken.objects.filter(pk=1).first(), "token_source": hub.token_source(), **extra}
+
+
+@admin_required
+@require_POST
+def hub_token(request: HttpRequest) -> HttpResponse:
+    """Save (action=set) or remove (action=clear) the stored token; write-only."""
+    error = message = None
+    try:
+        if request.POST.get("action") == "clear":
+            removed = services.hub_token_clear(user=request.user)
+            message = "Token removed." if removed else "No token was stored."
+        else:
+            services.hub_token_set(token=request.POST.get("token", ""), user=request.user)
+            message = "Token saved (encrypted)."
+    except DomainError as exc:
+        error = exc.message
+    context = _token_context(token_error=error, token_message=message)
+    if _htmx(request):
+        return render(request, "downloads/discover.html#hub-token", context, status=400 if error else 200)
+    if error is not None:
+        return render(
+            request, "downloads/discover.html", {**_discover_context(request), **context}, status=400
+        )
+    return redirect("discover")
 
 
 # --- local models ----------------------------------------------------------------

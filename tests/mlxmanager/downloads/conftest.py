@@ -280,3 +280,13 @@ def file_bytes(root: Path) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     }
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_hub_token() -> Iterator[None]:
+    """The stored token is cached per process for a few seconds; tests roll the row back."""
+    from mlxmanager.downloads import hub
+
+    hub.forget_stored_token()
+    yield
+    hub.forget_stored_token()

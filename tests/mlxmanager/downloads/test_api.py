@@ -32,6 +32,11 @@ class ApiClient:
             return self.client.post(path, headers=headers)
         return self.client.post(path, body, content_type="application/json", headers=headers)
 
+    def put(self, path: str, body: object):
+        return self.client.put(
+            path, body, content_type="application/json", headers={"X-CSRFToken": self.csrf}
+        )
+
     def delete(self, path: str):
         return self.client.delete(path, headers={"X-CSRFToken": self.csrf})
 
@@ -238,3 +243,32 @@ def test_openapi_documents_the_routes(api: ApiClient) -> None:
     paths = api.get("/api/openapi.json").json()["paths"]
     for path in ("/api/hub/models", "/api/hub/models/{repo_id}", "/api/downloads", "/api/local-models"):
         assert path in paths, sorted(paths)
+
+
+# --- the Hugging Face token ------------------------------------------------------------
+
+
+def test_hub_token_is_write_only(api: ApiClient, settings) -> None:
+    settings.MLXM_HF_TOKEN = None
+    assert api.get("/api/hub/token").json() == {
+        "set": False,
+        "source": None,
+        "hint": None,
+        "updated_at": None,
+    }
+    resp = api.put("/api/hub/token", {"token": "hf_writeonly_9876"})
+    assert resp.status_code == 200, resp.content
+    body = resp.json()
+    assert body["set"] and body["source"] == "stored" and body["hint"] == "9876"
+    assert "hf_writeonly_9876" not in resp.content.decode()
+    assert "hf_writeonly_9876" not in api.get("/api/hub/token").content.decode()
+    problem = assert_problem(api.put("/api/hub/token", {"token": "two words"}), 400)
+    assert problem["param"] == "token"
+    cleared = api.delete("/api/hub/token")
+    assert cleared.status_code == 200 and cleared.json()["set"] is False
+
+
+def test_hub_token_is_for_admins_only(member) -> None:
+    member_api = ApiClient(member)
+    assert_problem(member_api.put("/api/hub/token", {"token": "hf_x"}), 403)
+    assert_problem(member_api.get("/api/hub/token"), 403)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mlxmanager.downloads import hub
+from mlxmanager.downloads import hub, services
 from mlxmanager.downloads.errors import HubAccessDenied, HubUnavailable
 from mlxmanager.errors import DomainError, NotFound
 from tests.mlxmanager.downloads.conftest import (
@@ -20,6 +20,9 @@ from tests.mlxmanager.downloads.conftest import (
     GiB,
     wait_for,
 )
+
+# The hub reads the stored token from the database.
+pytestmark = pytest.mark.django_db
 
 
 def test_search_goes_to_the_configured_endpoint(fakehub) -> None:
@@ -42,6 +45,18 @@ def test_search_sends_the_configured_token(fakehub, settings) -> None:
     settings.MLXM_HF_TOKEN = "hf_secret_token"
     hub.list_models(search="", mlx_only=True, pipeline_tag=None, sort="downloads", limit=5)
     assert fakehub.requests[-1].token == "hf_secret_token"
+
+
+def test_a_stored_token_wins_over_the_environment(fakehub, settings) -> None:
+    settings.MLXM_HF_TOKEN = "hf_from_env"
+    services.hub_token_set(token="hf_stored_token")
+    assert hub.token_source() == "stored"
+    hub.list_models(search="", mlx_only=True, pipeline_tag=None, sort="downloads", limit=5)
+    assert fakehub.requests[-1].token == "hf_stored_token"
+    services.hub_token_clear()
+    assert hub.token_source() == "environment"
+    hub.list_models(search="", mlx_only=True, pipeline_tag=None, sort="downloads", limit=5)
+    assert fakehub.requests[-1].token == "hf_from_env"
 
 
 def test_model_detail_of_a_text_model(fakehub) -> None:

@@ -255,3 +255,60 @@ def test_remove_tree_refuses_paths_outside_the_models_dir(tmp_path: Path) -> Non
     with pytest.raises(ValueError):
         storage.remove_tree(storage.models_dir(), within=storage.models_dir())
     assert outside.exists()
+
+
+# --- the Hugging Face token ------------------------------------------------------------
+
+
+def test_hub_token_is_stored_encrypted_and_audited_without_the_secret(admin) -> None:
+    from mlxmanager.audit.models import AdminAction
+    from mlxmanager.credentials import crypto
+    from mlxmanager.downloads import hub
+    from mlxmanager.downloads.models import HubToken
+
+    services.hub_token_set(token="  hf_abcdefghijklmnop1234 ", user=admin)
+    row = HubToken.objects.get()
+    assert "hf_abcdefghijklmnop1234" not in row.secret_jwe and row.secret_jwe.count(".") == 4  # compact JWE
+    assert crypto.decrypt(row.secret_jwe) == "hf_abcdefghijklmnop1234" and row.hint == "1234"
+    assert hub.token() == "hf_abcdefghijklmnop1234"
+    services.hub_token_set(token="hf_second_token_5678", user=admin)  # replaces, one row
+    assert HubToken.objects.count() == 1 and hub.token() == "hf_second_token_5678"
+    assert services.hub_token_clear(user=admin) and not services.hub_token_clear(user=admin)
+    assert hub.token() is None and not HubToken.objects.exists()
+    actions = list(AdminAction.objects.order_by("id").values_list("action", flat=True))
+    assert actions[-3:] == [
+        "mlxmanager.hub_token.set",
+        "mlxmanager.hub_token.set",
+        "mlxmanager.hub_token.removed",
+    ]
+    dumped = str(list(AdminAction.objects.values()))
+    assert "hf_abcdefghijklmnop1234" not in dumped and "hf_second_token_5678" not in dumped
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "hf_two words", "hf_" + "x" * 600, "hf_\x00nul"])
+def test_hub_token_refuses_what_is_not_a_token(bad: str) -> None:
+    with pytest.raises(DomainError) as exc:
+        services.hub_token_set(token=bad)
+    assert exc.value.param == "token"
+
+
+def test_hub_token_is_resealed_on_key_rotation(tmp_path: Path, settings, monkeypatch) -> None:
+    from mlxmanager.credentials import crypto
+    from mlxmanager.credentials.services import credentials_reencrypt
+    from mlxmanager.downloads import hub
+    from mlxmanager.downloads.models import HubToken
+
+    monkeypatch.delenv("MLXM_CREDENTIALS_KEY", raising=False)
+    settings.MLXM_CREDENTIALS_KEY_FILE = tmp_path / "credentials.key"
+    crypto.keyring.reload()
+    try:
+        services.hub_token_set(token="hf_rotate_me")
+        old_kid = HubToken.objects.get().key_id
+        crypto.prepend_key_file(crypto.new_secret())
+        assert crypto.keyring.current.kid != old_kid
+        assert credentials_reencrypt() == 1
+        row = HubToken.objects.get()
+        assert row.key_id == crypto.keyring.current.kid and crypto.decrypt(row.secret_jwe) == "hf_rotate_me"
+        assert hub.token() == "hf_rotate_me"
+    finally:
+        crypto.keyring.reload()

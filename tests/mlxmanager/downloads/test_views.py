@@ -309,3 +309,23 @@ def test_local_model_delete(admin_client: Client, hub_settings) -> None:
 
 def test_empty_local_models_page(admin_client: Client) -> None:
     assert "No models on disk yet" in admin_client.get("/models/local/").content.decode()
+
+
+def test_discover_hub_token_form_saves_encrypted_and_never_shows_it(admin_client: Client, settings) -> None:
+    from mlxmanager.downloads.models import HubToken
+
+    settings.MLXM_HF_TOKEN = None
+    assert "none (public models only)" in admin_client.get("/models/discover/").content.decode()
+    resp = admin_client.post("/models/hub-token/", {"token": "hf_pagetoken_4321", "action": "set"}, **HTMX)
+    html = resp.content.decode()
+    assert resp.status_code == 200 and html.lstrip().startswith('<details id="hub-token"')
+    assert "Token saved (encrypted)." in html and "saved (…4321)" in html and "hf_pagetoken_4321" not in html
+    assert "hf_pagetoken_4321" not in HubToken.objects.get().secret_jwe
+    bad = admin_client.post("/models/hub-token/", {"token": "not a token", "action": "set"}, **HTMX)
+    assert bad.status_code == 400 and 'role="alert"' in bad.content.decode()
+    gone = admin_client.post("/models/hub-token/", {"action": "clear"})
+    assert gone.status_code == 302 and not HubToken.objects.exists()
+
+
+def test_discover_hub_token_form_is_for_admins_only(member_client: Client) -> None:
+    assert member_client.post("/models/hub-token/", {"token": "hf_x"}).status_code == 403
