@@ -269,7 +269,11 @@ def test_json_schema_validates_streamed_and_not(gateway: Gateway) -> None:
     jsonschema.validate(json.loads(text), PERSON)
     obj = client.responses.create(model=TINY, input="x", text={"format": {"type": "json_object"}},
                                   temperature=1.0, max_output_tokens=1500)  # fmt: skip
-    assert isinstance(json.loads(obj.output_text), dict)
+    # Any JSON object: a random model may write one longer than the budget (no seed here).
+    if obj.status == "completed":
+        assert isinstance(json.loads(obj.output_text), dict)
+    else:
+        assert obj.output_text.startswith("{") and obj.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
 
 
 class Pet(BaseModel):
