@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from inference import protocol as p
@@ -227,3 +228,34 @@ def test_count_tokens_matches_the_generation_prompt(sched: Scheduler, demo_model
     sched.submit(conn, p.CountTokens(request_id="m", model=missing, messages=req.messages))
     err = conn.inbox.get(timeout=30)
     assert isinstance(err, p.RequestError) and err.code == p.ERR_MODEL_LOAD
+
+
+def _logprobs(sched: Scheduler, req: p.Generate) -> list[p.TokenLogprob]:
+    conn = Conn()
+    sched.submit(conn, req)
+    items: list[p.TokenLogprob] = []
+    while True:
+        out = conn.inbox.get(timeout=60)
+        assert isinstance(out, p.Output)
+        items += out.logprobs or []
+        if out.finish_reason is not None:
+            assert out.completion_tokens == len(items)
+            return items
+
+
+def test_logprobs_in_the_batch_and_the_sequential_lane(
+    sched: Scheduler, demo_models: dict[str, Path]
+) -> None:
+    path = demo_models["tiny-random"]
+    batched = _logprobs(sched, msgspec.structs.replace(gen("lp", path, "hello", max_tokens=12), logprobs=4))
+    assert len(batched) == 12
+    for t in batched:  # greedy: the chosen token is the most likely one
+        assert len(t.top) == 4 and t.top[0].logprob == pytest.approx(t.logprob)
+        assert [a.logprob for a in t.top] == sorted((a.logprob for a in t.top), reverse=True)
+    spec = {"draft_path": str(path), "num_draft_tokens": 3}
+    speculative = _logprobs(
+        sched, msgspec.structs.replace(gen("lp2", path, "hello", spec, max_tokens=12), logprobs=0)
+    )
+    assert [t.token for t in speculative] == [t.token for t in batched]
+    assert [t.logprob for t in speculative] == pytest.approx([t.logprob for t in batched], abs=1e-3)
+    assert all(t.top == [] for t in speculative)
