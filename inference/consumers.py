@@ -10,6 +10,10 @@ Server messages: `{"type": "delta", "id", "text"}` as tokens arrive (with `reaso
 `tool_calls` pieces when the model reasons or calls tools), then
 `{"type": "done", "id", "finish_reason", "usage"}`, or `{"type": "error", "id", "error": {...}}`
 (OpenAI's error object). "stop" and closing the socket abort the generation in the worker.
+
+Each "chat" message is audited like a /v1 request: one request-log row per generation
+(endpoint `/v1/ws/chat`, the user, client IP, model, tokens, TTFT, duration, tokens/s),
+refused ones included; a stopped or abandoned generation is logged as 499 "cancelled".
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ from django.contrib.auth import get_user_model
 from pydantic import ValidationError
 
 from inference import gateway
+from inference.api.openai import _engine_error_status
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
 from inference.schemas import ChatCompletionRequest
 from mlxmanager.accounts.tokens import InvalidToken, token_verify
+from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError
 
 log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 MAX_CONCURRENT_PER_SOCKET = 4
+ENDPOINT = "/v1/ws/chat"
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
@@ -60,6 +67,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         err = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
         await self.send_json({"type": "error", "id": rid, "error": err})
 
+    def _audit(self, content: dict[str, Any]) -> rec.RequestAudit:
+        """The audit record of one generation (the model as asked for, even if invalid)."""
+        body = content.get("body")
+        model = body.get("model") if isinstance(body, dict) else None
+        model = model[:256] if isinstance(model, str) else ""
+        client = self.scope.get("client") or (None, None)
+        return rec.RequestAudit(
+            endpoint=ENDPOINT,
+            client_ip=(client[0] or None) and str(client[0])[:45],
+            user_id=self.user.pk,
+            username=self.user.get_username(),
+            requested_model=model,
+            backend=f"local:{model}" if model else "",
+            stream=True,
+            attempts=1,
+        )
+
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not isinstance(content, dict):
             await self._error(None, "messages must be JSON objects")
@@ -83,6 +107,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if len(self.tasks) >= MAX_CONCURRENT_PER_SOCKET:
             await self._error(rid, "too many generations on this socket", code="too_many_requests")
             return
+        audit = self._audit(content)
         try:
             body = ChatCompletionRequest.model_validate(content.get("body"))
             body.refuse_unsupported()
@@ -92,18 +117,28 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(x) for x in first.get("loc", ())) or None
+            self._refused(audit, 400, "invalid_request_error")
             await self._error(rid, f"Invalid value for '{param}': {first.get('msg')}", param=param)
             return
         except DomainError as exc:
+            code = "model_not_found" if exc.status == 404 and exc.param == "model" else exc.code
+            self._refused(audit, exc.status, code or "invalid_request_error")
             await self._error(rid, exc.message, param=exc.param, code=exc.code)
             return
-        task = asyncio.create_task(self._generate(rid, gateway.chat_request(body, target)))
+        task = asyncio.create_task(self._generate(rid, gateway.chat_request(body, target), audit))
         self.tasks[rid] = task
         task.add_done_callback(lambda _t: self.tasks.pop(rid, None))
 
-    async def _generate(self, rid: str, req: Any) -> None:
+    @staticmethod
+    def _refused(audit: rec.RequestAudit, status: int, error: str) -> None:
+        if audit.finish(status, error):
+            rec.record(audit)
+
+    async def _generate(self, rid: str, req: Any, audit: rec.RequestAudit) -> None:
+        rec.activate(audit)  # this task's own context: track_outputs sees the record
+        status, error = 200, ""
         try:
-            async with aclosing(get_engine_client().generate(req)) as outputs:
+            async with aclosing(rec.track_outputs(get_engine_client().generate(req))) as outputs:
                 async for batch in outputs:
                     text = "".join(o.text for o in batch)
                     reasoning = "".join(o.reasoning for o in batch)
@@ -131,15 +166,22 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
                             {"type": "done", "id": rid, "finish_reason": final.finish_reason, "usage": usage}
                         )
         except asyncio.CancelledError:
+            status, error = rec.CLIENT_CLOSED, "cancelled"
             with contextlib.suppress(Exception):
                 await self.send_json({"type": "done", "id": rid, "finish_reason": "cancelled", "usage": None})
             raise
         except EngineDeadError as exc:
+            status, error = 503, "worker_unavailable"
             await self._error(rid, str(exc), code="worker_unavailable")
         except EngineRequestError as exc:
+            status, error = _engine_error_status(exc), exc.code
             await self._error(rid, exc.message, code=exc.code)
         except Exception:
+            status, error = 500, "internal"
             log.exception("chat socket generation failed")
             await self._error(
                 rid, "The server had an error while processing your request.", code="server_error"
             )
+        finally:
+            if audit.finish(status, error):
+                rec.record(audit)

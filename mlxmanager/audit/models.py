@@ -78,6 +78,37 @@ class RequestLog(models.Model):
         return self.prompt_tokens + self.completion_tokens
 
 
+class RequestHourly(models.Model):
+    """Per-hour totals of the request log, one row per (hour, user, model, backend, status).
+
+    The recorder adds each flushed batch to these in the same transaction (an upsert per
+    group), so totals and the chart over days read a few rows per hour instead of every
+    request. `ok` is "status < 400 and no error type", the log page's notion of success.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    bucket = models.DateTimeField(help_text="The hour (UTC) these requests arrived in.")
+    username = models.CharField(max_length=150, blank=True)
+    requested_model = models.CharField(max_length=256, blank=True)
+    backend = models.CharField(max_length=120, blank=True)
+    status = models.PositiveSmallIntegerField()
+    ok = models.BooleanField()
+    requests = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["bucket", "username", "requested_model", "backend", "status", "ok"],
+                name="audit_hourly_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.bucket:%Y-%m-%d %H}h {self.username} {self.requested_model} {self.status}: {self.requests}"
+
+
 class AdminAction(models.Model):
     """An admin change: who did what to which object, and which fields changed (never secrets)."""
 

@@ -3,7 +3,8 @@
 A /v1 request fills a `RequestAudit` (the middleware opens it, the gateway adds the model,
 backend and tokens) and hands it to the process-wide `Recorder` when it ends: an O(1)
 append to an in-memory buffer. A background thread writes the buffer in batches
-(`bulk_create`), publishes the new rows to the live tail, prunes by the retention setting,
+(`bulk_create`, and the hourly rollups in the same transaction), publishes the new rows to
+the live tail, prunes by the retention setting,
 and flushes once more at interpreter exit. Nothing here ever stores prompt or answer text.
 """
 
@@ -23,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ class Recorder:
     def flush(self) -> int:
         """Write everything buffered now (any thread); returns the number of rows written."""
         from mlxmanager.audit.models import RequestLog
+        from mlxmanager.audit.services import rollup_add
 
         with self._flush_lock:
             with self._lock:
@@ -281,7 +283,9 @@ class Recorder:
                 return 0
             objs = [RequestLog(**row_of(a)) for a in batch]
             try:
-                RequestLog.objects.bulk_create(objs, batch_size=settings.MLXM_AUDIT_BATCH_SIZE)
+                with transaction.atomic():  # the rows and their hourly totals, together
+                    RequestLog.objects.bulk_create(objs, batch_size=settings.MLXM_AUDIT_BATCH_SIZE)
+                    rollup_add(objs)
             except Exception:
                 with self._lock:  # put them back, oldest first, for the next try
                     self._buffer.extendleft(reversed(batch))

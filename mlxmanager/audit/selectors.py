@@ -14,7 +14,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
-from mlxmanager.audit.models import AdminAction, RequestLog
+from mlxmanager.audit.models import AdminAction, RequestHourly, RequestLog
 from mlxmanager.errors import DomainError
 
 PAGE_SIZE = 50
@@ -192,25 +192,120 @@ def summary_window(filters: RequestFilter, *, now: datetime | None = None) -> Re
     )
 
 
-def _totals(qs: QuerySet[RequestLog], by: str, limit: int) -> list[dict[str, Any]]:
-    return list(
-        qs.values(by)
-        .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=Q(status__gte=400) | ~Q(error_type="")),
-            prompt_tokens=Sum("prompt_tokens"),
-            completion_tokens=Sum("completion_tokens"),
-        )
-        .order_by("-requests", by)[:limit]
+# Totals and the chart read whole hours from the hourly rollups (RequestHourly) and only
+# the partial hours at the window's edges from the request rows: a handful of rows per hour,
+# whatever the traffic. Each of them costs two queries.
+
+
+@dataclass(frozen=True)
+class _Split:
+    full: tuple[datetime | None, datetime] | None  # [start, end) of whole hours, from the rollups
+    edges: Q  # the rest of the window, from the request rows
+
+
+def _split(filters: RequestFilter, *, now: datetime | None = None) -> _Split:
+    since, until = filters.since, filters.until
+    end_bound = until or (now or timezone.now())
+    h2 = end_bound.astimezone(UTC).replace(minute=0, second=0, microsecond=0)  # whole hours end here
+    h1: datetime | None = None
+    if since is not None:
+        h1 = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        if h1 < since:
+            h1 += timedelta(hours=1)
+    if h1 is not None and h1 >= h2:  # less than one whole hour: the rows themselves
+        return _Split(None, _window_q(since, until))
+    edges = Q(created_at__gte=h2) if until is None else Q(created_at__gte=h2, created_at__lt=until)
+    if since is not None and h1 is not None and h1 > since:
+        edges |= Q(created_at__gte=since, created_at__lt=h1)
+    return _Split((h1, h2), edges)
+
+
+def _window_q(since: datetime | None, until: datetime | None) -> Q:
+    q = Q()
+    if since is not None:
+        q &= Q(created_at__gte=since)
+    if until is not None:
+        q &= Q(created_at__lt=until)
+    return q
+
+
+def _dims(filters: RequestFilter) -> RequestFilter:
+    return RequestFilter(
+        user=filters.user, model=filters.model, backend=filters.backend, status=filters.status
     )
 
 
+def _rollups(filters: RequestFilter, full: tuple[datetime | None, datetime]) -> QuerySet[RequestHourly]:
+    start, end = full
+    qs = RequestHourly.objects.filter(bucket__lt=end)
+    if start is not None:
+        qs = qs.filter(bucket__gte=start)
+    if filters.user:
+        qs = qs.filter(username=filters.user)
+    if filters.model:
+        qs = qs.filter(requested_model=filters.model)
+    if filters.backend:
+        qs = qs.filter(backend=filters.backend)
+    if filters.status == "ok":
+        qs = qs.filter(ok=True)
+    elif filters.status == "error":
+        qs = qs.filter(ok=False)
+    elif filters.status:
+        qs = qs.filter(status=int(filters.status))
+    return qs
+
+
+_ERROR = Q(status__gte=400) | ~Q(error_type="")
+
+
+def _merge(into: dict[Any, dict[str, int]], key: Any, **values: int | None) -> None:
+    acc = into.setdefault(key, dict.fromkeys(values, 0))
+    for k, v in values.items():
+        acc[k] += v or 0
+
+
+def _totals(filters: RequestFilter, by: str, limit: int) -> list[dict[str, Any]]:
+    split = _split(filters)
+    merged: dict[Any, dict[str, int]] = {}
+    if split.full is not None:
+        for r in (
+            _rollups(filters, split.full)
+            .values(by)
+            .annotate(
+                n=Sum("requests"),
+                e=Sum("requests", filter=Q(ok=False)),
+                p=Sum("prompt_tokens"),
+                c=Sum("completion_tokens"),
+            )
+            .order_by()
+        ):
+            _merge(
+                merged, r[by], requests=r["n"], errors=r["e"], prompt_tokens=r["p"], completion_tokens=r["c"]
+            )
+    for r in (
+        _dims(filters)
+        .apply(RequestLog.objects.filter(split.edges))
+        .values(by)
+        .annotate(
+            n=Count("id"),
+            e=Count("id", filter=_ERROR),
+            p=Sum("prompt_tokens"),
+            c=Sum("completion_tokens"),
+        )
+        .order_by()
+    ):
+        _merge(merged, r[by], requests=r["n"], errors=r["e"], prompt_tokens=r["p"], completion_tokens=r["c"])
+    out = [{by: k, **v} for k, v in merged.items() if v["requests"]]
+    out.sort(key=lambda r: (-r["requests"], r[by]))
+    return out[:limit]
+
+
 def totals_by_model(filters: RequestFilter, *, limit: int = 20) -> list[dict[str, Any]]:
-    return _totals(filters.apply(RequestLog.objects.all()), "requested_model", limit)
+    return _totals(filters, "requested_model", limit)
 
 
 def totals_by_user(filters: RequestFilter, *, limit: int = 20) -> list[dict[str, Any]]:
-    return _totals(filters.apply(RequestLog.objects.all()), "username", limit)
+    return _totals(filters, "username", limit)
 
 
 @dataclass(frozen=True)
@@ -229,18 +324,28 @@ def timeline(filters: RequestFilter, *, now: datetime | None = None) -> tuple[li
     daily = until - since > timedelta(days=3)
     trunc = TruncDay if daily else TruncHour
     step = timedelta(days=1) if daily else timedelta(hours=1)
-    rows = (
-        filters.apply(RequestLog.objects.all())
-        .annotate(bucket=trunc("created_at"))
-        .values("bucket")
-        .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=Q(status__gte=400) | ~Q(error_type="")),
-            tokens=Sum("completion_tokens"),
-        )
-        .order_by("bucket")
-    )
-    found = {r["bucket"]: r for r in rows}
+    window = RequestFilter(since=since, until=filters.until, user=filters.user, model=filters.model,
+                           backend=filters.backend, status=filters.status)  # fmt: skip
+    split = _split(window, now=now)
+    found: dict[datetime, dict[str, int]] = {}
+    if split.full is not None:
+        for r in (
+            _rollups(window, split.full)
+            .annotate(at=trunc("bucket"))
+            .values("at")
+            .annotate(n=Sum("requests"), e=Sum("requests", filter=Q(ok=False)), t=Sum("completion_tokens"))
+            .order_by()
+        ):
+            _merge(found, r["at"], requests=r["n"], errors=r["e"], tokens=r["t"])
+    for r in (
+        _dims(window)
+        .apply(RequestLog.objects.filter(split.edges))
+        .annotate(at=trunc("created_at"))
+        .values("at")
+        .annotate(n=Count("id"), e=Count("id", filter=_ERROR), t=Sum("completion_tokens"))
+        .order_by()
+    ):
+        _merge(found, r["at"], requests=r["n"], errors=r["e"], tokens=r["t"])
     start = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     if daily:
         start = start.replace(hour=0)
@@ -248,7 +353,7 @@ def timeline(filters: RequestFilter, *, now: datetime | None = None) -> tuple[li
     at = start
     while at < until and len(bars) < 400:
         r = found.get(at, {})
-        bars.append(Bar(at, r.get("requests", 0), r.get("errors", 0), r.get("tokens") or 0))
+        bars.append(Bar(at, r.get("requests", 0), r.get("errors", 0), r.get("tokens", 0)))
         at += step
     return bars, "day" if daily else "hour"
 

@@ -1,17 +1,21 @@
-"""Writes: admin-change entries (`log_action`) and retention (`audit_prune`).
+"""Writes: admin-change entries (`log_action`), retention (`audit_prune`) and the hourly
+rollups (`rollup_add`, `rollup_rebuild`).
 
 Request rows are written by the recorder's flusher thread, never here on the request path.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from django.db import models
+from django.db import connection, models, transaction
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from mlxmanager.audit.models import AdminAction, RequestLog
+from mlxmanager.audit.models import AdminAction, RequestHourly, RequestLog
 from mlxmanager.audit.recorder import cutoff_for
 
 # Action codes and their labels (pretix's logentrytypes idea: a registry, not free text).
@@ -132,6 +136,7 @@ def audit_prune(*, days: int, now: datetime | None = None, user: Any = None, chu
         if not ids:
             break
         deleted += RequestLog.objects.filter(id__in=ids).delete()[0]
+    rollup_prune(cutoff)
     if deleted:
         log_action(
             None,
@@ -143,3 +148,109 @@ def audit_prune(*, days: int, now: datetime | None = None, user: Any = None, chu
             now=now,
         )
     return deleted
+
+
+# ---- hourly rollups -------------------------------------------------------------------
+
+Group = tuple[datetime, str, str, str, int, bool]
+_GROUP_FIELDS = ("bucket", "username", "requested_model", "backend", "status", "ok")
+
+
+def hour_of(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def is_ok(status: int, error_type: str) -> bool:
+    return status < 400 and not error_type
+
+
+def _upsert(groups: dict[Group, list[int]]) -> None:
+    """Add the groups' counts to their rollup rows (created when missing): one statement."""
+    if not groups:
+        return
+    table = connection.ops.quote_name(RequestHourly._meta.db_table)
+    cols = ", ".join(connection.ops.quote_name(c) for c in (*_GROUP_FIELDS, "requests", "prompt_tokens",
+                                                            "completion_tokens"))  # fmt: skip
+    conflict = ", ".join(connection.ops.quote_name(c) for c in _GROUP_FIELDS)
+    sums = ", ".join(
+        f"{c} = {table}.{c} + excluded.{c}" for c in ("requests", "prompt_tokens", "completion_tokens")
+    )
+    # INSERT ... ON CONFLICT DO UPDATE: SQLite 3.24+ and PostgreSQL 9.5+ both speak it.
+    sql = f"INSERT INTO {table} ({cols}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT ({conflict}) DO UPDATE SET {sums}"  # noqa: S608, E501
+    params = [
+        (connection.ops.adapt_datetimefield_value(g[0]), g[1], g[2], g[3], g[4], g[5], *v)
+        for g, v in groups.items()
+    ]
+    with connection.cursor() as cur:
+        cur.executemany(sql, params)
+
+
+def rollup_add(rows: Iterable[RequestLog]) -> int:
+    """Count freshly written request rows into the hourly rollups (call in their transaction)."""
+    groups: dict[Group, list[int]] = {}
+    for r in rows:
+        key = (hour_of(r.created_at), r.username, r.requested_model, r.backend, r.status,
+               is_ok(r.status, r.error_type))  # fmt: skip
+        v = groups.setdefault(key, [0, 0, 0])
+        v[0] += 1
+        v[1] += r.prompt_tokens or 0
+        v[2] += r.completion_tokens or 0
+    _upsert(groups)
+    return len(groups)
+
+
+def rollup_rebuild(*, since: datetime | None = None, chunk: int = 5000) -> int:
+    """Recompute the rollups from the request rows (from `since`'s hour on, or all of them):
+    for rows written around the recorder, e.g. imports, benchmarks and the migration."""
+    ok = Q(status__lt=400, error_type="")
+    qs = RequestLog.objects.all()
+    start = hour_of(since) if since is not None else None
+    if start is not None:
+        qs = qs.filter(created_at__gte=start)
+    grouped = (
+        qs.annotate(bucket=TruncHour("created_at"))
+        .values("bucket", "username", "requested_model", "backend", "status")
+        .annotate(
+            n_ok=Count("id", filter=ok),
+            n_bad=Count("id", filter=~ok),
+            p_ok=Sum("prompt_tokens", filter=ok),
+            p_bad=Sum("prompt_tokens", filter=~ok),
+            c_ok=Sum("completion_tokens", filter=ok),
+            c_bad=Sum("completion_tokens", filter=~ok),
+        )
+        .order_by()
+    )
+    written = 0
+    with transaction.atomic():
+        old = RequestHourly.objects.all()
+        if start is not None:
+            old = old.filter(bucket__gte=start)
+        old.delete()
+        groups: dict[Group, list[int]] = {}
+        for g in grouped.iterator(chunk_size=chunk):
+            for flag, n, p, c in (
+                (True, g["n_ok"], g["p_ok"], g["c_ok"]),
+                (False, g["n_bad"], g["p_bad"], g["c_bad"]),
+            ):
+                if n:
+                    key = (
+                        hour_of(g["bucket"]),
+                        g["username"],
+                        g["requested_model"],
+                        g["backend"],
+                        g["status"],
+                        flag,
+                    )
+                    groups[key] = [n, p or 0, c or 0]
+            if len(groups) >= chunk:
+                _upsert(groups)
+                written += len(groups)
+                groups.clear()
+        _upsert(groups)
+        written += len(groups)
+    return written
+
+
+def rollup_prune(cutoff: datetime) -> int:
+    """Drop rollup hours that ended before `cutoff` (the request rows are gone too)."""
+    return RequestHourly.objects.filter(bucket__lt=hour_of(cutoff)).delete()[0]

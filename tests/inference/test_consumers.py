@@ -117,3 +117,52 @@ async def test_bad_tokens_are_refused(chat_setup: dict[str, Any], token: str) ->
     connected, code = await comm.connect(timeout=10)
     assert not connected
     assert code == 4401
+
+
+async def _audit_rows() -> list[Any]:
+    from asgiref.sync import sync_to_async
+
+    from mlxmanager.audit.models import RequestLog
+    from mlxmanager.audit.recorder import recorder
+
+    await sync_to_async(recorder.flush)()
+    return [r async for r in RequestLog.objects.filter(endpoint="/v1/ws/chat").order_by("id")]
+
+
+async def test_each_generation_is_audited_with_tokens_and_timings(chat_setup: dict[str, Any]) -> None:
+    comm = WebsocketCommunicator(
+        application, f"/v1/ws/chat?token={chat_setup['token']}", headers=[(b"origin", b"http://127.0.0.1")]
+    )
+    comm.scope["client"] = ("127.0.0.1", 50000)  # as daphne sets it (the consumer has not started yet)
+    assert (await comm.connect(timeout=10))[0]
+    await comm.send_json_to({"type": "chat", "id": "a", "body": body(temperature=0)})
+    while (msg := await comm.receive_json_from(timeout=60))["type"] != "done":
+        pass
+    usage = msg["usage"]
+    await comm.send_json_to({"type": "chat", "id": "long", "body": body(max_tokens=100_000)})
+    assert (await comm.receive_json_from(timeout=60))["type"] == "delta"
+    await comm.send_json_to({"type": "stop", "id": "long"})
+    while (msg := await comm.receive_json_from(timeout=30))["type"] != "done":
+        pass
+    await comm.send_json_to({"type": "chat", "id": "bad", "body": body(temperature=9)})
+    assert (await comm.receive_json_from(timeout=10))["type"] == "error"
+    await comm.disconnect()
+
+    done, stopped, bad = await _audit_rows()
+    assert (done.status, done.error_type, done.username, done.user_id) == (
+        200,
+        "",
+        "member",
+        chat_setup["user_id"],
+    )
+    assert (done.requested_model, done.backend, done.stream, done.client_ip) == (
+        "tiny-random", "local:tiny-random", True, "127.0.0.1")  # fmt: skip
+    assert done.completion_tokens == usage["completion_tokens"] == 8
+    assert done.prompt_tokens == usage["prompt_tokens"] > 0
+    assert done.cached_tokens == usage["prompt_tokens_details"]["cached_tokens"]
+    assert done.ttft_ms is not None and 0 < done.ttft_ms <= done.duration_ms
+    assert done.tokens_per_s is not None and done.tokens_per_s > 0
+    assert (stopped.status, stopped.error_type) == (499, "cancelled")
+    assert stopped.completion_tokens >= 1 and stopped.ttft_ms is not None
+    assert (bad.status, bad.error_type, bad.requested_model) == (400, "invalid_request_error", "tiny-random")
+    assert bad.completion_tokens == 0

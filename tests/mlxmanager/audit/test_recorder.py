@@ -126,3 +126,22 @@ async def test_track_outputs_counts_tokens_and_closes_the_inner_stream() -> None
     assert closed == [True]
     assert (a.completion_tokens, a.prompt_tokens, a.cached_tokens) == (2, 7, 2)
     assert rec.track_outputs(worker()).__class__.__name__ == "async_generator"  # no audit: unwrapped
+
+
+def test_flush_keeps_the_hourly_rollups_in_step() -> None:
+    from mlxmanager.audit.models import RequestHourly
+
+    r = rec.Recorder()
+    for status, err in ((200, ""), (200, ""), (500, "upstream_error"), (200, "client_closed")):
+        a = rec.RequestAudit(
+            endpoint="/v1/chat/completions", requested_model="m", username="ann", backend="local:m"
+        )
+        a.usage(7, 3, 0)
+        a.finish(status, err)
+        r.add(a)
+    assert r.flush() == 4
+    got = {
+        (h.status, h.ok): (h.requests, h.prompt_tokens, h.completion_tokens)
+        for h in RequestHourly.objects.all()
+    }
+    assert got == {(200, True): (2, 14, 6), (500, False): (1, 7, 3), (200, False): (1, 7, 3)}

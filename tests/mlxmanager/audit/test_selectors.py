@@ -83,3 +83,69 @@ async def test_export_streams_csv_and_jsonl() -> None:
     assert csv[0].startswith("id,created_at,username") and len(csv) == 2501
     jsonl = b"".join([c async for c in s.export_rows(s.RequestFilter(), "jsonl")]).decode().splitlines()
     assert len(jsonl) == 2500 and '"requested_model":"m"' in jsonl[0]
+
+
+def _brute_totals(by: str, f: s.RequestFilter) -> dict[str, tuple[int, int, int, int]]:
+    """Totals straight from the request rows, for comparison with the rollup-based ones."""
+    from mlxmanager.audit.models import RequestLog
+
+    out: dict[str, list[int]] = {}
+    for r in f.apply(RequestLog.objects.all()):
+        v = out.setdefault(getattr(r, by), [0, 0, 0, 0])
+        v[0] += 1
+        v[1] += 0 if r.ok else 1
+        v[2] += r.prompt_tokens
+        v[3] += r.completion_tokens
+    return {k: tuple(v) for k, v in out.items()}  # type: ignore[misc]
+
+
+def _as_tuples(totals: list[dict[str, Any]], by: str) -> dict[str, tuple[int, int, int, int]]:
+    return {t[by]: (t["requests"], t["errors"], t["prompt_tokens"], t["completion_tokens"]) for t in totals}
+
+
+def test_rollup_totals_equal_the_rows_for_any_window_and_filter() -> None:
+    # Four series of rows 28 minutes apart over 30 hours: users, models, statuses, error types.
+    for i, (user, model, status, err) in enumerate(
+        [
+            ("ann", "a", 200, ""),
+            ("bob", "b", 200, ""),
+            ("ann", "b", 429, ""),
+            ("cy", "a", 200, "client_closed"),
+        ]
+    ):
+        rows(65, start=T0 + timedelta(minutes=i), step=timedelta(minutes=28),
+             username=user, requested_model=model, status=status, error_type=err,
+             prompt_tokens=10 + i, completion_tokens=3 + i)  # fmt: skip
+    windows = [
+        (T0 + timedelta(minutes=13), T0 + timedelta(hours=20, minutes=41)),  # partial hours at both ends
+        (T0, T0 + timedelta(hours=24)),  # whole hours only
+        (T0 + timedelta(minutes=5), T0 + timedelta(minutes=50)),  # inside one hour
+        (T0 - timedelta(days=1), None),  # open end
+    ]
+    for since, until in windows:
+        for extra in (
+            {},
+            {"user": "ann"},
+            {"status": "ok"},
+            {"status": "error"},
+            {"status": "429"},
+            {"model": "b"},
+        ):
+            f = s.RequestFilter(since=since, until=until, **extra)  # type: ignore[arg-type]
+            for by, fn in (("requested_model", s.totals_by_model), ("username", s.totals_by_user)):
+                assert _as_tuples(fn(f), by) == _brute_totals(by, f), (since, until, extra, by)
+            bars, _ = s.timeline(f, now=T0 + timedelta(days=2))
+            assert sum(b.requests for b in bars) == sum(v[0] for v in _brute_totals("username", f).values())
+
+
+def test_totals_and_the_chart_cost_two_queries_each(django_assert_num_queries: Any) -> None:
+    rows(300, step=timedelta(minutes=3))
+    f = s.RequestFilter(since=T0 + timedelta(minutes=10), until=T0 + timedelta(hours=14, minutes=5))
+    with django_assert_num_queries(2):
+        assert s.totals_by_model(f)[0]["requests"] == sum(
+            1
+            for i in range(300)
+            if f.since <= T0 + timedelta(minutes=3 * i) < f.until  # type: ignore[operator]
+        )
+    with django_assert_num_queries(2):
+        s.timeline(f)

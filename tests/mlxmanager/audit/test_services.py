@@ -71,3 +71,44 @@ def test_prune_command(settings: Any, capsys: Any) -> None:
     assert "deleted 2" in capsys.readouterr().out
     call_command("audit_prune", "--days", "1")
     assert RequestLog.objects.count() == 0
+
+
+def _rollup_state() -> list[tuple[Any, ...]]:
+    from mlxmanager.audit.models import RequestHourly
+
+    return sorted(
+        RequestHourly.objects.values_list(
+            "bucket", "username", "requested_model", "backend", "status", "ok", "requests", "prompt_tokens",
+            "completion_tokens",
+        )
+    )  # fmt: skip
+
+
+def test_rollups_count_every_row_and_a_rebuild_gives_the_same() -> None:
+    from mlxmanager.audit.services import rollup_rebuild
+
+    rows(10, step=timedelta(minutes=13), username="ann")
+    rows(4, step=timedelta(minutes=31), username="bob", status=503, error_type="upstream_error")
+    rows(3, step=timedelta(minutes=1), username="ann", status=200, error_type="client_closed")
+    incremental = _rollup_state()
+    assert sum(r[6] for r in incremental) == 17
+    assert sum(r[7] for r in incremental) == 170
+    assert {(r[1], r[4], r[5]) for r in incremental} == {
+        ("ann", 200, True),
+        ("bob", 503, False),
+        ("ann", 200, False),
+    }
+    assert rollup_rebuild() == len(incremental)
+    assert _rollup_state() == incremental
+    assert rollup_rebuild(since=T0 + timedelta(hours=1)) >= 1  # a partial rebuild keeps earlier hours
+    assert _rollup_state() == incremental
+
+
+def test_prune_drops_the_rollups_of_pruned_hours() -> None:
+    from mlxmanager.audit.models import RequestHourly
+
+    rows(3, start=T0 - timedelta(days=40))
+    rows(2, start=T0)
+    audit_prune(days=30, now=T0)
+    assert RequestLog.objects.count() == 2
+    assert sum(RequestHourly.objects.values_list("requests", flat=True)) == 2

@@ -45,10 +45,11 @@ def test_bad_filters_say_what_is_wrong(boss_client: Client) -> None:
     assert boss_client.get("/api/audit/requests?status=x").status_code == 400
 
 
-def test_summary_totals_and_chart(boss_client: Client) -> None:
+def test_summary_totals_and_chart(boss_client: Client, django_assert_max_num_queries: Any) -> None:
     rows(5, requested_model="alpha", username="ann")
-    r = boss_client.get("/audit/summary/", {"since": (T0 - timedelta(hours=1)).isoformat(),
-                                            "until": (T0 + timedelta(hours=2)).isoformat()})  # fmt: skip
+    with django_assert_max_num_queries(8):  # session, user, and two per totals table and the chart
+        r = boss_client.get("/audit/summary/", {"since": (T0 - timedelta(hours=1)).isoformat(),
+                                                "until": (T0 + timedelta(hours=2)).isoformat()})  # fmt: skip
     html = r.content.decode()
     assert r.status_code == 200 and "<svg" in html and "alpha" in html and "ann" in html
     api = boss_client.get(
