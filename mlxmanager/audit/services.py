@@ -31,6 +31,8 @@ ACTIONS: dict[str, str] = {
     "mlxmanager.profile.changed": "Profile changed",
     "mlxmanager.profile.deleted": "Profile deleted",
     "mlxmanager.hub_token.set": "Hugging Face token saved",
+    "mlxmanager.conversion.created": "Model conversion queued",
+    "mlxmanager.conversion.cancelled": "Model conversion cancelled",
     "mlxmanager.hub_token.removed": "Hugging Face token removed",
     "mlxmanager.credential.created": "Credential created",
     "mlxmanager.credential.changed": "Credential changed",

@@ -288,3 +288,66 @@ def delete_local_model(request: HttpRequest, model_id: str) -> object:
 
 def _local_out(m: selectors.LocalModel) -> dict[str, object]:
     return {**m.__dict__, "path": str(m.path), "deletable": m.deletable}
+
+
+# --- conversions -------------------------------------------------------------------------
+
+
+class ConversionIn(Schema):
+    source: str
+    name: str
+    q_bits: int | None = None
+    q_group_size: int = 64
+    dtype: str = ""
+
+
+class ConversionOut(Schema):
+    id: int
+    source: str
+    name: str
+    output_dir: str
+    q_bits: int | None
+    q_group_size: int
+    dtype: str
+    status: str
+    stage: str
+    percent: int
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@router.get("/conversions", response=list[ConversionOut])
+def list_conversions(request: HttpRequest) -> object:
+    _staff(request)
+    return selectors.conversion_list()
+
+
+@router.post("/conversions", response={202: ConversionOut})
+def create_conversion(request: HttpRequest, body: ConversionIn) -> object:
+    """Convert a transformers checkpoint folder (config.json + safetensors) to MLX with
+    `mlx_lm.convert`, optionally quantized (`q_bits` 2-8, `q_group_size` 32/64/128; `dtype` for
+    the other weights). Runs in the download worker; poll the conversion for progress."""
+    _staff(request)
+    conversion = services.conversion_create(
+        source=body.source,
+        name=body.name,
+        q_bits=body.q_bits,
+        q_group_size=body.q_group_size,
+        dtype=body.dtype,
+        user=request.user,
+    )
+    return Status(202, conversion)
+
+
+@router.get("/conversions/{conversion_id}", response=ConversionOut)
+def get_conversion(request: HttpRequest, conversion_id: int) -> object:
+    _staff(request)
+    return selectors.conversion_get(conversion_id=conversion_id)
+
+
+@router.post("/conversions/{conversion_id}/cancel", response=ConversionOut)
+def cancel_conversion(request: HttpRequest, conversion_id: int) -> object:
+    _staff(request)
+    return services.conversion_cancel(conversion_id=conversion_id, user=request.user)

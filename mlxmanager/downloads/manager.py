@@ -41,6 +41,7 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 
 from mlxmanager.downloads import hub, selectors, storage
+from mlxmanager.downloads.conversions import ConversionRunner
 from mlxmanager.downloads.models import Download
 
 log = logging.getLogger(__name__)
@@ -421,12 +422,14 @@ class DownloadManager:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_persist = 0.0
+        self.conversions = ConversionRunner()
 
     def start(self) -> None:
         # http_get reads the body in chunks of this size: smaller than its 10 MB default so
         # that progress and pause stay responsive on slow links.
         hf_constants.DOWNLOAD_CHUNK_SIZE = self.chunk_size
         self._recover()
+        self.conversions.recover()
         self._thread = threading.Thread(target=self._loop, name="downloads-control", daemon=True)
         self._thread.start()
 
@@ -441,6 +444,7 @@ class DownloadManager:
         for transfer in self.transfers.values():
             transfer.thread.join(max(0.0, deadline - time.monotonic()))
         self.transfers.clear()
+        self.conversions.stop()
         close_old_connections()
 
     def _recover(self) -> None:
@@ -492,6 +496,7 @@ class DownloadManager:
                         fields = transfer.progress_fields()
                         _update(Download.objects.filter(pk=pk, status=Status.RUNNING), **fields)
         self._claim()
+        self.conversions.tick()
 
     def _claim(self) -> None:
         free = self.concurrency - len(self.transfers)

@@ -92,3 +92,57 @@ class HubToken(LoggedModel):
 
     def __str__(self) -> str:
         return f"Hugging Face token …{self.hint}"
+
+
+class Conversion(LoggedModel):
+    """A transformers checkpoint converted to MLX (optionally quantized) by `mlx_lm.convert`.
+
+    The download worker runs it in a child process; the web process only queues and cancels.
+    The result appears in MLXM_MODELS_DIR/<name> once complete (never half-written).
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Converting"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    source = models.CharField(max_length=500, help_text="The checkpoint folder (config.json + safetensors).")
+    name = models.CharField(max_length=100, help_text="The output folder's name in the models folder.")
+    output_dir = models.CharField(max_length=500)
+    q_bits = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Quantize to this many bits.")
+    q_group_size = models.PositiveSmallIntegerField(default=64)
+    dtype = models.CharField(
+        max_length=16, blank=True, help_text="float16, bfloat16 or float32; blank: keep."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    stage = models.CharField(max_length=100, blank=True)
+    percent = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"convert {self.source} → {self.name} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def recipe(self) -> str:
+        parts = [f"{self.q_bits}-bit, group size {self.q_group_size}" if self.q_bits else "not quantized"]
+        if self.dtype:
+            parts.append(self.dtype)
+        return ", ".join(parts)

@@ -17,7 +17,7 @@ from django.core.cache import cache
 from django.db.models import Count, Max
 
 from mlxmanager.downloads import analysis, hub, storage
-from mlxmanager.downloads.models import Download
+from mlxmanager.downloads.models import Conversion, Download
 from mlxmanager.errors import DomainError, NotFound
 from mlxmanager.profiles.models import Profile
 
@@ -119,10 +119,22 @@ def download_for_repo(*, repo_id: str) -> Download | None:
     return Download.objects.filter(local_dir=str(storage.local_dir_for(repo_id))).first()
 
 
-def download_fingerprint() -> tuple[int, str, bool]:
-    """Changes whenever the downloads list would render differently (for the live stream)."""
+def download_fingerprint() -> tuple[int, str, int, str, bool]:
+    """Changes whenever the downloads panel (downloads and conversions) would render differently."""
     agg = Download.objects.aggregate(n=Count("id"), last=Max("updated_at"))
-    return agg["n"], str(agg["last"]), download_service_alive()
+    conv = Conversion.objects.aggregate(n=Count("id"), last=Max("updated_at"))
+    return agg["n"], str(agg["last"]), conv["n"], str(conv["last"]), download_service_alive()
+
+
+def conversion_list() -> list[Conversion]:
+    return list(Conversion.objects.order_by("-created_at", "-id"))
+
+
+def conversion_get(*, conversion_id: int) -> Conversion:
+    conversion = Conversion.objects.filter(pk=conversion_id).first()
+    if conversion is None:
+        raise NotFound("no such conversion")
+    return conversion
 
 
 def heartbeat_path() -> Path:

@@ -7,7 +7,9 @@ the transfers and persists their progress.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,8 @@ from django.utils import timezone
 
 from mlxmanager.downloads import hub, selectors, storage
 from mlxmanager.downloads.errors import HubAccessDenied, InsufficientStorage
-from mlxmanager.downloads.models import Download, HubToken
-from mlxmanager.errors import Conflict, DomainError
+from mlxmanager.downloads.models import Conversion, Download, HubToken
+from mlxmanager.errors import Conflict, DomainError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -277,3 +279,101 @@ def hub_token_reencrypt() -> int:
         row.save(update_fields=["secret_jwe", "key_id"])
     hub.forget_stored_token()
     return 1
+
+
+# --- conversions (transformers checkpoint → MLX) --------------------------------------
+
+Q_BITS = (2, 3, 4, 5, 6, 8)
+Q_GROUP_SIZES = (32, 64, 128)
+DTYPES = ("float16", "bfloat16", "float32")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _checkpoint(source: str) -> Path:
+    """The checkpoint folder, checked: config.json, safetensors weights, not MLX-quantized."""
+    path = Path((source or "").strip()).expanduser()
+    if not source or not path.is_absolute():
+        raise DomainError("give the checkpoint's folder as an absolute path", param="source")
+    if not path.is_dir():
+        raise DomainError(f"{path} is not a folder on this machine", param="source")
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError as exc:
+        raise DomainError(
+            f"{path} has no config.json: not a transformers checkpoint", param="source"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise DomainError(f"{config_file} is not readable JSON", param="source") from exc
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise DomainError(f"{config_file} names no model_type", param="source")
+    if "quantization" in config:
+        raise DomainError(f"{path} is already a quantized MLX model", param="source")
+    if not any(path.glob("*.safetensors")):
+        raise DomainError(
+            f"{path} has no .safetensors weights (mlx_lm.convert reads safetensors only)", param="source"
+        )
+    return path
+
+
+def conversion_create(
+    *,
+    source: str,
+    name: str,
+    q_bits: int | None = None,
+    q_group_size: int = 64,
+    dtype: str = "",
+    user: Any = None,
+) -> Conversion:
+    """Queue a conversion; the download worker runs it. The output goes to MLXM_MODELS_DIR/<name>."""
+    path = _checkpoint(source)
+    name = (name or "").strip()
+    if not _NAME.match(name):
+        raise DomainError(
+            "the name must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            param="name",
+        )
+    if q_bits is not None and q_bits not in Q_BITS:
+        raise DomainError(f"q_bits must be one of {', '.join(map(str, Q_BITS))}", param="q_bits")
+    if q_group_size not in Q_GROUP_SIZES:
+        raise DomainError(
+            f"q_group_size must be one of {', '.join(map(str, Q_GROUP_SIZES))}", param="q_group_size"
+        )
+    if dtype and dtype not in DTYPES:
+        raise DomainError(f"dtype must be one of {', '.join(DTYPES)}", param="dtype")
+    output = storage.models_dir() / name
+    if output.exists():
+        raise Conflict(f"{output} already exists: choose another name", param="name")
+    if Conversion.objects.filter(output_dir=str(output), status__in=Conversion.ACTIVE).exists():
+        raise Conflict(f"a conversion into {name} is already under way", param="name")
+    with transaction.atomic():
+        conversion = Conversion.objects.create(
+            source=str(path),
+            name=name,
+            output_dir=str(output),
+            q_bits=q_bits,
+            q_group_size=q_group_size,
+            dtype=dtype,
+            created_by=user if getattr(user, "pk", None) else None,
+        )
+        conversion.log_action(
+            "mlxmanager.conversion.created",
+            user=user,
+            data={"source": str(path), "name": name, "recipe": conversion.recipe},
+        )
+    return conversion
+
+
+def conversion_cancel(*, conversion_id: int, user: Any = None) -> Conversion:
+    """Stop a queued or running conversion (the worker kills its process and cleans up)."""
+    with transaction.atomic():
+        conversion = Conversion.objects.select_for_update().filter(pk=conversion_id).first()
+        if conversion is None:
+            raise NotFound(f"no conversion {conversion_id}")
+        if not conversion.is_active:
+            raise Conflict(f"the conversion is {conversion.get_status_display().lower()}, not under way")
+        conversion.status = Conversion.Status.CANCELLED
+        conversion.finished_at = conversion.updated_at = timezone.now()
+        conversion.save(update_fields=["status", "finished_at", "updated_at"])
+        conversion.log_action("mlxmanager.conversion.cancelled", user=user, data={"name": conversion.name})
+    return conversion

@@ -119,9 +119,11 @@ def model_detail(request: HttpRequest, repo_id: str) -> HttpResponse:
 
 def _downloads_context(**extra: Any) -> dict[str, Any]:
     items = selectors.download_list()
+    conversions = selectors.conversion_list()
     return {
         "downloads": items,
-        "has_active": any(d.is_active for d in items),
+        "conversions": conversions,
+        "has_active": any(d.is_active for d in items) or any(c.is_active for c in conversions),
         "service_alive": selectors.download_service_alive(),
         **extra,
     }
@@ -262,11 +264,67 @@ def hub_token(request: HttpRequest) -> HttpResponse:
     return redirect("discover")
 
 
+# --- conversions -------------------------------------------------------------------
+
+
+@admin_required
+@require_POST
+def conversion_create(request: HttpRequest) -> HttpResponse:
+    """From the Local models page: queue a conversion, then show it on the Downloads page."""
+    post = request.POST
+    try:
+        q_bits = int(post["q_bits"]) if post.get("q_bits") else None
+        group = int(post.get("q_group_size") or 64)
+    except ValueError:
+        q_bits, group = -1, 64  # refused with a clear message below
+    source = (post.get("source_other") or "").strip() or post.get("source", "")
+    try:
+        services.conversion_create(
+            source=source, name=post.get("name", ""), q_bits=q_bits, q_group_size=group,
+            dtype=post.get("dtype", ""), user=request.user,
+        )  # fmt: skip
+    except DomainError as exc:
+        context = _local_context(convert_error=exc.message, convert_form=post)
+        if _htmx(request):
+            return render(request, "downloads/local.html#convert-form", context, status=400)
+        return render(request, "downloads/local.html", context, status=400)
+    if _htmx(request):
+        return HttpResponseClientRedirect(reverse("downloads"))
+    return redirect("downloads")
+
+
+@admin_required
+@require_POST
+def conversion_cancel(request: HttpRequest, conversion_id: int) -> HttpResponse:
+    error = None
+    try:
+        services.conversion_cancel(conversion_id=conversion_id, user=request.user)
+    except DomainError as exc:
+        error = exc.message
+    context = _downloads_context(error=error)
+    if _htmx(request):
+        return render(
+            request, "downloads/downloads.html#downloads-panel", context, status=400 if error else 200
+        )
+    if error is not None:
+        return render(request, "downloads/downloads.html", context, status=400)
+    return redirect("downloads")
+
+
 # --- local models ----------------------------------------------------------------
 
 
 def _local_context(**extra: Any) -> dict[str, Any]:
-    return {"models": selectors.local_model_list(), **extra}
+    models = selectors.local_model_list()
+    return {
+        "models": models,
+        # Unquantized checkpoints are what mlx_lm.convert takes.
+        "convert_sources": [m for m in models if not m.quantization],
+        "q_bits_choices": services.Q_BITS,
+        "q_group_choices": services.Q_GROUP_SIZES,
+        "dtype_choices": services.DTYPES,
+        **extra,
+    }
 
 
 @admin_required

@@ -272,3 +272,28 @@ def test_hub_token_is_for_admins_only(member) -> None:
     member_api = ApiClient(member)
     assert_problem(member_api.put("/api/hub/token", {"token": "hf_x"}), 403)
     assert_problem(member_api.get("/api/hub/token"), 403)
+
+
+# --- conversions ------------------------------------------------------------------------
+
+
+def test_conversions_queue_list_get_and_cancel(api: ApiClient, tmp_path) -> None:
+    import json as _json
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(_json.dumps({"model_type": "llama"}))
+    (ckpt / "model.safetensors").write_bytes(b"x")
+    resp = api.post("/api/conversions", {"source": str(ckpt), "name": "ckpt-4bit", "q_bits": 4})
+    assert resp.status_code == 202, resp.content
+    body = resp.json()
+    assert body["status"] == "queued" and body["q_bits"] == 4 and body["output_dir"].endswith("/ckpt-4bit")
+    assert [c["id"] for c in api.get("/api/conversions").json()] == [body["id"]]
+    assert api.get(f"/api/conversions/{body['id']}").json()["name"] == "ckpt-4bit"
+    assert api.post(f"/api/conversions/{body['id']}/cancel").json()["status"] == "cancelled"
+    assert_problem(api.post(f"/api/conversions/{body['id']}/cancel"), 409)
+    assert_problem(api.get("/api/conversions/999999"), 404)
+    problem = assert_problem(
+        api.post("/api/conversions", {"source": str(tmp_path / "nope"), "name": "x"}), 400
+    )
+    assert problem["param"] == "source"

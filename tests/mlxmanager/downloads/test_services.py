@@ -3,6 +3,7 @@ runs here: that is the manager's job), and deleting local models."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -312,3 +313,65 @@ def test_hub_token_is_resealed_on_key_rotation(tmp_path: Path, settings, monkeyp
         assert hub.token() == "hf_rotate_me"
     finally:
         crypto.keyring.reload()
+
+
+# --- conversions ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "ckpt"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (path / "model.safetensors").write_bytes(b"x")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs", "param", "message"),
+    [
+        (None, {"source": "relative/path"}, "source", "absolute path"),
+        (None, {"source": "/nonexistent/ckpt"}, "source", "is not a folder"),
+        ("no-config", {}, "source", "no config.json"),
+        ("quantized", {}, "source", "already a quantized MLX model"),
+        ("no-weights", {}, "source", "no .safetensors"),
+        (None, {"name": "../escape"}, "name", "letters, digits"),
+        (None, {"q_bits": 7}, "q_bits", "q_bits must be one of"),
+        (None, {"q_group_size": 48}, "q_group_size", "q_group_size must be one of"),
+        (None, {"dtype": "int8"}, "dtype", "dtype must be one of"),
+    ],
+)
+def test_conversion_refuses_bad_input(
+    hub_settings, checkpoint: Path, change: str | None, kwargs: dict, param: str, message: str
+) -> None:
+    if change == "no-config":
+        (checkpoint / "config.json").unlink()
+    elif change == "quantized":
+        (checkpoint / "config.json").write_text(
+            json.dumps({"model_type": "llama", "quantization": {"bits": 4}})
+        )
+    elif change == "no-weights":
+        (checkpoint / "model.safetensors").unlink()
+    args = {"source": str(checkpoint), "name": "out", **kwargs}
+    with pytest.raises(DomainError) as exc:
+        services.conversion_create(**args)
+    assert exc.value.param == param and message in exc.value.message
+
+
+def test_conversion_refuses_an_existing_output_and_cancel_rules(
+    hub_settings, checkpoint: Path, admin
+) -> None:
+    from mlxmanager.downloads.models import Conversion
+
+    (hub_settings["models"] / "taken").mkdir()
+    with pytest.raises(Conflict):
+        services.conversion_create(source=str(checkpoint), name="taken")
+    conversion = services.conversion_create(source=str(checkpoint), name="fresh", q_bits=4, user=admin)
+    assert conversion.status == Conversion.Status.QUEUED and conversion.recipe == "4-bit, group size 64"
+    with pytest.raises(Conflict):
+        services.conversion_create(source=str(checkpoint), name="fresh")  # already under way
+    assert services.conversion_cancel(conversion_id=conversion.pk).status == Conversion.Status.CANCELLED
+    with pytest.raises(Conflict):
+        services.conversion_cancel(conversion_id=conversion.pk)
+    with pytest.raises(NotFound):
+        services.conversion_cancel(conversion_id=999_999)

@@ -329,3 +329,27 @@ def test_discover_hub_token_form_saves_encrypted_and_never_shows_it(admin_client
 
 def test_discover_hub_token_form_is_for_admins_only(member_client: Client) -> None:
     assert member_client.post("/models/hub-token/", {"token": "hf_x"}).status_code == 403
+
+
+def test_convert_form_on_local_models_queues_and_the_downloads_page_shows_it(
+    admin_client: Client, tmp_path: Path
+) -> None:
+    import json as _json
+
+    page = admin_client.get("/models/local/").content.decode()
+    assert "Convert a transformers checkpoint to MLX" in page
+    bad = admin_client.post(
+        "/models/convert/", {"source_other": str(tmp_path / "missing"), "name": "x"}, **HTMX
+    )
+    assert bad.status_code == 400 and 'role="alert"' in bad.content.decode()
+    assert "is not a folder" in bad.content.decode()
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(_json.dumps({"model_type": "llama"}))
+    (ckpt / "model.safetensors").write_bytes(b"x")
+    ok = admin_client.post(
+        "/models/convert/", {"source_other": str(ckpt), "name": "ckpt-8bit", "q_bits": "8"}
+    )
+    assert ok.status_code == 302 and ok["Location"] == "/downloads/"
+    html = admin_client.get("/downloads/").content.decode()
+    assert "ckpt-8bit" in html and "8-bit, group size 64" in html and "queued" in html
