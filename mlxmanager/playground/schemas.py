@@ -17,6 +17,14 @@ class Usage(BaseModel):
     prompt_tokens_details: dict[str, int] | None = None
 
 
+class StoredToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, max_length=200)
+    name: str = Field(max_length=200)
+    arguments: str = Field(default="", max_length=MAX_TEXT)
+
+
 class StoredMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -25,6 +33,7 @@ class StoredMessage(BaseModel):
     reasoning: str | None = Field(default=None, max_length=MAX_TEXT)
     usage: Usage | None = None
     finish_reason: str | None = Field(default=None, max_length=40)
+    tool_calls: list[StoredToolCall] | None = Field(default=None, max_length=64)
 
     def stored(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

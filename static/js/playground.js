@@ -11,7 +11,10 @@
     temperature: $("pg-temperature"),
     topP: $("pg-top-p"),
     maxTokens: $("pg-max-tokens"),
+    thinking: $("pg-thinking"),
     system: $("pg-system"),
+    tools: $("pg-tools"),
+    toolChoice: $("pg-tool-choice"),
     transcript: $("transcript"),
     empty: $("pg-empty"),
     composer: $("pg-composer"),
@@ -65,6 +68,7 @@
       const cached = (m.usage.prompt_tokens_details || {}).cached_tokens;
       parts.push(`prompt ${m.usage.prompt_tokens}${cached ? ` (${cached} cached)` : ""}`);
     }
+    if (m.finish_reason === "tool_calls") parts.push("called tools");
     if (m.finish_reason === "cancelled") parts.push("stopped");
     else if (m.finish_reason === "length") parts.push("hit max tokens");
     return parts.join(" · ");
@@ -87,9 +91,12 @@
     reasoning.append(summary, reasoningText);
     const content = document.createElement("div");
     content.className = "content";
+    const calls = document.createElement("ul");
+    calls.className = "tool-calls";
+    calls.hidden = true;
     const meta = document.createElement("div");
     meta.className = "meta";
-    el.append(who, reasoning, content, meta);
+    el.append(who, reasoning, content, calls, meta);
     ui.transcript.append(el);
     const view = {
       el,
@@ -100,6 +107,21 @@
         summary.textContent = thinking ? "Reasoning…" : "Reasoning";
         if (thinking) reasoning.open = true;
         ui.transcript.scrollTop = ui.transcript.scrollHeight;
+      },
+      tools(list) {
+        calls.replaceChildren(
+          ...list.map((c) => {
+            const li = document.createElement("li");
+            const label = document.createElement("span");
+            label.className = "hint";
+            label.textContent = "Tool call ";
+            const code = document.createElement("code");
+            code.textContent = `${c.name || "?"}(${c.arguments || ""})`;
+            li.append(label, code);
+            return li;
+          }),
+        );
+        calls.hidden = list.length === 0;
       },
       meta(text) {
         meta.textContent = text;
@@ -119,6 +141,7 @@
   function showMessage(m) {
     const view = addEntry(m.role, m.role === "user" ? "You" : state.profileLabel || "Assistant");
     view.show(m.content, m.reasoning || "");
+    if (m.tool_calls) view.tools(m.tool_calls);
     if (m.role === "assistant") view.meta(usageText(m));
     return view;
   }
@@ -174,8 +197,15 @@
     if (msg.type === "delta") {
       turn.raw += msg.text || "";
       turn.reasoning += msg.reasoning || "";
+      for (const piece of msg.tool_calls || []) {
+        const call = (turn.calls[piece.index] ||= { id: null, name: "", arguments: "" });
+        if (piece.id) call.id = piece.id;
+        if (piece.name) call.name = piece.name;
+        call.arguments += piece.arguments || "";
+      }
       const parts = turnParts(turn);
       turn.view.show(parts.content, parts.reasoning, parts.thinking);
+      if (turn.calls.length) turn.view.tools(turn.calls.filter(Boolean));
     } else if (msg.type === "done") {
       finish(turn, { finish_reason: msg.finish_reason, usage: msg.usage });
     } else if (msg.type === "error") {
@@ -201,7 +231,27 @@
     const body = { model: ui.profile.value, messages };
     const params = { temperature: number(ui.temperature), top_p: number(ui.topP), max_tokens: number(ui.maxTokens) };
     for (const [key, value] of Object.entries(params)) if (value !== undefined) body[key] = value;
+    if (ui.thinking.value) body.chat_template_kwargs = { enable_thinking: ui.thinking.value === "on" };
+    const tools = toolsValue();
+    if (tools) {
+      body.tools = tools;
+      body.tool_choice = ui.toolChoice.value;
+    }
     return body;
+  }
+
+  // The Tools box: empty, or a JSON list of OpenAI tool definitions. Throws a readable error.
+  function toolsValue() {
+    const text = ui.tools.value.trim();
+    if (!text) return null;
+    let tools;
+    try {
+      tools = JSON.parse(text);
+    } catch (err) {
+      throw new Error(`Tools must be JSON: ${err.message}`);
+    }
+    if (!Array.isArray(tools)) throw new Error("Tools must be a JSON list of tool definitions.");
+    return tools;
   }
 
   async function send(text) {
@@ -210,11 +260,18 @@
       setStatus("Create a profile first.", true);
       return;
     }
+    try {
+      toolsValue();
+    } catch (err) {
+      setStatus(err.message, true);
+      if (!ui.input.value) ui.input.value = text; // give the message back to send again
+      return;
+    }
     state.profileLabel = ui.profile.value;
     const user = { role: "user", content: text };
     state.messages.push(user);
     showMessage(user);
-    const turn = { id: `turn-${Date.now()}-${++state.seq}`, raw: "", reasoning: "", text, view: addEntry("assistant", ui.profile.value) };
+    const turn = { id: `turn-${Date.now()}-${++state.seq}`, raw: "", reasoning: "", calls: [], text, view: addEntry("assistant", ui.profile.value) };
     turn.view.meta("…");
     state.turn = turn;
     setBusy(true);
@@ -244,9 +301,12 @@
     }
     const answer = { role: "assistant", content: parts.content.trim() };
     if (parts.reasoning.trim()) answer.reasoning = parts.reasoning.trim();
+    const calls = turn.calls.filter(Boolean);
+    if (calls.length) answer.tool_calls = calls;
     if (result.usage) answer.usage = result.usage;
     answer.finish_reason = result.finish_reason || "error";
     turn.view.show(answer.content, answer.reasoning || "");
+    if (calls.length) turn.view.tools(calls);
     if (!result.error) turn.view.meta(usageText(answer));
     state.messages.push(answer);
     save();

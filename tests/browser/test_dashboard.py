@@ -215,3 +215,49 @@ def test_playground_shows_reasoning_apart_and_errors_readably(gateway, page) -> 
     expect(page.locator(".msg.assistant")).to_have_count(2)
     expect(page.locator(".msg.assistant details.reasoning div").first).to_have_text("Let me think.")
     expect(page.locator(".msg.assistant .content").first).to_have_text("The answer is 42.")
+
+
+def test_playground_shows_tool_calls_from_the_live_model(gateway, page) -> None:  # type: ignore[no-untyped-def]
+    """tiny-tools (Qwen3-style template) with tool_choice "required": constrained decoding makes
+    the real model call the tool; the call streams into the transcript and is saved with the chat."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "maxLength": 12}},
+                    "required": ["city"],
+                    "additionalProperties": False,
+                },
+            },
+        }
+    ]
+    page.goto(gateway.url + "/playground/?profile=tiny-tools")
+    page.get_by_text("Tools", exact=True).click()
+    page.get_by_label("Tools (JSON)").fill("[not json")
+    page.get_by_label("Message").fill("Weather in Paris?")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#pg-status")).to_contain_text("Tools must be JSON")
+    expect(page.locator(".msg")).to_have_count(0)  # nothing sent
+    expect(page.get_by_label("Message")).to_have_value("Weather in Paris?")  # kept to send again
+
+    page.get_by_label("Tools (JSON)").fill(json.dumps(tools))
+    page.get_by_label("Tool choice").select_option("required")
+    page.get_by_label("Thinking").select_option("off")  # else the tiny model muses past max tokens
+    page.get_by_label("Max tokens").fill("80")
+    with page.expect_response(lambda r: "/api/conversations" in r.url and r.request.method == "POST"):
+        page.get_by_role("button", name="Send").click()
+    answer = page.locator(".msg.assistant").last
+    # The tiny model may go on to further (parallel) calls until max tokens: check the first.
+    call = answer.locator(".tool-calls li code").first
+    expect(call).to_have_text(re.compile(r'^get_weather\(\{"city": ?".*"\}\)$'))
+    expect(answer.locator(".meta")).to_contain_text("tokens")
+    text = call.inner_text()
+    arguments = json.loads(text[len("get_weather(") : -1])
+    assert set(arguments) == {"city"} and len(arguments["city"]) <= 12
+
+    page.reload()  # saved with the chat
+    expect(page.locator(".msg.assistant .tool-calls li code").first).to_have_text(text)

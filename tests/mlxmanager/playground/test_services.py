@@ -24,6 +24,13 @@ def test_create_titles_it_after_the_first_question(member) -> None:  # type: ign
     assert "reasoning" not in c.messages[0]  # unset fields are not stored
 
 
+def test_tool_calls_are_kept_with_the_answer(member) -> None:  # type: ignore[no-untyped-def]
+    call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    answer = {"role": "assistant", "content": "", "tool_calls": [call], "finish_reason": "tool_calls"}
+    c = conversation_create(user=member, profile_name="tiny-tools", messages=[TURN[0], answer])
+    assert c.messages[1]["tool_calls"] == [call]
+
+
 def test_titles_are_one_short_line() -> None:
     long = {"role": "user", "content": "  first   line\nsecond " + "x" * 100}
     title = title_from([{"role": "system", "content": "sys"}, long])
@@ -46,6 +53,10 @@ def test_an_explicit_title_wins(member) -> None:  # type: ignore[no-untyped-def]
             "messages[1].usage",
         ),
         ([{"role": "user", "content": "x"}] * 1001, "messages"),
+        (
+            [TURN[0], {"role": "assistant", "content": "", "tool_calls": [{"arguments": "{}"}]}],
+            "messages[1].tool_calls",
+        ),
         ("not a list", "messages"),
     ],
 )
