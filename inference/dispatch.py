@@ -119,10 +119,10 @@ async def _serve(
             failures.append((target.label, upstream.UpstreamFailure(
                 f"{target.label}: {target.unavailable}", kind="unavailable", status=503)))  # fmt: skip
             continue
-        if surface == "responses" and target.kind != "local":
-            # The Responses API is served by local profiles only (no upstream relay or translation yet).
+        if surface == "responses" and target.upstream is not None and target.upstream.protocol != "openai":
+            # The Responses API is relayed to OpenAI-style upstreams only (no translation to Anthropic's).
             failures.append((target.label, upstream.UpstreamFailure(
-                f"{target.label}: cloud targets do not serve /v1/responses", kind="local_only",
+                f"{target.label}: Anthropic upstreams do not serve /v1/responses", kind="no_responses_api",
                 status=503)))  # fmt: skip
             continue
         if audit is not None:

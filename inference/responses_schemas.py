@@ -212,7 +212,7 @@ class ResponsesRequest(_Strict):
             kind = raw.get("type")
             if kind != "function":
                 raise DomainError(
-                    f"built-in tool '{str(kind)[:60]}' is not supported; only function tools are",
+                    f"tools of type '{str(kind)[:60]}' (built-in or custom) are not supported; only function tools are",
                     param=f"tools[{i}].type",
                 )
             try:

@@ -187,7 +187,7 @@ class Call:
     body: dict[str, Any]
     headers: dict[str, str]
     stream: bool
-    mode: str  # "openai", "anthropic" (same protocol) or "a2o", "o2a" (translated)
+    mode: str  # "openai", "anthropic", "responses" (same protocol) or "a2o", "o2a" (translated)
     model: str
     client_wants_usage: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -219,8 +219,14 @@ def build_call(
     cfg: UpstreamConfig, *, surface: str, body: dict[str, Any], model: str, client_headers: Mapping[str, str]
 ) -> Call:
     """The upstream request for a client request on `surface` ("chat", "completions", "messages",
-    "count_tokens")."""
+    "count_tokens", "responses")."""
     stream = bool(body.get("stream"))
+    if surface == "responses":
+        if cfg.protocol != "openai":
+            raise DomainError("the Responses API cannot be routed to an Anthropic upstream", param="model")
+        up = {**body, "model": model}
+        headers = _headers(cfg, client_headers, same_protocol=True)
+        return Call(cfg, "/responses", up, headers, stream, "responses", model)
     if cfg.protocol == "openai":
         if surface in ("chat", "completions"):
             up = {**body, "model": model}
@@ -334,10 +340,19 @@ async def open_response(call: Call, *, timeout: float) -> httpx.Response:
 # ---- answers --------------------------------------------------------------------------
 
 
+def _responses_usage(u: dict[str, Any]) -> tuple[int, int, int]:
+    """(prompt, completion, cached) from a Responses API usage object."""
+    cached = int(((u.get("input_tokens_details") or {}).get("cached_tokens")) or 0)
+    return int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0), cached
+
+
 def _note_usage(audit: RequestAudit | None, mode: str, data: dict[str, Any]) -> None:
     if audit is None:
         return
-    if mode in ("openai", "a2o"):
+    if mode == "responses":
+        if data.get("usage"):
+            audit.usage(*_responses_usage(data["usage"]))
+    elif mode in ("openai", "a2o"):
         if data.get("usage"):
             audit.usage(*translate.tokens_of_openai_usage(data["usage"]))
     elif data.get("usage"):
@@ -392,6 +407,20 @@ class _Audited:
                 else "upstream_error"
             )[:64]
 
+    def responses_event(self, data: dict[str, Any]) -> None:
+        a = self.audit
+        if a is None:
+            return
+        kind = str(data.get("type") or "")
+        if kind.endswith(".delta"):
+            a.content()
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            usage = (data.get("response") or {}).get("usage")
+            if usage:
+                a.usage(*_responses_usage(usage))
+        if kind in ("error", "response.failed"):
+            a.error_type = str(data.get("code") or "upstream_error")[:64]
+
     def anthropic_event(self, data: dict[str, Any]) -> None:
         a = self.audit
         if a is None:
@@ -433,7 +462,12 @@ async def _relay(call: Call, resp: httpx.Response, audit: RequestAudit | None) -
             async for chunk in resp.aiter_bytes():
                 out: list[bytes] = []
                 for ev in decoder.feed(chunk):
-                    if call.mode in ("openai", "a2o"):
+                    if call.mode == "responses":  # relayed as is; no [DONE] in this protocol
+                        data = _decode_event(ev.data)
+                        if data is not None:
+                            book.responses_event(data)
+                        out.append(ev.raw)
+                    elif call.mode in ("openai", "a2o"):
                         if ev.data.strip() == "[DONE]":
                             saw_done = True
                             if a2o is None:
@@ -473,6 +507,9 @@ async def _relay(call: Call, resp: httpx.Response, audit: RequestAudit | None) -
                 yield a2o.error(message)
             elif o2a is not None:
                 yield o2a.error(message) + b"data: [DONE]\n\n"
+            elif call.mode == "responses":
+                err = {"type": "error", "code": "upstream_error", "message": message, "param": None}
+                yield b"event: error\ndata: " + _encode.encode(err) + b"\n\n"
             elif call.mode == "openai":
                 err = {"message": message, "type": "server_error", "param": None, "code": "upstream_error"}
                 yield b"data: " + _encode.encode({"error": err}) + b"\n\n" + b"data: [DONE]\n\n"

@@ -1,7 +1,7 @@
 """Fake OpenAI- and Anthropic-shaped upstreams: real HTTP on 127.0.0.1, in a thread.
 
-One server speaks both protocols (`/v1/chat/completions`, `/v1/completions`, `/v1/models`
-OpenAI-style with `Authorization: Bearer`; `/v1/messages`, `/v1/messages/count_tokens`,
+One server speaks both protocols (`/v1/chat/completions`, `/v1/completions`, `/v1/responses`
+(text only), `/v1/models` OpenAI-style with `Authorization: Bearer`; `/v1/messages`, `/v1/messages/count_tokens`,
 `/v1/models` Anthropic-style with `x-api-key`). Answers are deterministic ("echo: <last user
 text>"); a request offering tools gets a tool call unless it already carries a tool result.
 Failures are scripted per upstream model: `fake.script("m", Step(status=500), Step(delay=2))`
@@ -236,6 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._chat(body, step)
         elif self.path == "/v1/completions":
             self._completion(body, step)
+        elif self.path == "/v1/responses":
+            self._responses(body, step)
         elif self.path == "/v1/messages":
             self._messages(body, step)
         elif self.path == "/v1/messages/count_tokens":
@@ -328,6 +330,49 @@ class _Handler(BaseHTTPRequestHandler):
         if (body.get("stream_options") or {}).get("include_usage"):
             self._chunk(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
         self._chunk(b"data: [DONE]\n\n")
+        self._end_stream()
+
+    def _responses(self, body: dict[str, Any], step: Step) -> None:
+        prompt = body.get("input")
+        text = "echo: " + (prompt if isinstance(prompt, str) else json.dumps(prompt))
+        words = _words(text)
+        usage = {"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": CACHED_TOKENS},
+                 "output_tokens": len(words), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": PROMPT_TOKENS + len(words)}  # fmt: skip
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = {
+            "id": "msg_fake",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [part],
+        }
+        done = {"id": "resp_fake", "object": "response", "created_at": 1700000000, "status": "completed",
+                "model": body.get("model"), "output": [item], "parallel_tool_calls": True, "tool_choice": "auto",
+                "tools": [], "usage": usage}  # fmt: skip
+        if not body.get("stream"):
+            self._json(200, done)
+            return
+        seq = iter(range(1000))
+
+        def ev(kind: str, **data: Any) -> bytes:
+            payload = {"type": kind, **data, "sequence_number": next(seq)}
+            return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+        started = {**done, "status": "in_progress", "output": [], "usage": None}
+        where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+        self._start_stream()
+        self._chunk(ev("response.created", response=started))
+        self._chunk(ev("response.output_item.added", output_index=0, item={**item, "content": []}))
+        self._chunk(ev("response.content_part.added", **where, part={**part, "text": ""}))
+        for w in words:
+            if step.chunk_delay:
+                time.sleep(step.chunk_delay)
+            self._chunk(ev("response.output_text.delta", **where, delta=w, logprobs=[]))
+        self._chunk(ev("response.output_text.done", **where, text=text, logprobs=[]))
+        self._chunk(ev("response.content_part.done", **where, part=part))
+        self._chunk(ev("response.output_item.done", output_index=0, item=item))
+        self._chunk(ev("response.completed", response=done))
         self._end_stream()
 
     # ---- Anthropic ----

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from tests.conftest import Gateway
 from tests.gateway_fixtures import Admin, uid
-from tests.inference.fakes import FakeUpstream
+from tests.inference.fakes import PROMPT_TOKENS, FakeUpstream
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("live")]
 
@@ -361,17 +361,35 @@ def test_unknown_model_and_auth(gateway: Gateway) -> None:
 # ---- routing rules ---------------------------------------------------------------------------------
 
 
-def test_routing_rules_serve_responses_from_local_profiles(
+def test_routing_rules_local_and_cloud_targets(
     routed_gateway: Gateway, admin: Admin, fake_upstream: FakeUpstream
 ) -> None:
-    cred = admin.credential(fake_upstream, "openai_compatible")["name"]
-    alias, cloud_only = uid("resp-alias"), uid("resp-cloud")
-    # The cloud target can't serve the Responses API: it is skipped, the local profile answers.
-    admin.rule(alias, {"credential": cred, "model": "gpt-x"}, {"profile": TINY})
-    admin.rule(cloud_only, {"credential": cred, "model": "gpt-x"})
+    openai_cred = admin.credential(fake_upstream, "openai_compatible")["name"]
+    anthropic_cred = admin.credential(fake_upstream, "anthropic_compatible")["name"]
+    alias, cloud, no_api = uid("resp-alias"), uid("resp-cloud"), uid("resp-anth")
+    # An Anthropic upstream can't serve the Responses API: skipped, the local profile answers.
+    admin.rule(alias, {"credential": anthropic_cred, "model": "claude-x"}, {"profile": TINY})
+    admin.rule(cloud, {"credential": openai_cred, "model": "gpt-up"})
+    admin.rule(no_api, {"credential": anthropic_cred, "model": "claude-x"})
     client = routed_gateway.openai()
     r = client.responses.create(model=alias, input="hello", max_output_tokens=3)
     assert r.status == "incomplete" and r.model == TINY and r.usage and r.usage.output_tokens == 3
+
+    # An OpenAI-style upstream gets the request as sent (but for `model`), and its answer as is.
+    up = client.responses.create(model=cloud, input="hi there", max_output_tokens=7)
+    assert up.model == "gpt-up" and up.output_text == "echo: hi there" and up.usage and up.usage.input_tokens
+    sent = fake_upstream.calls("gpt-up", "/v1/responses")[-1].body
+    assert sent == {"model": "gpt-up", "input": "hi there", "max_output_tokens": 7}
+    with client.responses.stream(model=cloud, input="streamed words") as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == final.output_text == "echo: streamed words"
+    rows = admin.wait_rows(lambda rows: len(rows) >= 2 and all(r["completion_tokens"] for r in rows[:2]),
+                           model=cloud)  # fmt: skip
+    assert {r["backend"] for r in rows} == {f"cloud:{openai_cred}"} and rows[0][
+        "prompt_tokens"
+    ] == PROMPT_TOKENS
+
     with pytest.raises(openai.APIStatusError) as exc:
-        client.responses.create(model=cloud_only, input="hello", max_output_tokens=3)
-    assert exc.value.status_code == 503 and "local_only" in exc.value.message
+        client.responses.create(model=no_api, input="hello", max_output_tokens=3)
+    assert exc.value.status_code == 503 and "no_responses_api" in exc.value.message
