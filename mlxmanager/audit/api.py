@@ -109,12 +109,13 @@ def summary(request: HttpRequest, q: Query[FilterIn]) -> dict[str, Any]:
     require_admin(request)
     window = selectors.summary_window(selectors.parse_filter(q.dict()), now=timezone.now())
     bars, unit = selectors.timeline(window)
+    by_model, by_user = selectors.totals(window)
     return {
         "since": window.since,
         "until": window.until,
         "unit": unit,
-        "by_model": _totals(selectors.totals_by_model(window), "requested_model"),
-        "by_user": _totals(selectors.totals_by_user(window), "username"),
+        "by_model": _totals(by_model, "requested_model"),
+        "by_user": _totals(by_user, "username"),
         "timeline": [b.__dict__ for b in bars],
     }
 

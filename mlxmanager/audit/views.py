@@ -48,10 +48,11 @@ def summary(request: HttpRequest) -> HttpResponse:
     filters, error = _filters(request)
     window = selectors.summary_window(filters, now=timezone.now())
     bars, unit = selectors.timeline(window)
+    by_model, by_user = selectors.totals(window)
     context = {
         "window": window,
-        "by_model": selectors.totals_by_model(window),
-        "by_user": selectors.totals_by_user(window),
+        "by_model": by_model,
+        "by_user": by_user,
         "bars": selectors.chart_svg_bars(bars),
         "unit": unit,
         "peak": max((b.requests for b in bars), default=0),

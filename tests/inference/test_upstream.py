@@ -131,6 +131,7 @@ def test_anthropic_client_to_anthropic_upstream_stream_and_count(routed_gateway:
     stream_row = next(r for r in rows if r["endpoint"] == "/v1/messages")
     assert stream_row["prompt_tokens"] == PROMPT_TOKENS and stream_row["completion_tokens"] == 3
     assert stream_row["cached_tokens"] == CACHED_TOKENS and stream_row["stream"]
+    assert stream_row["ttft_ms"] is not None and 0 < stream_row["ttft_ms"] <= stream_row["duration_ms"]
 
 
 def test_text_completions_relayed(routed_gateway: Gateway, openai_route: tuple[str, str]) -> None:
@@ -203,6 +204,8 @@ def test_anthropic_client_via_openai_upstream_streaming_tools(routed_gateway: Ga
     assert final.content[0].type == "tool_use" and final.content[0].input == json.loads(TOOL_ARGS)
     rows = admin.wait_rows(lambda rows: len(rows) == 2, model=model)
     assert {r["completion_tokens"] for r in rows} == {3, 9}
+    assert all(r["stream"] and r["prompt_tokens"] == PROMPT_TOKENS for r in rows)
+    assert all(r["ttft_ms"] is not None and 0 < r["ttft_ms"] <= r["duration_ms"] for r in rows)
 
 
 # ---- translation: OpenAI client → Anthropic upstream -------------------------------------
@@ -263,6 +266,8 @@ def test_openai_client_via_anthropic_upstream_streaming(routed_gateway: Gateway,
     assert chunks[-1].choices[0].finish_reason == "tool_calls" and chunks[-1].usage is None
     rows = admin.wait_rows(lambda rows: len(rows) == 2, model=model)
     assert {r["completion_tokens"] for r in rows} == {3, 9}
+    assert all(r["stream"] and r["prompt_tokens"] == PROMPT_TOKENS for r in rows)
+    assert all(r["ttft_ms"] is not None and 0 < r["ttft_ms"] <= r["duration_ms"] for r in rows)
 
 
 def test_untranslatable_parameters_are_refused_by_name(

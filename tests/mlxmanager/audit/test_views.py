@@ -47,7 +47,7 @@ def test_bad_filters_say_what_is_wrong(boss_client: Client) -> None:
 
 def test_summary_totals_and_chart(boss_client: Client, django_assert_max_num_queries: Any) -> None:
     rows(5, requested_model="alpha", username="ann")
-    with django_assert_max_num_queries(8):  # session, user, and two per totals table and the chart
+    with django_assert_max_num_queries(8):  # session, user, three for the totals, three for the chart
         r = boss_client.get("/audit/summary/", {"since": (T0 - timedelta(hours=1)).isoformat(),
                                                 "until": (T0 + timedelta(hours=2)).isoformat()})  # fmt: skip
     html = r.content.decode()
