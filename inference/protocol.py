@@ -14,7 +14,9 @@ from typing import Any
 
 import msgspec
 
-PROTOCOL_VERSION = 4  # 2: CountTokens / TokenCount; 3: tools, reasoning, response_format; 4: logprobs
+PROTOCOL_VERSION = (
+    5  # 2: CountTokens / TokenCount; 3: tools, reasoning, response_format; 4: logprobs; 5: Embed
+)
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 _LEN = struct.Struct(">I")
 
@@ -120,7 +122,16 @@ class PoolCommand(msgspec.Struct, tag="pool", kw_only=True):
     model: ModelSpec
 
 
-ToWorker = Hello | Generate | CountTokens | Abort | Health | PoolCommand
+class Embed(msgspec.Struct, tag="embed", kw_only=True):
+    """Embed texts, or pre-tokenized inputs, with an embeddings model; reply `EmbeddingsReply`."""
+
+    request_id: str
+    model: ModelSpec
+    texts: list[str] | None = None
+    token_ids: list[list[int]] | None = None
+
+
+ToWorker = Hello | Generate | CountTokens | Abort | Health | PoolCommand | Embed
 
 
 # ---- worker -> web -------------------------------------------------------------
@@ -201,7 +212,17 @@ class PoolReply(msgspec.Struct, tag="pool_reply", kw_only=True):
     message: str
 
 
-FromWorker = Welcome | Outputs | RequestError | HealthReply | TokenCount | PoolReply
+class EmbeddingsReply(msgspec.Struct, tag="embeddings", kw_only=True):
+    """One vector per input, in order: `data` is `count` x `dims` little-endian float32."""
+
+    request_id: str
+    count: int
+    dims: int
+    data: bytes
+    prompt_tokens: int
+
+
+FromWorker = Welcome | Outputs | RequestError | HealthReply | TokenCount | PoolReply | EmbeddingsReply
 
 # Error codes carried by RequestError.
 ERR_BAD_REQUEST = "bad_request"

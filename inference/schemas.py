@@ -288,3 +288,24 @@ class CompletionRequest(SamplingFields):
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class EmbeddingRequest(_Strict):
+    """`POST /v1/embeddings`: `input` is a string, a list of strings, token ids, or lists of them."""
+
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+
+    def inputs(self) -> tuple[list[str] | None, list[list[int]] | None]:
+        """(texts, token_ids): exactly one is set."""
+        value = self.input
+        if isinstance(value, str):
+            return [value], None
+        if value and all(isinstance(v, int) for v in value):
+            return None, [list(value)]  # type: ignore[arg-type]
+        if value and all(isinstance(v, list) for v in value):
+            return None, [list(v) for v in value]  # type: ignore[arg-type, union-attr]
+        return list(value), None  # type: ignore[arg-type]

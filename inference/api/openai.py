@@ -25,8 +25,9 @@ from inference import protocol as p
 from inference.api import anthropic, responses
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
 from inference.dispatch import routed
-from inference.schemas import ChatCompletionRequest, CompletionRequest
+from inference.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from mlxmanager.accounts import keycache
+from mlxmanager.audit import recorder as rec
 from mlxmanager.audit.recorder import track_outputs
 from mlxmanager.errors import DomainError
 from mlxmanager.profiles.selectors import profile_list_served
@@ -485,3 +486,53 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     echo = body.prompt_text() if body.echo else ""
     return await _run(request, req, stream=body.stream, include_usage=include_usage, chat=False, echo=echo)
+
+
+@api.post("/embeddings")
+async def embeddings(request: HttpRequest, body: EmbeddingRequest) -> HttpResponseBase:
+    """Vectors from an embeddings profile (local only; routing rules don't apply here)."""
+    import base64
+    import uuid
+
+    import numpy as np
+
+    audit = rec.current()
+    if audit is not None:
+        audit.requested_model = body.model
+        audit.backend = f"local:{body.model}"
+        audit.attempts = 1
+    target = await gateway.resolve(body.model)
+    spec = target.spec
+    if spec.kind != "embeddings":
+        return _error(
+            request,
+            400,
+            f"'{body.model}' is a text generation model, not an embeddings model: use /v1/chat/completions",
+            type_="invalid_request_error",
+            param="model",
+            code="wrong_model_type",
+        )
+    texts, token_ids = body.inputs()
+    reply = await get_engine_client().embed(
+        p.Embed(request_id=uuid.uuid4().hex, model=spec, texts=texts, token_ids=token_ids)
+    )
+    if body.dimensions is not None and body.dimensions != reply.dims:
+        return _error(
+            request,
+            400,
+            f"'{body.model}' makes {reply.dims}-dimensional embeddings and cannot shorten them: "
+            f"leave out 'dimensions' or set it to {reply.dims}",
+            type_="invalid_request_error",
+            param="dimensions",
+        )
+    vectors = np.frombuffer(reply.data, dtype="<f4").reshape(reply.count, reply.dims)
+    if audit is not None:
+        audit.tokens(completion=0, prompt=reply.prompt_tokens)
+    if body.encoding_format == "base64":
+        encoded: list[Any] = [base64.b64encode(row.tobytes()).decode() for row in vectors]
+    else:
+        encoded = vectors.tolist()
+    data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
+    usage = {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens}
+    payload = {"object": "list", "data": data, "model": body.model, "usage": usage}
+    return HttpResponse(_json.encode(payload), content_type="application/json")

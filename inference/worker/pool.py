@@ -91,6 +91,10 @@ class Pool:
         return engine
 
     def _load(self, spec: p.ModelSpec) -> Any:
+        if spec.kind == "embeddings":
+            from inference.worker.adapters.embeddings import EmbeddingEngine
+
+            return EmbeddingEngine(spec)
         if spec.kind != "llm":
             raise ModelLoadError(f"model kind '{spec.kind}' is not supported yet")
         from inference.worker.adapters.llm import LLMEngine

@@ -128,6 +128,8 @@ class Scheduler(threading.Thread):
             self._admit(conn, msg)
         elif isinstance(msg, p.CountTokens):
             self._count_tokens(conn, msg)
+        elif isinstance(msg, p.Embed):
+            self._embed(conn, msg)
         elif isinstance(msg, p.Abort):
             self._abort(msg.request_id)
         elif isinstance(msg, p.PoolCommand):
@@ -154,11 +156,42 @@ class Scheduler(threading.Thread):
             self.snapshot = {**self.snapshot, "loading": None}
         return None
 
+    def _wrong_kind(self, conn: Any, request_id: str, engine: Any, wanted: str) -> bool:
+        """Report a request sent to a model of another kind (a chat to an embeddings model...)."""
+        if engine.kind == wanted:
+            return False
+        what = {"llm": "a text generation model", "embeddings": "an embeddings model"}
+        hint = "use /v1/embeddings" if engine.kind == "embeddings" else "use /v1/chat/completions"
+        self._fail(
+            conn,
+            request_id,
+            p.ERR_BAD_REQUEST,
+            f"'{engine.spec.name}' is {what.get(engine.kind, engine.kind)}, not {what.get(wanted, wanted)}: {hint}",
+        )
+        return True
+
+    def _embed(self, conn: Any, req: p.Embed) -> None:
+        from inference.worker.adapters.llm import BadRequest
+
+        engine = self._with_engine(conn, req.request_id, req.model, "embed with")
+        if engine is None or self._wrong_kind(conn, req.request_id, engine, "embeddings"):
+            return
+        try:
+            reply = engine.embed(req)
+        except BadRequest as exc:
+            self._fail(conn, req.request_id, p.ERR_BAD_REQUEST, str(exc))
+            return
+        except Exception as exc:
+            log.exception("could not embed %s", req.request_id)
+            self._fail(conn, req.request_id, p.ERR_INTERNAL, f"could not embed: {exc}")
+            return
+        self._emit(conn, [reply])
+
     def _admit(self, conn: Any, req: p.Generate) -> None:
         from inference.worker.adapters.llm import BadRequest
 
         engine = self._with_engine(conn, req.request_id, req.model, "start")
-        if engine is None:
+        if engine is None or self._wrong_kind(conn, req.request_id, engine, "llm"):
             return
         try:
             engine.add(req, conn)
@@ -175,7 +208,7 @@ class Scheduler(threading.Thread):
         from inference.worker.adapters.llm import BadRequest
 
         engine = self._with_engine(conn, req.request_id, req.model, "count tokens for")
-        if engine is None:
+        if engine is None or self._wrong_kind(conn, req.request_id, engine, "llm"):
             return
         try:
             count = engine.count_tokens(req)

@@ -9,7 +9,8 @@ class Profile(models.Model):
     """A named, served model: what clients ask for in `model`, with its defaults."""
 
     KIND_LLM = "llm"
-    KIND_CHOICES = [(KIND_LLM, "Text generation")]
+    KIND_EMBEDDINGS = "embeddings"
+    KIND_CHOICES = [(KIND_LLM, "Text generation"), (KIND_EMBEDDINGS, "Embeddings")]
 
     name = models.SlugField(max_length=100, unique=True, help_text="The model id clients send.")
     model_path = models.CharField(max_length=500, help_text="Directory of the MLX model.")

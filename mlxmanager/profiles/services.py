@@ -36,6 +36,13 @@ DEMO_PROFILES: dict[str, dict[str, Any]] = {
         "is_default": False,
         "is_test_model": True,
     },
+    "all-minilm-l6-v2": {
+        "description": "all-MiniLM-L6-v2 sentence embeddings (384 dimensions), for /v1/embeddings",
+        "defaults": {},
+        "is_default": False,
+        "is_test_model": False,
+        "kind": "embeddings",
+    },
 }
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
@@ -107,6 +114,46 @@ def _parser(value: Any, param: str) -> str:
     if value and not _PARSER.match(value):
         raise DomainError(f"{param} must be a parser name like 'qwen3' or 'json_tools'", param=param)
     return str(value)
+
+
+_KIND_OF_TYPE = {"text": Profile.KIND_LLM, "embeddings": Profile.KIND_EMBEDDINGS}
+
+
+def _detected_kind(path: str) -> str | None:
+    """The profile kind a model folder's config.json (and files) says, not its name; None if unknown."""
+    from mlxmanager.downloads import analysis
+
+    folder = Path(path)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        files = [str(f.relative_to(folder)) for f in folder.rglob("*.json")]
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    model_type = analysis.detect_type(config, files=files)
+    if model_type in _KIND_OF_TYPE:
+        return _KIND_OF_TYPE[model_type]
+    if model_type in (analysis.VISION, analysis.TTS, analysis.STT):
+        return model_type
+    return None
+
+
+def _check_kind(path: str, kind: str, *, explicit: bool) -> None:
+    detected = _detected_kind(path) if path else None
+    if detected is None or detected == kind:
+        return
+    labels = {Profile.KIND_LLM: "a text generation model", Profile.KIND_EMBEDDINGS: "an embeddings model"}
+    if detected not in dict(Profile.KIND_CHOICES):
+        raise DomainError(
+            f"this model is a {detected} model (read from its config.json), which profiles cannot serve yet",
+            param="model_path",
+        )
+    raise DomainError(
+        f"this model is {labels[detected]} (read from its config.json), not {labels.get(kind, kind)}: "
+        f"set the kind to '{detected}'",
+        param="kind" if explicit else "model_path",
+    )
 
 
 def _clean(values: dict[str, Any], *, instance: Profile | None = None) -> dict[str, Any]:
@@ -181,6 +228,14 @@ def _clean(values: dict[str, Any], *, instance: Profile | None = None) -> dict[s
     model_path = out.get("model_path", instance.model_path if instance else None)
     if out.get("draft_model_path") and out["draft_model_path"] == model_path:
         raise DomainError("the draft model must differ from the model", param="draft_model_path")
+    if "model_path" in values or "kind" in values:
+        path = out.get("model_path") or (instance.model_path if instance else "")
+        if "kind" not in values and instance is None and path:
+            detected = _detected_kind(path)  # a new profile takes its kind from the model
+            if detected in dict(Profile.KIND_CHOICES):
+                out["kind"] = detected
+        kind = out.get("kind") or (instance.kind if instance else Profile.KIND_LLM)
+        _check_kind(path, kind, explicit="kind" in values)
     return out
 
 
@@ -261,6 +316,7 @@ def profile_ensure_demo(*, models: dict[str, Path]) -> list[Profile]:
                     is_default=spec["is_default"] and not Profile.objects.filter(is_default=True).exists(),
                     is_test_model=spec["is_test_model"],
                     tool_parser=spec.get("tool_parser", ""),
+                    kind=spec.get("kind", Profile.KIND_LLM),
                 )
             )
         elif existing.model_path != str(path):

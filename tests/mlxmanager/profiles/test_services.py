@@ -242,3 +242,26 @@ def test_no_worker_is_fine(model: Path, django_capture_on_commit_callbacks, sett
         profile_update(profile=p, pinned=True)
         profile_delete(profile=p)
     assert not Profile.objects.exists()
+
+
+def test_kind_comes_from_the_models_config_not_its_name(tmp_path: Path, model: Path) -> None:
+    encoder = tmp_path / "my-chat-model"  # the name says chat; the config says sentence encoder
+    encoder.mkdir()
+    (encoder / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    (encoder / "modules.json").write_text("[]")
+    made = profile_create(name="enc", model_path=str(encoder))
+    assert made.kind == Profile.KIND_EMBEDDINGS
+    with pytest.raises(DomainError) as exc:
+        profile_create(name="enc2", model_path=str(encoder), kind=Profile.KIND_LLM)
+    assert (
+        exc.value.param == "kind" and "an embeddings model (read from its config.json)" in exc.value.message
+    )
+    with pytest.raises(DomainError) as exc:
+        profile_create(name="chat", model_path=str(model), kind=Profile.KIND_EMBEDDINGS)
+    assert "a text generation model" in exc.value.message
+    vision = tmp_path / "vlm"
+    vision.mkdir()
+    (vision / "config.json").write_text('{"model_type": "llava", "vision_config": {}, "text_config": {}}')
+    with pytest.raises(DomainError) as exc:
+        profile_create(name="vlm", model_path=str(vision))
+    assert "vision model" in exc.value.message and exc.value.param == "model_path"
