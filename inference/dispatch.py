@@ -27,6 +27,7 @@ from django.http.response import HttpResponseBase
 from inference import upstream
 from inference.client import EngineDeadError, EngineRequestError
 from inference.protocol import ERR_MODEL_LOAD, ERR_OVERLOADED
+from mlxmanager.accounts import limits
 from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError
 from mlxmanager.rules.selectors import Route, RouteTarget, route_for
@@ -71,6 +72,7 @@ def routed(surface: str) -> Callable[[View], View]:
             if audit is not None:
                 audit.requested_model = requested
                 audit.stream = bool(getattr(body, "stream", False))
+            limits.check_model(getattr(request, "api_key", None), requested)
             route = await route_for(requested)
             if route is None:
                 if audit is not None:

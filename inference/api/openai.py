@@ -26,7 +26,7 @@ from inference.api import anthropic, responses
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
 from inference.dispatch import routed
 from inference.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from mlxmanager.accounts import keycache
+from mlxmanager.accounts import keycache, limits
 from mlxmanager.audit import recorder as rec
 from mlxmanager.audit.recorder import track_outputs
 from mlxmanager.errors import DomainError
@@ -46,6 +46,7 @@ class ApiKeyAuth:
         key = await keycache.authenticate(secret)  # cached briefly: no query per request
         if key is not None:
             request.api_key = key  # type: ignore[attr-defined]
+            await limits.check_request(key)  # 429 with Retry-After past a limit
         return key
 
 
@@ -129,6 +130,16 @@ def _auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
         type_="invalid_request_error",
         code="invalid_api_key",
     )
+
+
+@api.exception_handler(limits.RateLimited)
+def _rate_limited(request: HttpRequest, exc: limits.RateLimited) -> HttpResponse:
+    audit = rec.current()
+    if audit is not None:
+        audit.error_type = "rate_limited"
+    response = _error(request, 429, exc.message, type_="rate_limit_error", code=exc.code)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @api.exception_handler(DomainError)
@@ -501,6 +512,7 @@ async def embeddings(request: HttpRequest, body: EmbeddingRequest) -> HttpRespon
         audit.requested_model = body.model
         audit.backend = f"local:{body.model}"
         audit.attempts = 1
+    limits.check_model(getattr(request, "api_key", None), body.model)
     target = await gateway.resolve(body.model)
     spec = target.spec
     if spec.kind != "embeddings":

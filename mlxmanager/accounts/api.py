@@ -21,11 +21,17 @@ class KeyOut(Schema):
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    allowed_models: list[str]
+    rpm_limit: int | None
+    tokens_per_day: int | None
 
 
 class KeyIn(Schema):
     name: str
     expires_at: datetime | None = None
+    allowed_models: list[str] = []
+    rpm_limit: int | None = None
+    tokens_per_day: int | None = None
 
 
 class KeyCreated(KeyOut):
@@ -39,7 +45,14 @@ def list_keys(request: HttpRequest) -> list[KeyOut]:
 
 @router.post("/", response={201: KeyCreated})
 def create_key(request: HttpRequest, body: KeyIn) -> Status[dict[str, object]]:
-    key, secret = services.api_key_create(user=request.user, name=body.name, expires_at=body.expires_at)  # type: ignore[arg-type]
+    key, secret = services.api_key_create(
+        user=request.user,  # type: ignore[arg-type]
+        name=body.name,
+        expires_at=body.expires_at,
+        allowed_models=body.allowed_models,
+        rpm_limit=body.rpm_limit,
+        tokens_per_day=body.tokens_per_day,
+    )
     return Status(201, {**KeyOut.model_validate(key).model_dump(), "key": secret})
 
 

@@ -38,8 +38,36 @@ def user_create_admin(*, username: str, password: str, email: str = "") -> User:
 
 
 @transaction.atomic
-def api_key_create(*, user: User, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
-    """Create a key; the secret is returned once and never stored."""
+def _clean_limits(
+    allowed_models: list[str] | None, rpm_limit: int | None, tokens_per_day: int | None
+) -> dict[str, object]:
+    models = []
+    for name in allowed_models or []:
+        name = str(name).strip()
+        if not name or len(name) > 200:
+            raise DomainError(
+                "each allowed model is a model name of 1-200 characters", param="allowed_models"
+            )
+        if name not in models:
+            models.append(name)
+    if len(models) > 200:
+        raise DomainError("at most 200 allowed models", param="allowed_models")
+    for value, param in ((rpm_limit, "rpm_limit"), (tokens_per_day, "tokens_per_day")):
+        if value is not None and (not isinstance(value, int) or value < 1 or value > 10**12):
+            raise DomainError(f"{param} must be a positive whole number (or empty: no limit)", param=param)
+    return {"allowed_models": models, "rpm_limit": rpm_limit, "tokens_per_day": tokens_per_day}
+
+
+def api_key_create(
+    *,
+    user: User,
+    name: str,
+    expires_at: datetime | None = None,
+    allowed_models: list[str] | None = None,
+    rpm_limit: int | None = None,
+    tokens_per_day: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; the secret is returned once and never stored. Limits are optional."""
     name = name.strip()
     if not name:
         raise DomainError("a key needs a name", param="name")
@@ -47,6 +75,7 @@ def api_key_create(*, user: User, name: str, expires_at: datetime | None = None)
         raise DomainError("the name is longer than 100 characters", param="name")
     if expires_at is not None and expires_at <= timezone.now():
         raise DomainError("the expiry must be in the future", param="expires_at")
+    limits = _clean_limits(allowed_models, rpm_limit, tokens_per_day)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey.objects.create(
         user=user,
@@ -54,6 +83,7 @@ def api_key_create(*, user: User, name: str, expires_at: datetime | None = None)
         prefix=secret[: len(KEY_PREFIX) + 6],
         digest=hash_key(secret),
         expires_at=expires_at,
+        **limits,
     )
     return key, secret
 

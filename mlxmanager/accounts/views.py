@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from mlxmanager.accounts import selectors, services
@@ -19,6 +22,16 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/home.html", {"profiles": profiles, "base_url": base_url})
 
 
+def _optional_int(value: str | None, param: str) -> int | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise DomainError(f"{param.replace('_', ' ')} must be a whole number", param=param) from exc
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def keys(request: HttpRequest) -> HttpResponse:
@@ -26,12 +39,22 @@ def keys(request: HttpRequest) -> HttpResponse:
     error = None
     if request.method == "POST":
         try:
-            _, created_secret = services.api_key_create(user=request.user, name=request.POST.get("name", ""))  # type: ignore[arg-type]
+            post = request.POST
+            expires_days = _optional_int(post.get("expires_days"), "expires_days")
+            _, created_secret = services.api_key_create(
+                user=request.user,  # type: ignore[arg-type]
+                name=post.get("name", ""),
+                expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
+                allowed_models=[m for m in post.get("allowed_models", "").replace(",", " ").split() if m],
+                rpm_limit=_optional_int(post.get("rpm_limit"), "rpm_limit"),
+                tokens_per_day=_optional_int(post.get("tokens_per_day"), "tokens_per_day"),
+            )
         except DomainError as exc:
             error = exc.message
     context = {
         "keys": list(selectors.api_key_list(user=request.user)),  # type: ignore[arg-type]
         "created_secret": created_secret,
+        "now": timezone.now(),
         "error": error,
         "base_url": request.build_absolute_uri("/v1"),
     }

@@ -347,6 +347,9 @@ atexit.register(recorder.flush_at_exit)
 
 def record(audit: RequestAudit) -> None:
     recorder.add(audit)
+    from mlxmanager.accounts import limits
+
+    limits.add_tokens(audit.api_key_id, audit.prompt_tokens + audit.completion_tokens)
 
 
 def cutoff_for(days: int, *, now: datetime | None = None) -> datetime:

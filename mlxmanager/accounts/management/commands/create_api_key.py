@@ -1,5 +1,8 @@
+from datetime import timedelta
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from mlxmanager.accounts.services import api_key_create
 from mlxmanager.errors import DomainError
@@ -11,6 +14,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", required=True)
         parser.add_argument("--name", required=True)
+        parser.add_argument("--expires-days", type=float, default=None, help="expire after this many days")
+        parser.add_argument(
+            "--models", default="", help="comma-separated model names this key may use (default: all)"
+        )
+        parser.add_argument("--rpm", type=int, default=None, help="requests per minute (default: no limit)")
+        parser.add_argument(
+            "--tokens-per-day", type=int, default=None, help="prompt + completion tokens per UTC day"
+        )
 
     def handle(self, *args: object, **opts: object) -> None:
         try:
@@ -18,7 +29,15 @@ class Command(BaseCommand):
         except get_user_model().DoesNotExist as exc:
             raise CommandError(f"no user '{opts['username']}'") from exc
         try:
-            key, secret = api_key_create(user=user, name=str(opts["name"]))
+            days = opts["expires_days"]
+            key, secret = api_key_create(
+                user=user,
+                name=str(opts["name"]),
+                expires_at=timezone.now() + timedelta(days=float(days)) if days else None,  # type: ignore[arg-type]
+                allowed_models=[m for m in str(opts["models"]).split(",") if m.strip()],
+                rpm_limit=opts["rpm"],  # type: ignore[arg-type]
+                tokens_per_day=opts["tokens_per_day"],  # type: ignore[arg-type]
+            )
         except DomainError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(f"Created API key '{key.name}' for {user.get_username()}. It is shown only once:")
