@@ -53,6 +53,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "mlxmanager.security.content_security_policy",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -137,6 +138,21 @@ CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Behind a TLS-terminating reverse proxy (docs/deployment): secure cookies, HSTS, HTTPS
+# redirects, and the proxy's X-Forwarded-Proto trusted. `manage.py check --deploy` is clean
+# with MLXM_SECURE=1 (HSTS preload stays the operator's choice: MLXM_HSTS_PRELOAD=1).
+MLXM_SECURE = _env_bool("MLXM_SECURE")
+if MLXM_SECURE:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = int(os.environ.get("MLXM_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = _env_bool("MLXM_HSTS_PRELOAD")
+    # /healthz is probed over plain HTTP by load balancers on the inside.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]  # preload is a one-way door: opt in
 
 MLXM_MODELS_DIR = MLXM_DATA_DIR / "models"
 MLXM_WORKER_SOCKET = config.worker_socket(MLXM_DATA_DIR)

@@ -339,6 +339,7 @@
     }
   }
 
+  $("pg-settings").addEventListener("submit", (event) => event.preventDefault());
   ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = ui.input.value.trim();

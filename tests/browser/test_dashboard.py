@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def test_profile_pool_playground_walk(gateway, page, demo_models: dict[str, Path
     expect(loaded).to_be_visible()
     expect(loaded.get_by_role("button", name="Unload tiny-chat")).to_be_visible()
     # The live stream keeps swapping the table in (no page reload, no polling script).
-    page.wait_for_function("Number(document.getElementById('pool-live').dataset.updates || 0) >= 1")
+    # (Polled from here: the page's Content-Security-Policy forbids Playwright's in-page eval.)
+    expect(page.locator("#pool-live")).to_have_attribute("data-updates", re.compile(r"^[1-9]\d*$"))
 
     # --- Playground: a streamed answer, then Stop on a long one ---------------------
     page.get_by_role("link", name="Playground").click()
@@ -145,11 +147,11 @@ def test_profile_pool_playground_walk(gateway, page, demo_models: dict[str, Path
     expect(loaded.locator("td").nth(5)).to_have_text(re.compile(r"\d+(\.\d+)?%"))  # cache hits measured
     # The charts draw from the worker's 10-second samples; the chat shows up in tokens/s.
     expect(page.locator("figure.chart svg polyline")).to_have_count(2, timeout=30_000)
-    page.wait_for_function(
-        "[...document.querySelector('figure.chart polyline').getAttribute('points').split(' ')]"
-        ".some((p) => Number(p.split(',')[1]) < 60)",
-        timeout=30_000,
-    )
+    line = page.locator("figure.chart polyline").first
+    deadline = time.monotonic() + 30
+    while not any(float(p.split(",")[1]) < 60 for p in (line.get_attribute("points") or "").split()):
+        assert time.monotonic() < deadline, "the chat never showed in the tokens/s chart"
+        time.sleep(0.5)
     shot(page, "pool.png")
     loaded.get_by_role("button", name="Unload tiny-chat").click()
     expect(page.locator("#pool-message")).to_have_text("Unloaded tiny-chat.")

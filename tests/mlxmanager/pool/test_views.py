@@ -117,7 +117,7 @@ async def test_page_load_and_unload_with_htmx(admin_aclient: AsyncClient, worker
     assert "The inference worker is not running" not in html
     assert 'role="meter"' in html  # the memory bar
     assert 'aria-label="Load tiny-chat"' in html
-    assert 'data-events="/pool/events/"' in html and "new EventSource" in html
+    assert 'data-events="/pool/events/"' in html and "js/pool-live.js" in html
     assert html.count('<figure class="chart">') == 2
 
     html = (await admin_aclient.post("/pool/tiny-chat/load/", headers=HTMX)).content.decode()
