@@ -155,3 +155,16 @@ def own_gateway(demo_models: dict[str, Path], tmp_path: Path) -> Iterator[Gatewa
     gw = start_gateway(tmp_path / "gw", demo_models)
     yield gw
     stop_gateway(gw)
+
+
+@pytest.fixture(autouse=True)
+def _audit_flusher_stops_before_the_database() -> Iterator[None]:
+    """The audit recorder is per process, and its flusher thread starts with the first audited
+    request. Stop it after each test (this teardown runs before pytest-django's): with the
+    in-memory shared-cache test database, a flush racing the test database's teardown fails
+    with "database table is locked"."""
+    yield
+    from mlxmanager.audit.recorder import recorder
+
+    if recorder._thread is not None:
+        recorder.stop()
