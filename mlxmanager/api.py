@@ -11,7 +11,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import django_auth
 
 from mlxmanager.accounts.api import router as keys_router
-from mlxmanager.accounts.api import tokens_router
+from mlxmanager.accounts.api import tokens_router, users_router
 from mlxmanager.audit.api import router as audit_router
 from mlxmanager.credentials.api import router as credentials_router
 from mlxmanager.downloads.api import router as downloads_router
@@ -72,6 +72,7 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 
 api.add_router("/keys", keys_router)
+api.add_router("/users", users_router)
 api.add_router("/tokens", tokens_router)
 api.add_router("/audit", audit_router)
 api.add_router("/credentials", credentials_router)

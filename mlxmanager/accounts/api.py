@@ -9,6 +9,7 @@ from ninja import Router, Schema, Status
 
 from mlxmanager.accounts import selectors, services
 from mlxmanager.accounts.tokens import DEFAULT_TTL_SECONDS, token_mint
+from mlxmanager.permissions import require_admin
 
 router = Router(tags=["api keys"])
 
@@ -75,3 +76,56 @@ def stream_token(request: HttpRequest, purpose: str = "ws-chat") -> dict[str, ob
     """A short-lived JWT for `/v1/ws/chat?token=` (purpose `ws-chat`) or SSE (`sse`)."""
     token = token_mint(user_id=int(request.user.pk or 0), purpose=purpose)
     return {"token": token, "expires_in": DEFAULT_TTL_SECONDS, "purpose": purpose}
+
+
+# --- users (admins) -----------------------------------------------------------------------
+
+users_router = Router(tags=["users"])
+
+
+class UserOut(Schema):
+    id: int
+    username: str
+    role: str
+    is_active: bool
+    date_joined: datetime
+    last_login: datetime | None
+
+    @staticmethod
+    def resolve_role(obj: object) -> str:
+        return services.role_of(obj)
+
+
+class UserIn(Schema):
+    username: str
+    password: str
+    role: str = "member"
+
+
+class UserPatch(Schema):
+    role: str | None = None
+    is_active: bool | None = None
+
+
+@users_router.get("/", response=list[UserOut])
+def list_users(request: HttpRequest) -> object:
+    require_admin(request, "see users")
+    return services.user_list()
+
+
+@users_router.post("/", response={201: UserOut})
+def create_user(request: HttpRequest, body: UserIn) -> object:
+    """Create a user with a role: `admin` (administers the gateway) or `member` (playground and
+    their own API keys)."""
+    require_admin(request, "create users")
+    user = services.user_create(
+        username=body.username, password=body.password, role=body.role, actor=request.user
+    )
+    return Status(201, user)
+
+
+@users_router.patch("/{user_id}", response=UserOut)
+def update_user(request: HttpRequest, user_id: int, body: UserPatch) -> object:
+    """Change a role or (de)activate; you cannot demote yourself or remove the last admin."""
+    require_admin(request, "change users")
+    return services.user_update(user_id=user_id, role=body.role, is_active=body.is_active, actor=request.user)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
@@ -99,3 +100,73 @@ def api_key_revoke(*, user: User, key_id: int, now: datetime | None = None) -> A
         key.revoked_at = now or timezone.now()
         key.save(update_fields=["revoked_at"])
     return key
+
+
+# --- people (admins manage them on the Users page and /api/users) ------------------------
+
+ROLES = ("admin", "member")
+
+
+def role_of(user: Any) -> str:
+    return "admin" if user.is_staff else "member"
+
+
+def _active_admins() -> int:
+    return get_user_model().objects.filter(is_staff=True, is_active=True).count()
+
+
+def user_create(*, username: str, password: str, role: str = "member", actor: Any = None) -> User:
+    """Create a dashboard user; admins administer the gateway, members use the playground
+    and their own API keys."""
+    # Audited by the signals in mlxmanager/audit/signals.py (who, what changed; no password).
+    if role not in ROLES:
+        raise DomainError("role must be admin or member", param="role")
+    username = (username or "").strip()
+    if not username or len(username) > 150 or any(c.isspace() for c in username):
+        raise DomainError("the username is 1-150 characters without spaces", param="username")
+    model = get_user_model()
+    if model.objects.filter(username=username).exists():
+        raise Conflict(f"user '{username}' already exists", param="username")
+    try:
+        validate_password(password)
+    except ValidationError as exc:
+        raise DomainError(" ".join(exc.messages), param="password") from exc
+    with transaction.atomic():
+        user = model.objects.create_user(username=username, password=password)
+        user.is_staff = role == "admin"
+        user.save(update_fields=["is_staff"])
+    return user
+
+
+def user_update(
+    *, user_id: int, role: str | None = None, is_active: bool | None = None, actor: Any = None
+) -> User:
+    """Change a user's role or deactivate/reactivate them. Nobody can lock the gateway out:
+    you cannot demote or deactivate yourself, nor remove the last active admin."""
+    if role is not None and role not in ROLES:
+        raise DomainError("role must be admin or member", param="role")
+    with transaction.atomic():
+        user = get_user_model().objects.select_for_update().filter(pk=user_id).first()
+        if user is None:
+            raise NotFound("no such user")
+        demoting = role == "member" and user.is_staff
+        deactivating = is_active is False and user.is_active
+        if (demoting or deactivating) and actor is not None and actor.pk == user.pk:
+            raise Conflict("you cannot demote or deactivate yourself; ask another admin")
+        if (demoting or (deactivating and user.is_staff)) and _active_admins() <= 1:
+            raise Conflict("this is the last active admin; make someone else admin first")
+        changes: dict[str, Any] = {}
+        if role is not None and role != role_of(user):
+            user.is_staff = role == "admin"
+            changes["role"] = role
+        if is_active is not None and is_active != user.is_active:
+            user.is_active = is_active
+            changes["is_active"] = is_active
+        if changes:
+            user.save(update_fields=["is_staff", "is_active"])
+    # An inactive user's API keys stop working at once (checked on every request).
+    return user
+
+
+def user_list() -> list[User]:
+    return list(get_user_model().objects.order_by("username"))

@@ -18,4 +18,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("keys/", views.keys, name="keys"),
     path("keys/<int:key_id>/revoke/", views.key_revoke, name="key-revoke"),
+    path("users/", views.users, name="users"),
+    path("users/<int:user_id>/", views.user_change, name="user-change"),
 ]

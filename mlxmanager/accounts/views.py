@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -12,6 +13,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from mlxmanager.accounts import selectors, services
 from mlxmanager.errors import DomainError
+from mlxmanager.permissions import admin_required
 from mlxmanager.profiles.models import Profile
 
 
@@ -73,3 +75,58 @@ def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
         context = {"keys": list(selectors.api_key_list(user=request.user))}  # type: ignore[arg-type]
         return render(request, "accounts/keys.html#keys-panel", context)
     return redirect("keys")
+
+
+# --- users (admins) -----------------------------------------------------------------------
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def users(request: HttpRequest) -> HttpResponse:
+    """List users; POST creates one (username, password, role)."""
+    error = message = None
+    if request.method == "POST":
+        post = request.POST
+        try:
+            made = services.user_create(
+                username=post.get("username", ""),
+                password=post.get("password", ""),
+                role=post.get("role", "member"),
+                actor=request.user,
+            )
+            message = f"Created {made.username} ({services.role_of(made)})."
+        except DomainError as exc:
+            error = exc.message
+    return _users_page(request, error=error, message=message)
+
+
+@admin_required
+@require_POST
+def user_change(request: HttpRequest, user_id: int) -> HttpResponse:
+    error = message = None
+    action = request.POST.get("action", "")
+    actions: dict[str, dict[str, Any]] = {
+        "make-admin": {"role": "admin"},
+        "make-member": {"role": "member"},
+        "deactivate": {"is_active": False},
+        "activate": {"is_active": True},
+    }
+    changes = actions.get(action, {})
+    try:
+        if not changes:
+            raise DomainError("unknown action")
+        changed = services.user_update(user_id=user_id, actor=request.user, **changes)
+        message = f"Updated {changed.username}."
+    except DomainError as exc:
+        error = exc.message
+    return _users_page(request, error=error, message=message)
+
+
+def _users_page(request: HttpRequest, *, error: str | None, message: str | None) -> HttpResponse:
+    context = {
+        "people": [(u, services.role_of(u)) for u in services.user_list()],
+        "error": error,
+        "message": message,
+    }
+    template = "accounts/users.html#users-panel" if request.htmx else "accounts/users.html"  # type: ignore[attr-defined]
+    return render(request, template, context, status=400 if error else 200)
