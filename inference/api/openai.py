@@ -6,13 +6,16 @@ one place that picks the error shape per surface.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import msgspec
+import numpy as np
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -502,11 +505,6 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
 @api.post("/embeddings")
 async def embeddings(request: HttpRequest, body: EmbeddingRequest) -> HttpResponseBase:
     """Vectors from an embeddings profile (local only; routing rules don't apply here)."""
-    import base64
-    import uuid
-
-    import numpy as np
-
     audit = rec.current()
     if audit is not None:
         audit.requested_model = body.model

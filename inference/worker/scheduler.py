@@ -170,52 +170,45 @@ class Scheduler(threading.Thread):
         )
         return True
 
-    def _embed(self, conn: Any, req: p.Embed) -> None:
+    def _on_engine(
+        self, conn: Any, request_id: str, spec: p.ModelSpec, kind: str, what: str, call: Any
+    ) -> tuple[Any, Any]:
+        """Run `call(engine)` on the engine for `spec` (loading it), which must be of `kind`.
+        Returns (engine, result), or (None, None) once the failure is reported to the client."""
         from inference.worker.adapters.llm import BadRequest
 
-        engine = self._with_engine(conn, req.request_id, req.model, "embed with")
-        if engine is None or self._wrong_kind(conn, req.request_id, engine, "embeddings"):
-            return
+        engine = self._with_engine(conn, request_id, spec, what)
+        if engine is None or self._wrong_kind(conn, request_id, engine, kind):
+            return None, None
         try:
-            reply = engine.embed(req)
+            return engine, call(engine)
         except BadRequest as exc:
-            self._fail(conn, req.request_id, p.ERR_BAD_REQUEST, str(exc))
-            return
+            self._fail(conn, request_id, p.ERR_BAD_REQUEST, str(exc))
         except Exception as exc:
-            log.exception("could not embed %s", req.request_id)
-            self._fail(conn, req.request_id, p.ERR_INTERNAL, f"could not embed: {exc}")
-            return
-        self._emit(conn, [reply])
+            log.exception("could not %s %s", what, request_id)
+            self._fail(conn, request_id, p.ERR_INTERNAL, f"could not {what}: {exc}")
+        return None, None
+
+    def _embed(self, conn: Any, req: p.Embed) -> None:
+        engine, reply = self._on_engine(
+            conn, req.request_id, req.model, "embeddings", "embed with", lambda e: e.embed(req)
+        )
+        if engine is not None:
+            self._emit(conn, [reply])
 
     def _admit(self, conn: Any, req: p.Generate) -> None:
-        from inference.worker.adapters.llm import BadRequest
-
-        engine = self._with_engine(conn, req.request_id, req.model, "start")
-        if engine is None or self._wrong_kind(conn, req.request_id, engine, "llm"):
-            return
-        try:
-            engine.add(req, conn)
-        except BadRequest as exc:
-            self._fail(conn, req.request_id, p.ERR_BAD_REQUEST, str(exc))
-            return
-        except Exception as exc:
-            log.exception("could not admit %s", req.request_id)
-            self._fail(conn, req.request_id, p.ERR_INTERNAL, f"could not start: {exc}")
-            return
-        self._owner[req.request_id] = engine
+        engine, _ = self._on_engine(
+            conn, req.request_id, req.model, "llm", "start", lambda e: e.add(req, conn)
+        )
+        if engine is not None:
+            self._owner[req.request_id] = engine
 
     def _count_tokens(self, conn: Any, req: p.CountTokens) -> None:
-        from inference.worker.adapters.llm import BadRequest
-
-        engine = self._with_engine(conn, req.request_id, req.model, "count tokens for")
-        if engine is None or self._wrong_kind(conn, req.request_id, engine, "llm"):
-            return
-        try:
-            count = engine.count_tokens(req)
-        except BadRequest as exc:
-            self._fail(conn, req.request_id, p.ERR_BAD_REQUEST, str(exc))
-            return
-        self._emit(conn, [p.TokenCount(request_id=req.request_id, input_tokens=count)])
+        engine, count = self._on_engine(
+            conn, req.request_id, req.model, "llm", "count tokens for", lambda e: e.count_tokens(req)
+        )
+        if engine is not None:
+            self._emit(conn, [p.TokenCount(request_id=req.request_id, input_tokens=count)])
 
     def _pool_command(self, conn: Any, cmd: p.PoolCommand) -> None:
         """Admin actions from the dashboard: load, unload, pin, unpin."""

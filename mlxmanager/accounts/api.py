@@ -118,9 +118,7 @@ def create_user(request: HttpRequest, body: UserIn) -> object:
     """Create a user with a role: `admin` (administers the gateway) or `member` (playground and
     their own API keys)."""
     require_admin(request, "create users")
-    user = services.user_create(
-        username=body.username, password=body.password, role=body.role, actor=request.user
-    )
+    user = services.user_create(username=body.username, password=body.password, role=body.role)
     return Status(201, user)
 
 

@@ -112,6 +112,6 @@ def add_tokens(key_id: int | None, tokens: int) -> None:
     day = _today()
     with _lock:
         seen = _tokens.get(key_id)
+        # Only keys with a day's count (a tokens_per_day limit seen): others are seeded from the log.
         if seen is not None:
-            # Not seeded yet (no limit seen in this process): the seed reads the log instead.
             _tokens[key_id] = (day, (seen[1] if seen[0] == day else 0) + tokens)

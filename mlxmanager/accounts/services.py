@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from mlxmanager.accounts.models import ApiKey
 from mlxmanager.errors import Conflict, DomainError, NotFound
+from mlxmanager.permissions import is_admin
 
 KEY_PREFIX = "mlxm-"
 
@@ -38,7 +39,20 @@ def user_create_admin(*, username: str, password: str, email: str = "") -> User:
     return User.objects.create_superuser(username=username, email=email, password=password)
 
 
-@transaction.atomic
+MAX_EXPIRY_DAYS = 3650
+
+
+def expiry_after(days: float | None) -> datetime | None:
+    """The expiry `days` from now (None: never), for the keys page and `create_api_key`."""
+    if days is None:
+        return None
+    if not 0 < days <= MAX_EXPIRY_DAYS:
+        raise DomainError(
+            f"a key expires after more than 0 and at most {MAX_EXPIRY_DAYS} days", param="expires_at"
+        )
+    return timezone.now() + timedelta(days=days)
+
+
 def _clean_limits(
     allowed_models: list[str] | None, rpm_limit: int | None, tokens_per_day: int | None
 ) -> dict[str, object]:
@@ -59,6 +73,7 @@ def _clean_limits(
     return {"allowed_models": models, "rpm_limit": rpm_limit, "tokens_per_day": tokens_per_day}
 
 
+@transaction.atomic
 def api_key_create(
     *,
     user: User,
@@ -91,7 +106,7 @@ def api_key_create(
 
 def api_key_revoke(*, user: User, key_id: int, now: datetime | None = None) -> ApiKey:
     """Revoke one of `user`'s keys (admins may revoke anyone's)."""
-    qs = ApiKey.objects.all() if getattr(user, "is_staff", False) else ApiKey.objects.filter(user=user)
+    qs = ApiKey.objects.all() if is_admin(user) else ApiKey.objects.filter(user=user)
     try:
         key = qs.get(pk=key_id)
     except ApiKey.DoesNotExist as exc:
@@ -115,7 +130,7 @@ def _active_admins() -> int:
     return get_user_model().objects.filter(is_staff=True, is_active=True).count()
 
 
-def user_create(*, username: str, password: str, role: str = "member", actor: Any = None) -> User:
+def user_create(*, username: str, password: str, role: str = "member") -> User:
     """Create a dashboard user; admins administer the gateway, members use the playground
     and their own API keys."""
     # Audited by the signals in mlxmanager/audit/signals.py (who, what changed; no password).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -42,11 +41,10 @@ def keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         try:
             post = request.POST
-            expires_days = _optional_int(post.get("expires_days"), "expires_days")
             _, created_secret = services.api_key_create(
                 user=request.user,  # type: ignore[arg-type]
                 name=post.get("name", ""),
-                expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
+                expires_at=services.expiry_after(_optional_int(post.get("expires_days"), "expires_days")),
                 allowed_models=[m for m in post.get("allowed_models", "").replace(",", " ").split() if m],
                 rpm_limit=_optional_int(post.get("rpm_limit"), "rpm_limit"),
                 tokens_per_day=_optional_int(post.get("tokens_per_day"), "tokens_per_day"),
@@ -92,7 +90,6 @@ def users(request: HttpRequest) -> HttpResponse:
                 username=post.get("username", ""),
                 password=post.get("password", ""),
                 role=post.get("role", "member"),
-                actor=request.user,
             )
             message = f"Created {made.username} ({services.role_of(made)})."
         except DomainError as exc:

@@ -9,14 +9,13 @@ from ninja import Query, Router, Schema, Status
 
 from mlxmanager.downloads import hub, selectors, services
 from mlxmanager.downloads.models import Download, HubToken
-from mlxmanager.errors import PermissionDenied
+from mlxmanager.permissions import require_admin
 
 router = Router(tags=["models and downloads"])
 
 
 def _staff(request: HttpRequest) -> None:
-    if not getattr(request.user, "is_staff", False):
-        raise PermissionDenied("Only admins can search, download and delete models.")
+    require_admin(request, "search, download and delete models")
 
 
 class ModelSummaryOut(Schema):

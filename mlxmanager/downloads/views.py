@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from mlxmanager.downloads import analysis, hub, selectors, services
+from mlxmanager.downloads.models import HubToken
 from mlxmanager.errors import DomainError
 from mlxmanager.permissions import admin_required
 
@@ -235,8 +236,6 @@ async def download_events(request: HttpRequest) -> StreamingHttpResponse:
 
 
 def _token_context(**extra: Any) -> dict[str, Any]:
-    from mlxmanager.downloads.models import HubToken
-
     return {"hub_token": HubToken.objects.filter(pk=1).first(), "token_source": hub.token_source(), **extra}
 
 
@@ -272,13 +271,13 @@ def hub_token(request: HttpRequest) -> HttpResponse:
 def conversion_create(request: HttpRequest) -> HttpResponse:
     """From the Local models page: queue a conversion, then show it on the Downloads page."""
     post = request.POST
-    try:
-        q_bits = int(post["q_bits"]) if post.get("q_bits") else None
-        group = int(post.get("q_group_size") or 64)
-    except ValueError:
-        q_bits, group = -1, 64  # refused with a clear message below
     source = (post.get("source_other") or "").strip() or post.get("source", "")
     try:
+        try:
+            q_bits = int(post["q_bits"]) if post.get("q_bits") else None
+            group = int(post.get("q_group_size") or 64)
+        except ValueError as exc:
+            raise DomainError("the bits and the group size are whole numbers", param="q_bits") from exc
         services.conversion_create(
             source=source, name=post.get("name", ""), q_bits=q_bits, q_group_size=group,
             dtype=post.get("dtype", ""), user=request.user,

@@ -139,8 +139,8 @@ def _detected_kind(path: str) -> str | None:
     return None
 
 
-def _check_kind(path: str, kind: str, *, explicit: bool) -> None:
-    detected = _detected_kind(path) if path else None
+def _check_kind(detected: str | None, kind: str, *, explicit: bool) -> None:
+    """Refuse a kind that contradicts the one the model's config says (`detected`)."""
     if detected is None or detected == kind:
         return
     labels = {Profile.KIND_LLM: "a text generation model", Profile.KIND_EMBEDDINGS: "an embeddings model"}
@@ -228,14 +228,12 @@ def _clean(values: dict[str, Any], *, instance: Profile | None = None) -> dict[s
     model_path = out.get("model_path", instance.model_path if instance else None)
     if out.get("draft_model_path") and out["draft_model_path"] == model_path:
         raise DomainError("the draft model must differ from the model", param="draft_model_path")
-    if "model_path" in values or "kind" in values:
-        path = out.get("model_path") or (instance.model_path if instance else "")
-        if "kind" not in values and instance is None and path:
-            detected = _detected_kind(path)  # a new profile takes its kind from the model
-            if detected in dict(Profile.KIND_CHOICES):
-                out["kind"] = detected
+    if ("model_path" in values or "kind" in values) and model_path:
+        detected = _detected_kind(model_path)
+        if "kind" not in values and instance is None and detected in dict(Profile.KIND_CHOICES):
+            out["kind"] = detected  # a new profile takes its kind from the model
         kind = out.get("kind") or (instance.kind if instance else Profile.KIND_LLM)
-        _check_kind(path, kind, explicit="kind" in values)
+        _check_kind(detected, kind, explicit="kind" in values)
     return out
 
 

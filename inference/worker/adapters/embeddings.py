@@ -32,6 +32,7 @@ class EmbeddingEngine:
         self.model, self.tokenizer = load(spec.path)
         config = getattr(self.model, "config", None)
         self.max_tokens = int(getattr(config, "max_position_embeddings", 0) or 512)
+        self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self.tokenizer))
         self.pad_id = int(getattr(self.tokenizer, "pad_token_id", None) or 0)
         self.load_seconds = time.perf_counter() - t0
         self.weight_bytes = _nbytes(self.model)
@@ -96,8 +97,9 @@ class EmbeddingEngine:
         if req.token_ids is not None:
             ids = req.token_ids
         else:
-            encode = self.tokenizer._tokenizer if hasattr(self.tokenizer, "_tokenizer") else self.tokenizer
-            ids = [list(encode(text, add_special_tokens=True)["input_ids"]) for text in req.texts or []]
+            ids = [
+                list(self.tokenizer(text, add_special_tokens=True)["input_ids"]) for text in req.texts or []
+            ]
         if not ids:
             raise BadRequest("input is empty: give a string or a list of them")
         if len(ids) > MAX_INPUTS:
@@ -105,6 +107,10 @@ class EmbeddingEngine:
         for i, seq in enumerate(ids):
             if not seq:
                 raise BadRequest(f"input {i} is empty")
+            if req.token_ids is not None and not all(0 <= t < self.vocab_size for t in seq):
+                raise BadRequest(
+                    f"input {i} holds token ids outside the vocabulary (0-{self.vocab_size - 1})"
+                )
             if len(seq) > self.max_tokens:
                 raise BadRequest(
                     f"input {i} has {len(seq)} tokens, more than the {self.max_tokens} that "

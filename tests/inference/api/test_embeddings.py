@@ -78,5 +78,8 @@ def test_bad_requests_are_clear_400s(gateway: Gateway) -> None:
     assert "more than the 512" in exc.value.body["message"]
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model=MINILM, input=[])
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.embeddings.create(model=MINILM, input=[[101, 10**9, 102]])
+    assert "outside the vocabulary" in exc.value.body["message"]
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="no-such-model", input="hello")

@@ -27,7 +27,7 @@ def boss():  # type: ignore[no-untyped-def]
 
 
 def test_create_roles_and_guards(boss) -> None:  # type: ignore[no-untyped-def]
-    alice = services.user_create(username="alice", password=PASSWORD, role="member", actor=boss)
+    alice = services.user_create(username="alice", password=PASSWORD, role="member")
     assert services.role_of(alice) == "member" and alice.check_password(PASSWORD)
     with pytest.raises(Conflict):
         services.user_create(username="alice", password=PASSWORD)

@@ -273,3 +273,38 @@ def test_htmx_swaps_400_responses(member_client: Client) -> None:
     first_match = next(r for r in rules if re.search(r["code"], "400"))
     assert first_match["swap"] is True
     assert next(r for r in rules if re.search(r["code"], "500"))["swap"] is False
+
+
+def test_create_key_with_limits_from_the_form(member_client: Client, member) -> None:
+    resp = member_client.post(
+        "/keys/",
+        {"name": "ci", "expires_days": "30", "allowed_models": "tiny-random, smollm2", "rpm_limit": "60",
+         "tokens_per_day": "1000"},
+        **HTMX,
+    )  # fmt: skip
+    assert resp.status_code == 200, resp.content
+    key = ApiKey.objects.get(user=member, name="ci")
+    assert key.allowed_models == ["tiny-random", "smollm2"] and (key.rpm_limit, key.tokens_per_day) == (
+        60,
+        1000,
+    )
+    assert key.expires_at is not None
+    assert "models: tiny-random, smollm2" in resp.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("expires_days", "10000000000", "at most 3650 days"),
+        ("expires_days", "-1", "more than 0"),
+        ("expires_days", "soon", "must be a whole number"),
+        ("rpm_limit", "0", "positive whole number"),
+        ("tokens_per_day", "1.5", "must be a whole number"),
+    ],
+)
+def test_bad_key_limits_are_a_400_with_a_message(
+    member_client: Client, field: str, value: str, message: str
+) -> None:
+    resp = member_client.post("/keys/", {"name": "x", field: value}, **HTMX)
+    assert resp.status_code == 400 and message in resp.content.decode()
+    assert not ApiKey.objects.filter(name="x").exists()

@@ -72,7 +72,7 @@ def test_members_get_403(member, method: str, path: str) -> None:
     client = ApiClient(member)
     resp = client.post(path, {"repo_id": QWEN}) if method == "post" else getattr(client, method)(path)
     body = assert_problem(resp, 403)
-    assert body["detail"] == "Only admins can search, download and delete models."
+    assert body["detail"] == "only admins can search, download and delete models"
     assert not Download.objects.exists()
 
 

@@ -1,10 +1,7 @@
-from datetime import timedelta
-
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils import timezone
 
-from mlxmanager.accounts.services import api_key_create
+from mlxmanager.accounts.services import api_key_create, expiry_after
 from mlxmanager.errors import DomainError
 
 
@@ -29,11 +26,10 @@ class Command(BaseCommand):
         except get_user_model().DoesNotExist as exc:
             raise CommandError(f"no user '{opts['username']}'") from exc
         try:
-            days = opts["expires_days"]
             key, secret = api_key_create(
                 user=user,
                 name=str(opts["name"]),
-                expires_at=timezone.now() + timedelta(days=float(days)) if days else None,  # type: ignore[arg-type]
+                expires_at=expiry_after(opts["expires_days"]),  # type: ignore[arg-type]
                 allowed_models=[m for m in str(opts["models"]).split(",") if m.strip()],
                 rpm_limit=opts["rpm"],  # type: ignore[arg-type]
                 tokens_per_day=opts["tokens_per_day"],  # type: ignore[arg-type]
