@@ -32,6 +32,13 @@ class _ConnectionClosed:
         self.conn = conn
 
 
+class _AbortAll:
+    """Inbox marker: end every running request with `message` (a drain that ran out of time)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
 class Scheduler(threading.Thread):
     def __init__(
         self, emit: Emit, *, pool: Pool | None = None, preload: list[p.ModelSpec] | None = None
@@ -50,6 +57,9 @@ class Scheduler(threading.Thread):
         self.history: deque[tuple[float, float, int]] = deque(maxlen=HISTORY_SAMPLES)
         self._rate_mark: tuple[float, dict[int, int]] = (time.monotonic(), {})
         self._rates: dict[str, float] = {}
+        # Set on shutdown: running requests finish, new ones are refused (503, so routing
+        # can fall back to another target).
+        self.draining = False
 
     # ---- called from the I/O thread ------------------------------------------------
 
@@ -59,6 +69,17 @@ class Scheduler(threading.Thread):
 
     def connection_closed(self, conn: Any) -> None:
         self._inbox.put((conn, _ConnectionClosed(conn)))
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    def abort_all(self, message: str) -> None:
+        self._inbox.put((None, _AbortAll(message)))
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing generating (read from the I/O thread while draining)."""
+        return self.queued <= 0 and not any(e.active for e in self.pool)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -114,7 +135,7 @@ class Scheduler(threading.Thread):
         except queue.Empty:
             return
         while True:
-            self.queued -= 1 if not isinstance(item[1], _ConnectionClosed) else 0
+            self.queued -= 1 if not isinstance(item[1], _ConnectionClosed | _AbortAll | None) else 0
             self._handle(*item)
             try:
                 item = self._inbox.get_nowait()
@@ -123,6 +144,12 @@ class Scheduler(threading.Thread):
 
     def _handle(self, conn: Any, msg: Any) -> None:
         if msg is None:
+            return
+        if isinstance(msg, _AbortAll):
+            self._fail_running(msg.message)
+            return
+        if self.draining and isinstance(msg, p.Generate | p.Embed | p.CountTokens | p.PoolCommand):
+            self._fail(conn, msg.request_id, p.ERR_OVERLOADED, "the worker is shutting down")
             return
         if isinstance(msg, p.Generate):
             self._admit(conn, msg)
@@ -246,6 +273,20 @@ class Scheduler(threading.Thread):
         engine = self._owner.pop(request_id, None)
         if engine is not None:
             engine.abort(request_id)
+
+    def _fail_running(self, message: str) -> None:
+        per_conn: dict[Any, list[Any]] = defaultdict(list)
+        for engine in self.pool:
+            if not engine.active:
+                continue
+            for request_id, conn in engine.fail_all():
+                self._owner.pop(request_id, None)
+                per_conn[conn].append(
+                    p.RequestError(request_id=request_id, code=p.ERR_OVERLOADED, message=message)
+                )
+        self._refresh_snapshot()
+        for conn, items in per_conn.items():
+            self._emit(conn, items)
 
     def _fail(self, conn: Any, request_id: str, code: str, message: str) -> None:
         self._emit(conn, [p.RequestError(request_id=request_id, code=code, message=message)])

@@ -44,6 +44,7 @@ class WorkerServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduler = Scheduler(self._emit_threadsafe, preload=preload)
         self.started = time.time()
+        self.drain_seconds = float(os.environ.get("MLXM_DRAIN_SECONDS", "30"))
 
     def _emit_threadsafe(self, conn: Connection, items: list[Any]) -> None:
         assert self.loop is not None
@@ -79,7 +80,9 @@ class WorkerServer:
                     conn.send_one(p.Welcome(pid=os.getpid()))
                 else:
                     self.scheduler.submit(conn, msg)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            # (Cancelled: the server is closing; returning normally avoids a 3.11 asyncio
+            # callback that logs a traceback for a cancelled connection task.)
             pass
         except Exception:
             log.exception("dropping a connection after a bad frame")
@@ -89,6 +92,20 @@ class WorkerServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _drain(self) -> None:
+        """Let running requests finish (bounded by MLXM_DRAIN_SECONDS); refuse new ones."""
+        self.scheduler.begin_drain()
+        deadline = time.monotonic() + self.drain_seconds
+        while not self.scheduler.idle and time.monotonic() < deadline and self.scheduler.is_alive():
+            await asyncio.sleep(0.05)
+        if not self.scheduler.idle and self.scheduler.is_alive():
+            log.warning("shutting down with requests still running after %.0fs", self.drain_seconds)
+            self.scheduler.abort_all("the worker shut down before this request finished")
+            deadline = time.monotonic() + 5
+            while not self.scheduler.idle and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # let the error frames reach the sockets
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -103,6 +120,7 @@ class WorkerServer:
         log.info("inference worker %s listening on %s", os.getpid(), self.socket_path)
         async with server:
             await stop.wait()
+            await self._drain()
         self.scheduler.stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)

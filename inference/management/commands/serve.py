@@ -16,6 +16,22 @@ from inference.gateway import preload_specs_json
 from mlxmanager.accounts.selectors import users_exist
 
 
+def _own_session() -> None:
+    """Run in each child before exec: its own session, so a Ctrl-C or a signal to serve's
+    process group reaches only serve, which then stops the children in order (the worker
+    drains its streams before the web server goes); on Linux, a SIGTERM if serve dies."""
+    os.setsid()
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, preexec_fn=_own_session)
+
+
 class Command(BaseCommand):
     help = "Start daphne and the inference worker; restart the worker if it dies."
 
@@ -55,11 +71,11 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
 
-        worker = None if opts["no_worker"] else subprocess.Popen(worker_cmd(), env=env)
-        web = subprocess.Popen(web_cmd, env=env)
+        worker = None if opts["no_worker"] else _spawn(worker_cmd(), env)
+        web = _spawn(web_cmd, env)
         # Downloads get their own process: they outlive inference worker crashes and web restarts.
         downloads_cmd = [sys.executable, "-m", "django", "download_worker"]
-        downloads = None if opts["no_downloads"] else subprocess.Popen(downloads_cmd, env=env)
+        downloads = None if opts["no_downloads"] else _spawn(downloads_cmd, env)
         shown_host = f"[{host}]" if ":" in host else host
         self.stdout.write(
             f"MLX Manager is starting on http://{shown_host}:{port}/  (OpenAI base URL: http://{shown_host}:{port}/v1)"
@@ -89,20 +105,32 @@ class Command(BaseCommand):
                         f"inference worker exited with status {worker.returncode}; restarting in {delay:.0f}s"
                     )
                     time.sleep(delay)
-                    worker = subprocess.Popen(worker_cmd(), env=env)
+                    worker = _spawn(worker_cmd(), env)
                 if downloads is not None and downloads.poll() is not None:
                     self.stderr.write(
                         f"download worker exited with status {downloads.returncode}; restarting"
                     )
                     time.sleep(1.0)
-                    downloads = subprocess.Popen(downloads_cmd, env=env)
+                    downloads = _spawn(downloads_cmd, env)
         finally:
-            for proc in (web, worker, downloads):
+            # The worker first: it finishes running streams (MLXM_DRAIN_SECONDS) while the web
+            # server still relays them, and refuses new requests with a 503.
+            drain = float(os.environ.get("MLXM_DRAIN_SECONDS", "30"))
+            _stop_process(worker, drain + 5)
+            for proc in (web, downloads):
                 if proc is not None and proc.poll() is None:
                     proc.terminate()
-            for proc in (web, worker, downloads):
-                if proc is not None:
-                    try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+            for proc in (web, downloads):
+                _stop_process(proc, 10)
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -166,3 +166,25 @@ def test_revoke_is_idempotent(member) -> None:
     again = api_key_revoke(user=member, key_id=key.pk)
     key.refresh_from_db()
     assert key.revoked_at == first == again.revoked_at
+
+
+@pytest.mark.django_db
+def test_passwords_are_hashed_with_argon2id_and_old_hashes_upgrade(settings) -> None:  # type: ignore[no-untyped-def]
+    from django.contrib.auth import authenticate, get_user_model
+    from django.contrib.auth.hashers import make_password
+
+    from mlxmanager import settings as project_settings
+
+    # pytest-django swaps in a fast MD5 hasher for the suite; this test checks the real list.
+    settings.PASSWORD_HASHERS = project_settings.PASSWORD_HASHERS
+
+    User = get_user_model()
+    user = User.objects.create_user("hashy", password="correct-horse-battery")
+    assert user.password.startswith("argon2$argon2id$")
+    # A PBKDF2 hash (an older install) still logs in, and is rehashed with Argon2 on the way.
+    User.objects.filter(pk=user.pk).update(
+        password=make_password("another-long-secret", hasher="pbkdf2_sha256")
+    )
+    assert authenticate(username="hashy", password="another-long-secret") is not None
+    user.refresh_from_db()
+    assert user.password.startswith("argon2$argon2id$")

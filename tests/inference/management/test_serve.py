@@ -1,0 +1,80 @@
+"""`manage.py serve` shuts down gracefully: running streams finish, new requests are refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import start_gateway, stop_gateway
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("live")]
+
+TINY = "tiny-random"
+SMOL = "smollm2-135m-instruct"
+
+
+def test_sigterm_drains_running_streams(
+    demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLXM_DRAIN_SECONDS", "8")
+    gw = start_gateway(tmp_path / "gw", demo_models)
+    try:
+        client = gw.openai()
+        short = client.chat.completions.create(
+            model=TINY,
+            messages=[{"role": "user", "content": "short"}],
+            max_tokens=20,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        # SmolLM2 (tens of tokens/s here, 8k context) cannot finish this within the drain.
+        endless = client.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": "endless"}], max_tokens=8000, stream=True
+        )
+        first_short, first_endless = next(iter(short)), next(iter(endless))
+        assert first_short.id and first_endless.id
+
+        os.kill(gw.proc.pid, signal.SIGTERM)
+
+        # The endless stream keeps the worker draining; read it on the side until it is cut.
+        endless_result: dict[str, object] = {}
+
+        def read_endless() -> None:
+            try:
+                endless_result["chunks"] = sum(1 for _ in endless)
+            except openai.APIError as exc:
+                endless_result["error"] = exc
+
+        reader = threading.Thread(target=read_endless)
+        reader.start()
+
+        # The short stream runs to its natural end: every token, its usage, a finish reason.
+        chunks = [first_short, *short]
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finishes in (["length"], ["stop"])
+        usage = chunks[-1].usage
+        assert usage is not None and 0 < usage.completion_tokens <= 20
+        if finishes == ["length"]:
+            assert usage.completion_tokens == 20
+
+        # While draining, a new request gets a clear 503, not a hang or a dropped connection.
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(
+                model=TINY, messages=[{"role": "user", "content": "new"}], max_tokens=5
+            )
+        assert refused.value.status_code == 503
+        assert "shutting down" in refused.value.message
+
+        # The drain is bounded: past MLXM_DRAIN_SECONDS the endless stream ends with an error
+        # naming the worker, and serve exits cleanly.
+        reader.join(timeout=60)
+        assert not reader.is_alive()
+        assert "shut down before this request finished" in str(endless_result.get("error"))
+        assert gw.proc.wait(timeout=60) == 0
+    finally:
+        stop_gateway(gw)
