@@ -12,6 +12,7 @@ from inference import protocol as p
 from inference.anthropic_schemas import CountTokensRequest, MessagesRequest
 from inference.responses_schemas import ResponsesRequest
 from inference.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from mlxmanager.errors import DomainError
 from mlxmanager.profiles.models import Profile
 from mlxmanager.profiles.selectors import profile_resolve
 
@@ -67,7 +68,12 @@ def sampling_for(body: SamplingFields, profile: Profile, *, max_tokens: int | No
 
 
 def merge_sampling(
-    profile: Profile, requested: dict[str, Any], *, max_tokens: int | None, stop: list[str]
+    profile: Profile,
+    requested: dict[str, Any],
+    *,
+    max_tokens: int | None,
+    stop: list[str],
+    max_tokens_param: str = "max_tokens",
 ) -> p.SamplingParams:
     """Request values win; the profile's defaults fill the gaps; then the protocol defaults."""
     defaults: dict[str, Any] = profile.defaults or {}
@@ -78,7 +84,15 @@ def merge_sampling(
             value = defaults.get(key)
         if value is not None:
             values[key] = value
+    cap = profile.max_output_tokens
+    if cap is not None and max_tokens is not None and max_tokens > cap:
+        raise DomainError(
+            f"{max_tokens_param} is {max_tokens}, but '{profile.name}' answers with at most {cap} tokens",
+            param=max_tokens_param,
+        )
     values["max_tokens"] = max_tokens or defaults.get("max_tokens") or DEFAULT_MAX_TOKENS
+    if cap is not None:
+        values["max_tokens"] = min(values["max_tokens"], cap)
     stop = stop or list(defaults.get("stop") or [])
     if stop:
         values["stop"] = stop
@@ -160,7 +174,13 @@ def responses_request(body: ResponsesRequest, target: Target) -> p.Generate:
     return p.Generate(
         request_id=f"resp_{uuid.uuid4().hex}",
         model=target.spec,
-        sampling=merge_sampling(target.profile, requested, max_tokens=body.max_output_tokens, stop=[]),
+        sampling=merge_sampling(
+            target.profile,
+            requested,
+            max_tokens=body.max_output_tokens,
+            stop=[],
+            max_tokens_param="max_output_tokens",
+        ),
         messages=_with_profile_system(body.chat_messages(), target.profile),
         chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **body.reasoning_kwargs()},
         tools=body.tool_dicts(),

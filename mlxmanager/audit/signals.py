@@ -37,6 +37,7 @@ _TRACKED: dict[str, tuple[str, tuple[str, ...]]] = {
             "defaults",
             "system_prompt",
             "context_length",
+            "max_output_tokens",
             "chat_template_kwargs",
             "tool_parser",
             "reasoning_parser",

@@ -24,6 +24,7 @@ class ProfileOut(Schema):
     defaults: dict[str, Any]
     system_prompt: str
     context_length: int | None
+    max_output_tokens: int | None
     chat_template_kwargs: dict[str, Any]
     tool_parser: str
     reasoning_parser: str
@@ -50,6 +51,7 @@ class ProfilePatch(Schema):
     defaults: GenerationDefaults | None = None
     system_prompt: str | None = None
     context_length: int | None = None
+    max_output_tokens: int | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     tool_parser: str | None = None
     reasoning_parser: str | None = None
@@ -71,7 +73,7 @@ class ProfileIn(ProfilePatch):
 
 
 # Fields where JSON null means "clear it" rather than "missing".
-_NULLABLE = {"context_length", "kv_bits", "keep_alive_seconds"}
+_NULLABLE = {"context_length", "max_output_tokens", "kv_bits", "keep_alive_seconds"}
 
 
 def _values(body: ProfilePatch) -> dict[str, Any]:

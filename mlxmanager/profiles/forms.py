@@ -85,6 +85,12 @@ class ProfileForm(forms.Form):
         widget=forms.NumberInput(attrs={"min": 16, "placeholder": "model's own"}),
         help_text="Longest prompt + answer, in tokens.",
     )
+    max_output_tokens = forms.IntegerField(
+        label="Max answer tokens",
+        required=False,
+        widget=forms.NumberInput(attrs={"min": 1, "placeholder": "no cap"}),
+        help_text="Requests asking for more get a 400.",
+    )
     max_concurrent = forms.IntegerField(
         initial=32,
         widget=forms.NumberInput(attrs={"min": 1, "max": 256}),
@@ -130,6 +136,7 @@ class ProfileForm(forms.Form):
                 "num_draft_tokens",
                 "kv_bits",
                 "context_length",
+                "max_output_tokens",
                 "max_concurrent",
                 "pinned",
                 "preload",
@@ -185,6 +192,7 @@ class ProfileForm(forms.Form):
             "num_draft_tokens": d["num_draft_tokens"],
             "kv_bits": d.get("kv_bits"),
             "context_length": d.get("context_length"),
+            "max_output_tokens": d.get("max_output_tokens"),
             "max_concurrent": d["max_concurrent"],
             "pinned": bool(d.get("pinned")),
             "preload": bool(d.get("preload")),

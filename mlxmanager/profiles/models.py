@@ -24,6 +24,11 @@ class Profile(models.Model):
     context_length = models.PositiveIntegerField(
         null=True, blank=True, help_text="Longest prompt + answer accepted, in tokens (blank: the model's)."
     )
+    max_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most tokens one answer may ask for; larger max_tokens get a 400 (blank: no cap).",
+    )
     chat_template_kwargs = models.JSONField(
         default=dict, blank=True, help_text='Chat-template options, e.g. {"enable_thinking": false}.'
     )

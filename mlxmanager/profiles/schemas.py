@@ -70,6 +70,7 @@ class ProfileOptions(TypedDict, total=False):
     defaults: GenerationDefaults | dict[str, Any]
     system_prompt: str
     context_length: int | None
+    max_output_tokens: int | None
     chat_template_kwargs: dict[str, Any]
     tool_parser: str
     reasoning_parser: str

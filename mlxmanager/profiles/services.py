@@ -200,6 +200,10 @@ def _clean(values: dict[str, Any], *, instance: Profile | None = None) -> dict[s
         out["context_length"] = _int_between(
             values["context_length"], "context_length", 16, 10_000_000, optional=True
         )
+    if "max_output_tokens" in values:
+        out["max_output_tokens"] = _int_between(
+            values["max_output_tokens"], "max_output_tokens", 1, 10_000_000, optional=True
+        )
     if "chat_template_kwargs" in values:
         out["chat_template_kwargs"] = _template_kwargs(values["chat_template_kwargs"])
     for key in ("tool_parser", "reasoning_parser"):

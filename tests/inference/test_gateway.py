@@ -59,3 +59,18 @@ def test_spec_carries_pool_policy() -> None:
     )
     spec = gateway.Target(pr).spec
     assert (spec.pinned, spec.keep_alive_s, spec.max_concurrent, spec.context_length) == (True, 60.0, 4, 2048)
+
+
+def test_profile_caps_max_tokens() -> None:
+    import pytest
+
+    from mlxmanager.errors import DomainError
+
+    capped = Profile(name="p", model_path="/m", max_output_tokens=16, defaults={"max_tokens": 100})
+    # Asking for more than the cap is a clear error naming the parameter and the cap.
+    with pytest.raises(DomainError) as exc:
+        gateway.sampling_for(body(), capped, max_tokens=17)
+    assert exc.value.param == "max_tokens" and "at most 16" in str(exc.value)
+    # Within the cap it is honoured; left out, the profile default is clipped to the cap.
+    assert gateway.sampling_for(body(), capped, max_tokens=16).max_tokens == 16
+    assert gateway.sampling_for(body(), capped, max_tokens=None).max_tokens == 16

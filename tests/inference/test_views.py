@@ -49,3 +49,35 @@ async def api_key_create_async(user: Any) -> tuple[Any, str]:
     from asgiref.sync import sync_to_async
 
     return await sync_to_async(api_key_create)(user=user, name="k")
+
+
+async def test_max_tokens_over_the_profile_cap_is_a_400_in_each_shape(
+    no_worker: None, django_user_model: Any
+) -> None:
+    """Checked before the worker is asked: no worker runs here, yet each API answers 400."""
+    user = await django_user_model.objects.acreate(username="u")
+    _, secret = await api_key_create_async(user)
+    await Profile.objects.acreate(name="m", model_path="/nowhere", max_output_tokens=16)
+    auth = {"Authorization": f"Bearer {secret}", "x-api-key": secret}
+    hi = [{"role": "user", "content": "hi"}]
+    cases = [
+        ("/v1/chat/completions", {"model": "m", "messages": hi, "max_tokens": 17}, "max_tokens"),
+        ("/v1/completions", {"model": "m", "prompt": "hi", "max_tokens": 17}, "max_tokens"),
+        ("/v1/responses", {"model": "m", "input": "hi", "max_output_tokens": 17}, "max_output_tokens"),
+    ]
+    for path, payload, param in cases:
+        r = await AsyncClient().post(path, payload, content_type="application/json", headers=auth)
+        assert r.status_code == 400, (path, r.content)
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and err["param"] == param
+        assert "at most 16 tokens" in err["message"]
+    r = await AsyncClient().post(
+        "/v1/messages",
+        {"model": "m", "messages": hi, "max_tokens": 17},
+        content_type="application/json",
+        headers={**auth, "anthropic-version": "2023-06-01"},
+    )
+    assert r.status_code == 400
+    body = r.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "at most 16 tokens" in body["error"]["message"]
