@@ -16,6 +16,7 @@ from mlxmanager.audit.api import router as audit_router
 from mlxmanager.credentials.api import router as credentials_router
 from mlxmanager.downloads.api import router as downloads_router
 from mlxmanager.errors import DomainError
+from mlxmanager.permissions import AdminSessionAuth
 from mlxmanager.playground.api import router as conversations_router
 from mlxmanager.pool.api import router as pool_router
 from mlxmanager.profiles.api import router as profiles_router
@@ -71,13 +72,15 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
     return problem(request, 500, "Internal error", "The server had an error while processing your request.")
 
 
+# Members reach their own keys and conversations, stream tokens, and the profile list; the
+# admin areas check the role before anything else (see AdminSessionAuth).
 api.add_router("/keys", keys_router)
-api.add_router("/users", users_router)
+api.add_router("/users", users_router, auth=AdminSessionAuth("manage users"))
 api.add_router("/tokens", tokens_router)
-api.add_router("/audit", audit_router)
-api.add_router("/credentials", credentials_router)
-api.add_router("/rules", rules_router)
+api.add_router("/audit", audit_router, auth=AdminSessionAuth("read the audit log"))
+api.add_router("/credentials", credentials_router, auth=AdminSessionAuth("manage credentials"))
+api.add_router("/rules", rules_router, auth=AdminSessionAuth("manage routing rules"))
 api.add_router("/profiles", profiles_router)
-api.add_router("/pool", pool_router)
+api.add_router("/pool", pool_router, auth=AdminSessionAuth("see and change the pool"))
 api.add_router("/conversations", conversations_router)
-api.add_router("/", downloads_router)
+api.add_router("/", downloads_router, auth=AdminSessionAuth("search, download and delete models"))

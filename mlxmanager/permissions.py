@@ -14,6 +14,7 @@ from typing import Any
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied as PageDenied
 from django.http import HttpRequest, HttpResponseBase
+from ninja.security import SessionAuth
 
 from mlxmanager.errors import PermissionDenied
 
@@ -67,3 +68,18 @@ def require_admin(request: HttpRequest, what: str = "do this") -> None:
     user = getattr(request, "auth", None) or getattr(request, "user", None)
     if not is_admin(user):
         raise PermissionDenied(f"only admins can {what}")
+
+
+class AdminSessionAuth(SessionAuth):
+    """Session auth for admin-only API routes. Ninja runs it before it reads the body or the
+    query, so a member gets the 403 whatever they send (not a 400 that reveals the schema)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        user = super().authenticate(request, key)
+        if user is not None and not is_admin(user):
+            raise PermissionDenied(f"only admins can {self.what}")
+        return user

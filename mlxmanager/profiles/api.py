@@ -8,7 +8,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 
-from mlxmanager.permissions import require_admin
+from mlxmanager.permissions import AdminSessionAuth, require_admin
 from mlxmanager.profiles import selectors, services
 from mlxmanager.profiles.schemas import GenerationDefaults
 
@@ -86,6 +86,10 @@ def _values(body: ProfilePatch) -> dict[str, Any]:
     return values
 
 
+# Members may list and read profiles (the playground picks from them); changes are for admins.
+_ADMIN = AdminSessionAuth("change profiles")
+
+
 @router.get("", response=list[ProfileOut])
 def list_profiles(request: HttpRequest) -> list[Any]:
     return list(selectors.profile_list())
@@ -96,7 +100,7 @@ def get_profile(request: HttpRequest, name: str) -> Any:
     return selectors.profile_get(name=name)
 
 
-@router.post("", response={201: ProfileOut})
+@router.post("", response={201: ProfileOut}, auth=_ADMIN)
 def create_profile(request: HttpRequest, body: ProfileIn) -> Status[Any]:
     require_admin(request)
     values = _values(body)
@@ -104,14 +108,14 @@ def create_profile(request: HttpRequest, body: ProfileIn) -> Status[Any]:
     return Status(201, services.profile_create(name=name, model_path=model_path, **values))
 
 
-@router.patch("/{name}", response=ProfileOut)
+@router.patch("/{name}", response=ProfileOut, auth=_ADMIN)
 def update_profile(request: HttpRequest, name: str, body: ProfilePatch) -> Any:
     require_admin(request)
     profile = selectors.profile_get(name=name)
     return services.profile_update(profile=profile, **_values(body))
 
 
-@router.delete("/{name}", response={204: None})
+@router.delete("/{name}", response={204: None}, auth=_ADMIN)
 def delete_profile(request: HttpRequest, name: str) -> Status[None]:
     require_admin(request)
     services.profile_delete(profile=selectors.profile_get(name=name))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import AnonymousUser, User
@@ -73,3 +76,117 @@ def test_require_admin_reads_the_api_auth_user(boss: User, member: User) -> None
     request.auth = member  # type: ignore[attr-defined]
     with pytest.raises(PermissionDenied, match="only admins can see the pool"):
         require_admin(request, "see the pool")
+
+
+# ---- every route, walked as a member -------------------------------------------------
+
+# Pages a member may open (their own keys and conversations, the playground, the profile list).
+MEMBER_PAGES = {
+    "home",
+    "profiles",
+    "playground",
+    "playground-conversations",
+    "playground-conversation",
+    "playground-delete",
+    "keys",
+    "key-revoke",
+}
+# Pages for admins only: every URL and method answers 403 to a member.
+ADMIN_PAGES = {
+    *("profile-create", "profile-edit", "profile-delete", "pool", "pool-events", "pool-action"),
+    *("discover", "hub-token", "model-detail", "local-models", "local-model-delete"),
+    *("conversion-create", "conversion-cancel", "downloads", "download-events", "download-action"),
+    *("users", "user-change", "audit", "audit-summary", "audit-actions"),
+    *("audit-export-csv", "audit-export-jsonl", "credentials", "credential-test", "credential-secret"),
+    *("credential-toggle", "credential-delete", "rules", "rule-order", "rule-test", "rule-move"),
+    *("rule-toggle", "rule-delete"),
+}
+# Not dashboard pages: login/logout, the API roots and the /v1 gateway (API-key auth, own tests).
+ELSEWHERE = {"login", "logout", "api-root", "openapi-json", "openapi-view", "healthz", "metrics", None}
+MEMBER_API = ("/api/keys", "/api/tokens", "/api/conversations")
+
+
+def _named_routes() -> list[tuple[str, str | None]]:
+    from django.urls import URLResolver, get_resolver
+
+    def walk(patterns: list[Any], prefix: str) -> Iterator[tuple[str, str | None]]:
+        for p in patterns:
+            if isinstance(p, URLResolver):
+                if getattr(p, "namespace", None) == "api" or str(p.pattern).startswith(("^v1", "v1")):
+                    continue  # /api is walked through its OpenAPI schema; /v1 uses API keys
+                yield from walk(p.url_patterns, prefix + str(p.pattern))
+            else:
+                yield prefix + str(p.pattern), p.name
+
+    return list(walk(get_resolver().url_patterns, "/"))
+
+
+def _fill(path: str, number: str) -> str:
+    path = re.sub(r"<(?:(\w+):)?(\w+)>", lambda m: number if m.group(1) == "int" else "x", path)
+    return re.sub(r"\{(?:\w+:)?(\w+)\}", lambda m: number if m.group(1).endswith("_id") else "x", path)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_member_walking_every_route_reaches_only_their_own_things(boss: User, member: User) -> None:
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    from mlxmanager.accounts.services import api_key_create
+    from mlxmanager.api import api
+    from mlxmanager.playground.models import Conversation
+
+    # Things that belong to the admin: the member must not see or touch them.
+    boss_key, _ = await sync_to_async(api_key_create)(user=boss, name="boss-key")
+    boss_chat = await Conversation.objects.acreate(
+        user=boss, title="boss chat", profile_name="p", messages=[]
+    )
+    client = AsyncClient()
+    await client.aforce_login(member)
+
+    unclassified, visited = [], set()
+    for path, name in _named_routes():
+        if name in ELSEWHERE or path.startswith("/static"):
+            continue
+        if name not in MEMBER_PAGES | ADMIN_PAGES:
+            unclassified.append(name)
+            continue
+        visited.add(name)
+        for number in (str(boss_key.pk), str(boss_chat.pk)):
+            url = _fill(path, number)
+            for method in ("get", "post"):
+                r = await getattr(client, method)(url)
+                assert r.status_code < 500, (method, url, r.status_code)
+                if name in ADMIN_PAGES:
+                    assert r.status_code == 403, (method, url, r.status_code)
+                else:
+                    assert r.status_code != 403, (method, url, r.status_code)
+    assert not unclassified, f"classify these pages in this test: {unclassified}"
+    assert visited == MEMBER_PAGES | ADMIN_PAGES
+
+    api_routes = 0
+    for path, operations in api.get_openapi_schema()["paths"].items():
+        for method in operations:
+            for number in (str(boss_key.pk), str(boss_chat.pk)):
+                url = _fill(path, number)
+                kw = {} if method == "get" else {"data": {"junk": 1}, "content_type": "application/json"}
+                r = await getattr(client, method)(url, **kw)
+                api_routes += 1
+                assert r.status_code < 500, (method, url, r.status_code)
+                member_may = path.startswith(MEMBER_API) or (
+                    path.startswith("/api/profiles") and method == "get"
+                )
+                if not member_may:
+                    # The role is checked before the body: a 403, whatever was sent.
+                    assert r.status_code == 403, (method, url, r.status_code, r.content)
+                    assert r["Content-Type"] == "application/problem+json"
+
+    assert api_routes > 60
+
+    # The admin's key and conversation were neither shown nor changed.
+    keys = (await client.get("/api/keys/")).json()
+    assert all(k["name"] != "boss-key" for k in keys)
+    assert (await client.get(f"/api/conversations/{boss_chat.pk}")).status_code == 404
+    await boss_key.arefresh_from_db()
+    assert boss_key.revoked_at is None
+    assert await Conversation.objects.filter(pk=boss_chat.pk).aexists()
