@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inference.schemas import REASONING_EFFORTS
+from inference.schemas import MAX_INT32, REASONING_EFFORTS
 from mlxmanager.errors import DomainError
 
 _TOOL_NAME = r"^[a-zA-Z0-9_.-]{1,64}$"
@@ -144,7 +144,7 @@ class ResponsesRequest(_Strict):
     instructions: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=1024)
@@ -163,7 +163,7 @@ class ResponsesRequest(_Strict):
     previous_response_id: str | None = None
     background: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    max_tool_calls: int | None = Field(default=None, ge=1)
+    max_tool_calls: int | None = Field(default=None, ge=1, le=MAX_INT32)
     prompt: Any = None
     conversation: Any = None
 

@@ -8,11 +8,14 @@ ignored.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlxmanager.errors import DomainError
+
+# Upper bound of counts and ids: past it the worker protocol (msgpack) cannot carry them.
+MAX_INT32 = 2**31 - 1
 
 
 class _Strict(BaseModel):
@@ -84,10 +87,10 @@ class SamplingFields(_Strict):
     model: str = Field(min_length=1, max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=MAX_INT32)
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -134,7 +137,7 @@ class SamplingFields(_Strict):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
@@ -290,13 +293,17 @@ class CompletionRequest(SamplingFields):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+# A token id: anything else (negative, or past 32 bits) is refused by the schema, not later.
+TokenId = Annotated[int, Field(ge=0, le=MAX_INT32)]
+
+
 class EmbeddingRequest(_Strict):
     """`POST /v1/embeddings`: `input` is a string, a list of strings, token ids, or lists of them."""
 
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
     user: str | None = Field(default=None, max_length=256)
 
     def inputs(self) -> tuple[list[str] | None, list[list[int]] | None]:
