@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint fmt bench install install-dev browser clean
+.PHONY: run test lint fmt bench soak install install-dev browser clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ test: install-dev browser lint
 bench: install-dev
 	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_engine.py --write docs/benchmarks.md $(BENCH_ARGS)
 	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_gateway.py --write docs/benchmarks.md
+
+# 32 streaming clients for 10 minutes on the tiny model (loopback only): zero failed requests
+# and flat memory, or it exits 1. Writes its section of docs/benchmarks.md. SOAK_ARGS to vary.
+soak: install-dev
+	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/soak.py --write docs/benchmarks.md $(SOAK_ARGS)
 
 clean:
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

@@ -22,16 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_login_and_keys import ADMIN, CHROMIUM, CHROMIUM_ARGS, shot
+from tests.browser.conftest import ADMIN, NEEDS_CHROMIUM, log_in, shot
 from tests.conftest import Gateway, free_port, manage
 from tests.mlxmanager.downloads.fakehub import FakeHub
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="chromium not found: install it with `make browser` (apt-get install chromium)",
-    ),
+    NEEDS_CHROMIUM,
 ]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -105,27 +102,10 @@ def server(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
 
 
 @pytest.fixture
-def page(server: Gateway) -> Iterator[object]:
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 860})
-        context.set_default_timeout(30_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-        page.goto(server.url + "/login/")
-        page.get_by_label("Username").fill(ADMIN[0])
-        page.get_by_label("Password").fill(ADMIN[1])
-        page.get_by_role("button", name="Log in").click()
-        expect(page.get_by_role("heading", name="Served models")).to_be_visible()
-        try:
-            yield page
-            assert not errors, f"errors in the page: {errors}"
-        finally:
-            context.close()
-            browser.close()
+def page(open_page, server: Gateway):  # type: ignore[no-untyped-def]
+    page = open_page(height=860, timeout_ms=30_000)
+    log_in(page, server.url)
+    return page
 
 
 def test_search_download_profile_load_chat_unload(server: Gateway, hub: FakeHub, page) -> None:  # type: ignore[no-untyped-def]

@@ -10,55 +10,27 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.browser.test_login_and_keys import ADMIN, CHROMIUM, CHROMIUM_ARGS, shot
+from tests.browser.conftest import NEEDS_CHROMIUM, log_in, shot
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xdist_group("live"),
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="chromium not found: install it with `make browser` (apt-get install chromium)",
-    ),
+    NEEDS_CHROMIUM,
 ]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = sync_api.expect
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 @pytest.fixture
-def page(browser, gateway) -> Iterator[object]:  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    context.set_default_timeout(20_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    page.goto(gateway.url + "/login/")
-    page.get_by_label("Username").fill(ADMIN[0])
-    page.get_by_label("Password").fill(ADMIN[1])
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Served models")).to_be_visible()
-    try:
-        yield page
-        assert not errors, f"errors in the page: {errors}"
-    finally:
-        context.close()
+def page(open_page, gateway):  # type: ignore[no-untyped-def]
+    page = open_page(height=860, timeout_ms=20_000)
+    log_in(page, gateway.url)
+    return page
 
 
 def test_profile_pool_playground_walk(gateway, page, demo_models: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]

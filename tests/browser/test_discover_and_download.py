@@ -20,24 +20,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser.test_login_and_keys import CHROMIUM, CHROMIUM_ARGS, shot
+from tests.browser.conftest import ADMIN, NEEDS_CHROMIUM, log_in, shot
 from tests.conftest import free_port, manage
 from tests.mlxmanager.downloads.conftest import add_standard_repos, payload
 from tests.mlxmanager.downloads.fakehub import FakeHub
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="chromium not found: install it with `make browser` (apt-get install chromium)",
-    ),
+    NEEDS_CHROMIUM,
 ]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = sync_api.expect
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN = ("admin", "correct-horse-battery")
 MODEL = "mlx-community/Qwen3-4B-Instruct-2507-4bit"
 MiB = 1024 * 1024
 
@@ -132,34 +128,11 @@ def server(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 @pytest.fixture
-def page(server: Server) -> Iterator[object]:
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-
-        def on_console(msg) -> None:  # type: ignore[no-untyped-def]
-            # The one 400 is expected: deleting a model a profile uses.
-            if msg.type == "error" and "status of 400" not in msg.text:
-                errors.append(msg.text)
-
-        page.on("console", on_console)
-        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status > 400 else None)
-        page.on("dialog", lambda dialog: dialog.accept())
-        page.goto(server.url + "/login/")
-        page.get_by_label("Username").fill(ADMIN[0])
-        page.get_by_label("Password").fill(ADMIN[1])
-        page.get_by_role("button", name="Log in").click()
-        expect(page.get_by_role("heading", name="Served models")).to_be_visible()
-        try:
-            yield page
-            assert not errors, f"errors in the page: {errors}"
-        finally:
-            context.close()
-            browser.close()
+def page(open_page, server: Server):  # type: ignore[no-untyped-def]
+    page = open_page(allowed=(400,), timeout_ms=20_000)  # one 400: deleting a model a profile uses
+    page.on("dialog", lambda dialog: dialog.accept())
+    log_in(page, server.url)
+    return page
 
 
 def progress(page) -> int:  # type: ignore[no-untyped-def]

@@ -7,76 +7,25 @@ screenshots in docs/screenshots/.
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.browser.conftest import ADMIN, NEEDS_CHROMIUM, shot
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xdist_group("live"),
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="chromium not found: install it with `make browser` (apt-get install chromium)",
-    ),
+    NEEDS_CHROMIUM,
 ]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = sync_api.expect
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ADMIN = ("admin", "correct-horse-battery")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
 
 @pytest.fixture
-def page(browser) -> Iterator[object]:  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-
-    def on_console(msg) -> None:  # type: ignore[no-untyped-def]
-        # The one 400 is expected: the blank key name below.
-        if msg.type == "error" and "status of 400" not in msg.text:
-            errors.append(msg.text)
-
-    page.on("console", on_console)
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status > 400 else None)
-    try:
-        yield page
-        assert not errors, f"errors in the page: {errors}"
-    finally:
-        context.close()
-
-
-def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+def page(open_page):  # type: ignore[no-untyped-def]
+    return open_page(allowed=(400,))  # the one 400 is expected: the blank key name below
 
 
 def models_status(gateway, key: str) -> int:  # type: ignore[no-untyped-def]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, manage
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("live")]
 
@@ -355,10 +356,16 @@ def test_healthz(gateway: Gateway) -> None:
 
 
 def test_worker_killed_mid_stream_recovers(own_gateway: Gateway) -> None:
-    import os
     import signal
 
     gw = own_gateway
+    # A profile marked "preload at start" must come back with the restarted worker.
+    env = {**os.environ, "MLXM_DATA_DIR": str(gw.data_dir), "DJANGO_SETTINGS_MODULE": "mlxmanager.settings"}
+    env.pop("DATABASE_URL", None)
+    manage(
+        "shell", "-c", "from mlxmanager.profiles.models import Profile; "
+        f"Profile.objects.filter(name={TINY!r}).update(preload=True)", env=env,
+    )  # fmt: skip
     pid = gw.worker_pid()
     stream = gw.openai().chat.completions.create(
         model=TINY, messages=[{"role": "user", "content": "long"}], max_tokens=100_000, stream=True
@@ -372,6 +379,10 @@ def test_worker_killed_mid_stream_recovers(own_gateway: Gateway) -> None:
     # While it restarts, requests get a clean 503 (or succeed once it is back).
     body = gw.wait_healthy(timeout=60)
     assert body["worker"]["pid"] != pid
+    deadline = time.monotonic() + 60
+    while TINY not in [m["name"] for m in gw.health().json()["worker"]["loaded_models"]]:
+        assert time.monotonic() < deadline, "the preloaded profile did not come back"
+        time.sleep(0.2)
     text, finish, _ = tiny(gw, max_tokens=5)
     assert finish == "length" and text
 

@@ -78,3 +78,56 @@ def test_sigterm_drains_running_streams(
         assert gw.proc.wait(timeout=60) == 0
     finally:
         stop_gateway(gw)
+
+
+def last_line(output: str) -> str:
+    return output.strip().splitlines()[-1]
+
+
+def test_audit_rows_still_buffered_at_shutdown_are_written(
+    demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Request rows wait in the web process's buffer between flushes; a stop must not lose
+    them (the web process flushes on its way out), and a restarted server finds them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, Gateway, manage
+
+    monkeypatch.setenv("MLXM_AUDIT_FLUSH_INTERVAL", "600")  # nothing flushed during the test
+    gw = start_gateway(tmp_path / "gw", demo_models)
+    env = {**os.environ, "MLXM_DATA_DIR": str(gw.data_dir), "DJANGO_SETTINGS_MODULE": "mlxmanager.settings"}
+    env.pop("DATABASE_URL", None)
+    count = "from mlxmanager.audit.models import RequestLog; print(RequestLog.objects.filter(requested_model='tiny-random').count())"
+    try:
+        client = gw.openai()
+        for i in range(5):
+            client.chat.completions.create(
+                model=TINY, messages=[{"role": "user", "content": f"q{i}"}], max_tokens=3
+            )
+        assert last_line(manage("shell", "-c", count, env=env)) == "0"  # still in the buffer
+    finally:
+        stop_gateway(gw)
+    assert gw.proc.returncode == 0
+    assert last_line(manage("shell", "-c", count, env=env)) == "5"
+
+    # The same data directory serves again, with the rows and the key intact.
+    log = (tmp_path / "serve2.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve"],
+        cwd=ROOT,
+        env={**env, "MLXM_PORT": gw.url.rsplit(":", 1)[1], "MLXM_LOG_LEVEL": "WARNING"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    again = Gateway(url=gw.url, key=gw.key, data_dir=gw.data_dir, proc=proc, log_path=tmp_path / "serve2.log")
+    try:
+        again.wait_healthy()
+        r = again.openai().chat.completions.create(
+            model=TINY, messages=[{"role": "user", "content": "back"}], max_tokens=3
+        )
+        assert r.choices[0].finish_reason in ("length", "stop")
+    finally:
+        stop_gateway(again)
+    assert last_line(manage("shell", "-c", count, env=env)) == "6"
