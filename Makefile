@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint fmt bench soak install install-dev browser clean
+.PHONY: run test test-team lint fmt bench soak install install-dev browser clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ fmt: install-dev
 
 test: install-dev browser lint
 	MLXM_DATA_DIR=$(CURDIR)/.data/test $(PY) -m pytest
+
+# The database- and channel-touching tests again, on a throwaway PostgreSQL + Redis on loopback
+# (scripts/with_team_services.sh installs Debian's postgresql and redis-server when missing).
+test-team: install-dev
+	MLXM_DATA_DIR=$(CURDIR)/.data/test-team scripts/with_team_services.sh $(PY) -m pytest -m "not slow or team"
 
 # Engine (gateway vs mlx_lm.server vs in-process) then single-stream gateway vs in-process; both
 # rewrite their own sections of docs/benchmarks.md. BENCH_ARGS=--quick for a smoke run.

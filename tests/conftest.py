@@ -168,3 +168,15 @@ def _audit_flusher_stops_before_the_database() -> Iterator[None]:
 
     if recorder._thread is not None:
         recorder.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_rows_across_tests() -> Iterator[None]:
+    """Routing rules and API keys are cached per process for a few seconds; a test database
+    flushed between tests would otherwise be served from the previous test's cache."""
+    yield
+    from mlxmanager.accounts import keycache
+    from mlxmanager.rules.selectors import invalidate_routes
+
+    invalidate_routes()
+    keycache.clear()
