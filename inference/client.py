@@ -13,9 +13,14 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from inference import protocol as p
+
+if TYPE_CHECKING:
+    from inference.workers import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +42,21 @@ _DEAD = object()
 
 
 class EngineClient:
-    def __init__(self, socket_path: str, *, connect_timeout: float = 2.0) -> None:
+    """One worker: `address` is a Unix socket path, or `tcp://host:port` / `tls://host:port`
+    for a worker on another machine (which then wants `secret`, and `tls_ca` to verify it)."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        *,
+        connect_timeout: float = 2.0,
+        secret: bytes | None = None,
+        tls_ca: str | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.connect_timeout = connect_timeout
+        self.secret = secret
+        self.tls_ca = tls_ca
         self._codec = p.client_codec()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -62,12 +79,24 @@ class EngineClient:
                 assert self._writer is not None
                 return self._writer
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_unix_connection(self.socket_path), self.connect_timeout
-                )
-                writer.write(self._codec.encode(p.Hello()))
+                reader, writer = await asyncio.wait_for(self._open(), self.connect_timeout)
+                hello = p.Hello()
+                if self.remote:
+                    challenge = await asyncio.wait_for(self._codec.read(reader), self.connect_timeout)
+                    if not isinstance(challenge, p.Challenge):
+                        writer.close()
+                        raise EngineDeadError(f"{self.socket_path} is not an MLX Manager worker")
+                    hello = p.Hello(auth=p.auth_digest(self.secret or b"", challenge.nonce))
+                writer.write(self._codec.encode(hello))
                 welcome = await asyncio.wait_for(self._codec.read(reader), self.connect_timeout)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            except asyncio.IncompleteReadError as exc:
+                what = (
+                    "refused the connection (is the shared secret right?)"
+                    if self.remote
+                    else "is not running"
+                )
+                raise EngineDeadError(f"the inference worker {what}") from exc
+            except (OSError, TimeoutError, ValueError, msgspec.DecodeError) as exc:
                 raise EngineDeadError("the inference worker is not running") from exc
             if not isinstance(welcome, p.Welcome) or welcome.version != p.PROTOCOL_VERSION:
                 writer.close()
@@ -76,6 +105,28 @@ class EngineClient:
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
             return writer
+
+    @property
+    def remote(self) -> bool:
+        return self.socket_path.startswith(("tcp://", "tls://"))
+
+    @property
+    def inflight(self) -> int:
+        """Requests this web process has running on this worker."""
+        return len(self._queues)
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self.remote:
+            return await asyncio.open_unix_connection(self.socket_path)
+        scheme, _, rest = self.socket_path.partition("://")
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        tls = None
+        if scheme == "tls":
+            import ssl
+
+            tls = ssl.create_default_context(cafile=self.tls_ca)
+        return await asyncio.open_connection(host, int(port), ssl=tls, server_hostname=host if tls else None)
 
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -198,18 +249,22 @@ class EngineClient:
                 await task
 
 
-_clients: dict[int, EngineClient] = {}
+_clients: dict[int, WorkerGroup] = {}
 
 
-def get_engine_client() -> EngineClient:
-    """The engine client for the running event loop (one connection per loop)."""
+def get_engine_client() -> WorkerGroup:
+    """The workers for the running event loop (one connection per worker per loop): the
+    embedded one and any registered on the Workers page (inference/workers.py)."""
     from django.conf import settings
 
+    from inference.workers import WorkerGroup
+
     loop = asyncio.get_running_loop()
-    client = _clients.get(id(loop))
-    if client is None or client.socket_path != settings.MLXM_WORKER_SOCKET:
-        client = EngineClient(
+    group = _clients.get(id(loop))
+    if group is None or group.socket_path != settings.MLXM_WORKER_SOCKET:
+        local = EngineClient(
             settings.MLXM_WORKER_SOCKET, connect_timeout=settings.MLXM_WORKER_CONNECT_TIMEOUT
         )
-        _clients[id(loop)] = client
-    return client
+        group = WorkerGroup(local, secret=settings.MLXM_WORKER_SECRET, tls_ca=settings.MLXM_WORKER_TLS_CA)
+        _clients[id(loop)] = group
+    return group

@@ -9,15 +9,19 @@ frame, so IPC cost is per step, not per token.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import struct
 from typing import Any
 
 import msgspec
 
-PROTOCOL_VERSION = (
-    5  # 2: CountTokens / TokenCount; 3: tools, reasoning, response_format; 4: logprobs; 5: Embed
-)
+# 2: CountTokens / TokenCount; 3: tools, reasoning, response_format; 4: logprobs; 5: Embed;
+# 6: Challenge + Hello.auth for workers reached over TCP.
+PROTOCOL_VERSION = 6
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+# Before a TCP peer has proven it knows the shared secret, no frame may be larger than this.
+MAX_HANDSHAKE_BYTES = 4096
 _LEN = struct.Struct(">I")
 
 
@@ -63,6 +67,8 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 class Hello(msgspec.Struct, tag="hello", kw_only=True):
     version: int = PROTOCOL_VERSION
+    # Over TCP: auth_digest(shared secret, the worker's Challenge nonce). Empty on a Unix socket.
+    auth: bytes = b""
 
 
 class Generate(msgspec.Struct, tag="generate", kw_only=True):
@@ -202,6 +208,16 @@ class TokenCount(msgspec.Struct, tag="token_count", kw_only=True):
     input_tokens: int
 
 
+class Challenge(msgspec.Struct, tag="challenge", kw_only=True):
+    """The first frame a worker sends a TCP peer: prove you know the secret for this nonce."""
+
+    nonce: bytes
+
+
+def auth_digest(secret: bytes, nonce: bytes) -> bytes:
+    return hmac.new(secret, b"mlxm-worker-auth-v1:" + nonce, hashlib.sha256).digest()
+
+
 class Welcome(msgspec.Struct, tag="welcome", kw_only=True):
     version: int = PROTOCOL_VERSION
     pid: int = 0
@@ -222,7 +238,9 @@ class EmbeddingsReply(msgspec.Struct, tag="embeddings", kw_only=True):
     prompt_tokens: int
 
 
-FromWorker = Welcome | Outputs | RequestError | HealthReply | TokenCount | PoolReply | EmbeddingsReply
+FromWorker = (
+    Challenge | Welcome | Outputs | RequestError | HealthReply | TokenCount | PoolReply | EmbeddingsReply
+)
 
 # Error codes carried by RequestError.
 ERR_BAD_REQUEST = "bad_request"
@@ -242,11 +260,11 @@ class FrameCodec:
         body = self._encoder.encode(msg)
         return _LEN.pack(len(body)) + body
 
-    async def read(self, reader: asyncio.StreamReader) -> Any:
+    async def read(self, reader: asyncio.StreamReader, max_size: int = MAX_FRAME_BYTES) -> Any:
         """Read one frame; raises `asyncio.IncompleteReadError` at EOF."""
         header = await reader.readexactly(_LEN.size)
         (size,) = _LEN.unpack(header)
-        if size > MAX_FRAME_BYTES:
+        if size > max_size:
             raise ValueError(f"frame of {size} bytes exceeds the protocol limit")
         return self._decoder.decode(await reader.readexactly(size))
 

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "mlxmanager.audit",
     "mlxmanager.credentials",
     "mlxmanager.rules",
+    "mlxmanager.workers",
     "inference",
 ]
 
@@ -165,6 +166,10 @@ MLXM_MODELS_DIR = MLXM_DATA_DIR / "models"
 MLXM_WORKER_SOCKET = config.worker_socket(MLXM_DATA_DIR)
 # Seconds the gateway waits for the worker to accept a connection before answering 503.
 MLXM_WORKER_CONNECT_TIMEOUT = float(os.environ.get("MLXM_WORKER_CONNECT_TIMEOUT", "2"))
+# Workers on other machines (the Workers page): the secret they share with the web processes,
+# and the CA bundle that verifies the ones at tls:// addresses (blank: the system's).
+MLXM_WORKER_SECRET = os.environ.get("MLXM_WORKER_SECRET", "").encode() or None
+MLXM_WORKER_TLS_CA = os.environ.get("MLXM_WORKER_TLS_CA") or None
 
 # Discover and downloads. The hub endpoint is explicit so tests can use a local fake hub.
 # HF_TOKEN (optional, for gated/private models) is read from the environment until the

@@ -18,4 +18,5 @@ urlpatterns = [
     path("", include("mlxmanager.audit.urls")),
     path("", include("mlxmanager.credentials.urls")),
     path("", include("mlxmanager.rules.urls")),
+    path("", include("mlxmanager.workers.urls")),
 ]

@@ -1,10 +1,12 @@
-"""The team configuration on loopback: two web processes on one PostgreSQL database and one
-Redis channel layer, in front of one inference worker. A login made through one process is
-valid on the other; a request served by web process B shows up at once in the audit live
-tail of a browser session connected to web process A (Redis carries it).
+"""Outgrowing one machine, on loopback.
 
-Runs in the PostgreSQL + Redis pass (`make test-team`, which sets DATABASE_URL and REDIS_URL);
-skipped otherwise.
+- Two web processes on one PostgreSQL database and one Redis channel layer, in front of one
+  inference worker: a login made through one is valid on the other; a request served by web
+  process B shows up at once in the audit live tail of a session connected to web process A
+  (Redis carries it). Runs in the PostgreSQL + Redis pass (`make test-team`, which sets
+  DATABASE_URL and REDIS_URL); skipped otherwise.
+- Two inference workers (the embedded one and one started with `--listen`): requests spread
+  over both, a wrong secret is refused, a killed worker's traffic fails over.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,14 +29,11 @@ from tests.conftest import ROOT, Gateway, _shared_dir, free_port, manage, stop_g
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
-pytestmark = [
-    pytest.mark.team,
-    pytest.mark.xdist_group("live"),
-    pytest.mark.skipif(
-        not DATABASE_URL.startswith("postgres") or not REDIS_URL,
-        reason="needs DATABASE_URL=postgres://… and REDIS_URL (run `make test-team`)",
-    ),
-]
+pytestmark = [pytest.mark.xdist_group("live")]
+needs_team_services = pytest.mark.skipif(
+    not DATABASE_URL.startswith("postgres") or not REDIS_URL,
+    reason="needs DATABASE_URL=postgres://… and REDIS_URL (run `make test-team`)",
+)
 PASSWORD = "correct-horse-battery"
 
 
@@ -87,6 +87,8 @@ async def tail_one_row(ws_url: str, cookie: str, origin: str, trigger: object) -
         return json.loads(await asyncio.wait_for(ws.recv(), timeout=30))
 
 
+@pytest.mark.team
+@needs_team_services
 def test_two_web_processes_share_sessions_and_live_updates(
     demo_models: dict[str, Path], tmp_path: Path, team_database: str
 ) -> None:
@@ -145,3 +147,102 @@ def test_two_web_processes_share_sessions_and_live_updates(
     finally:
         stop_gateway(b)
         stop_gateway(a)
+
+
+# ---- several workers ------------------------------------------------------------------
+
+
+def _remote_health(address: str, secret: bytes) -> dict:
+    from inference.client import EngineClient
+
+    async def ask() -> dict:
+        client = EngineClient(address, secret=secret, connect_timeout=5)
+        try:
+            return await client.health(timeout=5)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(ask())
+
+
+def _tokens(models: list[dict], name: str) -> int:
+    return sum(m.get("tokens_generated", 0) for m in models if m.get("name") == name)
+
+
+@pytest.mark.slow
+def test_requests_spread_over_two_workers_and_fail_over(
+    demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded worker plus one started with `inference_worker --listen` (shared secret):
+    concurrent requests land on both; a peer with the wrong secret is refused; when the remote
+    worker is killed, its traffic moves to the embedded one without a failed request."""
+    import signal
+
+    from inference.client import EngineDeadError
+    from tests.conftest import start_gateway
+    from tests.gateway_fixtures import Admin
+
+    secret = b"a-long-shared-secret-for-tests-0123"
+    monkeypatch.setenv("MLXM_WORKER_SECRET", secret.decode())
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    gw = start_gateway(tmp_path / "gw", demo_models)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "MLXM_DATA_DIR": str(tmp_path / "remote"), "MLXM_LOG_LEVEL": "WARNING"}
+    (tmp_path / "remote").mkdir()
+    remote = subprocess.Popen(
+        [sys.executable, "manage.py", "inference_worker", "--listen", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=(tmp_path / "remote.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(100):
+            try:
+                _remote_health(address, secret)
+                break
+            except EngineDeadError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError((tmp_path / "remote.log").read_text()[-2000:])
+        with pytest.raises(EngineDeadError, match="refused"):
+            _remote_health(address, b"not-the-secret-not-the-secret")
+
+        admin = Admin(gw)
+        r = admin.http.post(
+            "/workers/",
+            data={"name": "remote-1", "address": f"127.0.0.1:{port}"},
+            headers={"X-CSRFToken": admin.csrf},
+        )
+        assert r.status_code == 200 and "remote-1" in r.text
+        page = admin.http.get("/workers/").text
+        assert address in page and page.count('class="badge ok">up<') == 2
+
+        async def burst(n: int) -> list[str]:
+            client = gw.async_openai()
+            answers = await asyncio.gather(*(
+                client.chat.completions.create(
+                    model="tiny-random", messages=[{"role": "user", "content": f"q{i}"}], max_tokens=24
+                )
+                for i in range(n)
+            ))  # fmt: skip
+            return [a.choices[0].finish_reason for a in answers]
+
+        time.sleep(5.5)  # web processes re-read the registered workers every 5 s
+        assert all(f in ("length", "stop") for f in asyncio.run(burst(8)))
+        local_tokens = _tokens(gw.health().json()["worker"]["loaded_models"], "tiny-random")
+        remote_tokens = _tokens(_remote_health(address, secret)["models"], "tiny-random")
+        assert local_tokens > 0 and remote_tokens > 0, (local_tokens, remote_tokens)
+
+        # Kill the remote worker: every request still succeeds, on the embedded one.
+        os.killpg(remote.pid, signal.SIGKILL)
+        remote.wait()
+        assert all(f in ("length", "stop") for f in asyncio.run(burst(6)))
+        assert _tokens(gw.health().json()["worker"]["loaded_models"], "tiny-random") > local_tokens
+        assert 'class="badge warn">down<' in admin.http.get("/workers/").text
+    finally:
+        if remote.poll() is None:
+            os.killpg(remote.pid, signal.SIGKILL)
+        stop_gateway(gw)

@@ -1,4 +1,4 @@
-"""Run the inference worker: `python -m inference.worker --socket PATH`.
+"""Run the inference worker: `python -m inference.worker --socket PATH [--listen HOST:PORT]`.
 
 The process imports no Django and no ORM; everything it needs comes in each request.
 """
@@ -21,7 +21,28 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="JSON list of model specs to load at start (serve passes the profiles)",
     )
+    parser.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve web processes on other machines over TCP (needs MLXM_WORKER_SECRET)",
+    )
+    parser.add_argument(
+        "--secret-file", default=None, help="file holding the shared secret (else MLXM_WORKER_SECRET)"
+    )
+    parser.add_argument("--tls-cert", default=None, help="certificate (PEM) for TLS on --listen")
+    parser.add_argument("--tls-key", default=None, help="its private key (PEM)")
     args = parser.parse_args(argv)
+    listen = parse_listen(parser, args.listen) if args.listen else None
+    secret = read_secret(parser, args.secret_file) if listen else None
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key and listen):
+            parser.error("--tls-cert and --tls-key go together, with --listen")
+        import ssl
+
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     logging.basicConfig(
         level=os.environ.get("MLXM_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s worker: %(message)s",
@@ -35,7 +56,26 @@ def main(argv: list[str] | None = None) -> None:
     from inference.worker.server import WorkerServer
 
     preload = msgspec.json.decode(args.preload, type=list[ModelSpec]) if args.preload else []
-    asyncio.run(WorkerServer(args.socket or config.worker_socket(), preload=preload).run())
+    server = WorkerServer(
+        args.socket or config.worker_socket(), preload=preload, listen=listen, secret=secret, tls=tls
+    )
+    asyncio.run(server.run())
+
+
+def parse_listen(parser: argparse.ArgumentParser, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        parser.error(f"--listen wants HOST:PORT, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def read_secret(parser: argparse.ArgumentParser, path: str | None) -> bytes:
+    raw = open(path, "rb").read().strip() if path else os.environ.get("MLXM_WORKER_SECRET", "").encode()  # noqa: SIM115
+    if len(raw) < 16:
+        parser.error(
+            "--listen needs a shared secret of at least 16 characters (MLXM_WORKER_SECRET or --secret-file)"
+        )
+    return raw
 
 
 if __name__ == "__main__":

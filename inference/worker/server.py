@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import signal
+import ssl
 import time
+from functools import partial
 from typing import Any
 
 from inference import protocol as p
@@ -39,8 +42,21 @@ class Connection:
 
 
 class WorkerServer:
-    def __init__(self, socket_path: str, *, preload: list[p.ModelSpec] | None = None) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        *,
+        preload: list[p.ModelSpec] | None = None,
+        listen: tuple[str, int] | None = None,
+        secret: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        if listen is not None and not secret:
+            raise ValueError("a worker listening on TCP needs a shared secret (MLXM_WORKER_SECRET)")
         self.socket_path = socket_path
+        self.listen = listen
+        self.secret = secret
+        self.tls = tls
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduler = Scheduler(self._emit_threadsafe, preload=preload)
         self.started = time.time()
@@ -65,9 +81,36 @@ class WorkerServer:
             "scheduler_alive": self.scheduler.is_alive(),
         }
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """TCP peers answer a challenge with the shared secret before anything else."""
+        assert self.secret is not None
+        codec = p.worker_codec()
+        nonce = os.urandom(32)
+        writer.write(codec.encode(p.Challenge(nonce=nonce)))
+        peer = writer.get_extra_info("peername")
+        try:
+            hello = await asyncio.wait_for(codec.read(reader, max_size=p.MAX_HANDSHAKE_BYTES), 10)
+        except Exception:
+            log.warning("refused %s: no valid hello", peer)
+            return False
+        expected = p.auth_digest(self.secret, nonce)
+        if not isinstance(hello, p.Hello) or not hmac.compare_digest(hello.auth, expected):
+            log.warning("refused %s: wrong shared secret", peer)
+            return False
+        if hello.version != p.PROTOCOL_VERSION:
+            log.error("client %s speaks protocol %s, not %s", peer, hello.version, p.PROTOCOL_VERSION)
+            return False
+        writer.write(codec.encode(p.Welcome(pid=os.getpid())))
+        return True
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, remote: bool = False
+    ) -> None:
         codec = p.worker_codec()
         conn = Connection(writer, codec)
+        if remote and not await self._authenticate(reader, writer):
+            writer.close()
+            return
         try:
             while True:
                 msg = await codec.read(reader)
@@ -114,12 +157,21 @@ class WorkerServer:
             os.unlink(self.socket_path)
         server = await asyncio.start_unix_server(self._serve_connection, path=self.socket_path)
         os.chmod(self.socket_path, 0o600)
+        tcp = None
+        if self.listen is not None:
+            host, port = self.listen
+            tcp = await asyncio.start_server(
+                partial(self._serve_connection, remote=True), host, port, ssl=self.tls
+            )
+            log.info("also listening on %s:%s (%s)", host, port, "TLS" if self.tls else "plain TCP")
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, stop.set)
         log.info("inference worker %s listening on %s", os.getpid(), self.socket_path)
         async with server:
             await stop.wait()
+            if tcp is not None:
+                tcp.close()
             await self._drain()
         self.scheduler.stop()
         with contextlib.suppress(FileNotFoundError):

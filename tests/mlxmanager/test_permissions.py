@@ -99,7 +99,7 @@ ADMIN_PAGES = {
     *("users", "user-change", "audit", "audit-summary", "audit-actions"),
     *("audit-export-csv", "audit-export-jsonl", "credentials", "credential-test", "credential-secret"),
     *("credential-toggle", "credential-delete", "rules", "rule-order", "rule-test", "rule-move"),
-    *("rule-toggle", "rule-delete"),
+    *("rule-toggle", "rule-delete", "workers", "worker-toggle", "worker-delete"),
 }
 # Not dashboard pages: login/logout, the API roots and the /v1 gateway (API-key auth, own tests).
 ELSEWHERE = {"login", "logout", "api-root", "openapi-json", "openapi-view", "healthz", "metrics", None}

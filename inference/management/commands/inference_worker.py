@@ -7,8 +7,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--socket", default=None, help="Unix socket path (default: MLXM_WORKER_SOCKET)")
+        parser.add_argument("--listen", default=None, metavar="HOST:PORT", help="also serve over TCP")
+        parser.add_argument("--secret-file", default=None, help="shared secret (else MLXM_WORKER_SECRET)")
+        parser.add_argument("--tls-cert", default=None)
+        parser.add_argument("--tls-key", default=None)
 
     def handle(self, *args: object, **opts: object) -> None:
         from inference.worker.__main__ import main
 
-        main(["--socket", str(opts["socket"] or settings.MLXM_WORKER_SOCKET)])
+        argv = ["--socket", str(opts["socket"] or settings.MLXM_WORKER_SOCKET)]
+        for name in ("listen", "secret_file", "tls_cert", "tls_key"):
+            if opts.get(name):
+                argv += ["--" + name.replace("_", "-"), str(opts[name])]
+        main(argv)
