@@ -98,6 +98,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # Tests use a file too (not Django's shared-cache in-memory database, whose table locks
+    # fail at once with "database table is locked" instead of waiting like WAL does), so
+    # threads in a test (download manager, audit flusher) behave as in production.
+    DATABASES["default"]["TEST"] = {"NAME": str(MLXM_DATA_DIR / "test-db.sqlite3")}
 
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {
