@@ -1,10 +1,12 @@
 """Outgrowing one machine, on loopback.
 
-- Two web processes on one PostgreSQL database and one Redis channel layer, in front of one
-  inference worker: a login made through one is valid on the other; a request served by web
-  process B shows up at once in the audit live tail of a session connected to web process A
-  (Redis carries it). Runs in the PostgreSQL + Redis pass (`make test-team`, which sets
-  DATABASE_URL and REDIS_URL); skipped otherwise.
+- Two web processes on one PostgreSQL database and one Redis channel layer, and two inference
+  workers (A's embedded one and one on TCP registered through B): a login made through one
+  web process is valid on the other; requests spread over both workers; a browser on A's
+  Downloads page sees the progress of a download started through B; a request served by B
+  shows up at once in the audit live tail held open on A (Redis carries it); the TCP worker
+  killed, its traffic fails over. Runs in the PostgreSQL + Redis pass (`make test-team`,
+  which sets DATABASE_URL and REDIS_URL); skipped otherwise.
 - Two inference workers (the embedded one and one started with `--listen`): requests spread
   over both, a wrong secret is refused, a killed worker's traffic fails over.
 """
@@ -20,10 +22,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.browser.conftest import NEEDS_CHROMIUM, chromium, open_page  # noqa: F401
 from tests.conftest import ROOT, Gateway, _shared_dir, free_port, manage, stop_gateway
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
@@ -35,6 +39,14 @@ needs_team_services = pytest.mark.skipif(
     reason="needs DATABASE_URL=postgres://… and REDIS_URL (run `make test-team`)",
 )
 PASSWORD = "correct-horse-battery"
+
+
+def arun(coro: Any) -> Any:
+    """asyncio.run in a thread of its own: Playwright's sync API keeps a loop running here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @pytest.fixture
@@ -66,7 +78,7 @@ def serve(env: dict[str, str], port: int, log: Path, *extra: str) -> Gateway:
                    log_path=log)  # fmt: skip
 
 
-def log_in(url: str) -> httpx.Client:
+def log_in_http(url: str) -> httpx.Client:
     http = httpx.Client(base_url=url, timeout=30)
     http.get("/login/")
     r = http.post(
@@ -89,9 +101,28 @@ async def tail_one_row(ws_url: str, cookie: str, origin: str, trigger: object) -
 
 @pytest.mark.team
 @needs_team_services
-def test_two_web_processes_share_sessions_and_live_updates(
-    demo_models: dict[str, Path], tmp_path: Path, team_database: str
+@NEEDS_CHROMIUM
+def test_two_web_processes_two_workers_share_state_and_live_updates(
+    demo_models: dict[str, Path],
+    tmp_path: Path,
+    team_database: str,
+    open_page: Any,  # noqa: F811
 ) -> None:
+    """Two web processes (A with the embedded worker and the download worker, B alone) on one
+    PostgreSQL and one Redis, plus a second inference worker on TCP registered through B."""
+    import signal
+
+    from playwright.sync_api import expect
+
+    from tests.browser.conftest import log_in
+    from tests.browser.test_discover_and_download import MODEL, add_showcase_repo
+    from tests.mlxmanager.downloads.conftest import add_standard_repos
+    from tests.mlxmanager.downloads.fakehub import FakeHub
+
+    secret = "another-long-shared-secret-0123456"
+    hub = FakeHub().start()
+    add_standard_repos(hub)
+    add_showcase_repo(hub)
     env = {
         **os.environ,
         "MLXM_DATA_DIR": str(tmp_path),
@@ -99,54 +130,126 @@ def test_two_web_processes_share_sessions_and_live_updates(
         "REDIS_URL": REDIS_URL,
         "MLXM_LOG_LEVEL": "WARNING",
         "MLXM_AUDIT_FLUSH_INTERVAL": "0.2",
+        "MLXM_WORKER_SECRET": secret,
+        "MLXM_HF_ENDPOINT": hub.url,
+        "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+        "MLXM_MEMORY_LIMIT_BYTES": str(48 * 1024**3),
         "DJANGO_SETTINGS_MODULE": "mlxmanager.settings",
     }
+    env.pop("HF_TOKEN", None)
     manage("migrate", "--noinput", "-v0", env=env)
     manage("prepare_demo_models", "--data-dir", str(_shared_dir()), env=env)
     manage("create_admin", "--username", "admin", "--password-stdin", env=env, stdin=PASSWORD + "\n")
     key = manage("create_api_key", "--username", "admin", "--name", "team", env=env).strip().splitlines()[-1]
 
-    # A: web + the worker (+ downloads); B: a second web process on the same worker socket.
     a = serve(env, free_port(), tmp_path / "a.log")
     b = serve(env, free_port(), tmp_path / "b.log", "--no-worker", "--no-downloads")
+    port = free_port()
+    (tmp_path / "w2").mkdir()
+    w2 = subprocess.Popen(
+        [sys.executable, "manage.py", "inference_worker", "--listen", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env={**env, "MLXM_DATA_DIR": str(tmp_path / "w2")},
+        stdout=(tmp_path / "w2.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         a.wait_healthy()
         b.wait_healthy()
+        wait_for_worker(f"tcp://127.0.0.1:{port}", secret.encode())
 
         # A login through B is a login on A: sessions live in the shared database.
-        via_b = log_in(b.url)
+        via_b = log_in_http(b.url)
         cookie = "; ".join(f"{k}={v}" for k, v in via_b.cookies.items())
         assert httpx.get(a.url + "/api/keys/", headers={"Cookie": cookie}, timeout=30).status_code == 200
 
-        def request_through_b() -> None:
-            r = httpx.post(
-                b.url + "/v1/chat/completions",
-                json={
-                    "model": "tiny-random",
-                    "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": 3,
-                },
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=60,
-            )
-            assert r.status_code == 200, r.text
+        # The second worker, registered through B, serves requests that arrive at A.
+        r = via_b.post("/workers/", data={"name": "w2", "address": f"127.0.0.1:{port}"},
+                       headers={"X-CSRFToken": via_b.cookies["csrftoken"]})  # fmt: skip
+        assert r.status_code == 200 and "w2" in r.text
+        time.sleep(5.5)  # web processes re-read the registered workers every 5 s
+        assert spread_burst(a, key, 8) == 8
+        tokens = {name: _tokens(models, "tiny-random") for name, models in (
+            ("embedded", a.health().json()["worker"]["loaded_models"]),
+            ("w2", _remote_health(f"tcp://127.0.0.1:{port}", secret.encode())["models"]),
+        )}  # fmt: skip
+        assert all(t > 0 for t in tokens.values()), tokens
 
-        # The audit row written by B reaches the live tail held open on A, through Redis.
-        message = asyncio.run(
+        # A browser on A's Downloads page sees the progress of a download started through B.
+        page = open_page()
+        log_in(page, a.url, "admin", PASSWORD)
+        page.goto(a.url + "/downloads/")
+        hub.throttle = 700_000
+        r = via_b.post(
+            "/api/downloads", json={"repo_id": MODEL}, headers={"X-CSRFToken": via_b.cookies["csrftoken"]}
+        )
+        assert r.status_code == 201, r.text
+        bar = page.locator(f"#downloads-panel tr:has-text('{MODEL}') [role=progressbar]")
+        expect(bar).to_have_count(1, timeout=30_000)
+        seen = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(0 < v < 100 for v in seen):
+            seen.add(int(bar.get_attribute("aria-valuenow") or 0))
+            time.sleep(0.2)
+        assert any(0 < v < 100 for v in seen), seen
+        hub.throttle = None
+        page.close()  # before the servers stop under its open event stream
+
+        # The audit row of a request served by B reaches the live tail held open on A (Redis).
+        def request_through_b() -> None:
+            assert spread_burst(b, key, 1) == 1
+
+        message = arun(
             tail_one_row(a.url.replace("http", "ws") + "/audit/ws", cookie, a.url, request_through_b)
         )
         assert message["type"] == "rows" and "tiny-random" in message["html"]
 
-        # Both processes serve /v1 with the same key and see the same audit rows.
-        r = httpx.get(a.v1 + "/models", headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        assert r.status_code == 200 and "tiny-random" in r.text
-        rows = httpx.get(a.url + "/api/audit/requests", headers={"Cookie": cookie}, timeout=30).json()[
-            "items"
-        ]
-        assert any(row["requested_model"] == "tiny-random" for row in rows)
+        # The second worker dies: its share of the traffic fails over to the embedded one.
+        os.killpg(w2.pid, signal.SIGKILL)
+        w2.wait()
+        assert spread_burst(a, key, 6) == 6
+        assert spread_burst(b, key, 2) == 2
     finally:
+        if w2.poll() is None:
+            os.killpg(w2.pid, signal.SIGKILL)
         stop_gateway(b)
         stop_gateway(a)
+        hub.stop()
+
+
+def wait_for_worker(address: str, secret: bytes) -> None:
+    from inference.client import EngineDeadError
+
+    for _ in range(150):
+        try:
+            _remote_health(address, secret)
+            return
+        except EngineDeadError:
+            time.sleep(0.2)
+    raise AssertionError(f"no worker at {address}")
+
+
+def spread_burst(gw: Gateway, key: str, n: int) -> int:
+    """`n` concurrent chat requests through `gw`; returns how many finished properly."""
+
+    async def one(client: httpx.AsyncClient, i: int) -> bool:
+        r = await client.post(
+            gw.url + "/v1/chat/completions",
+            json={
+                "model": "tiny-random",
+                "messages": [{"role": "user", "content": f"q{i}"}],
+                "max_tokens": 24,
+            },
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        return r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("length", "stop")
+
+    async def burst() -> int:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return sum(await asyncio.gather(*(one(client, i) for i in range(n))))
+
+    return arun(burst())
 
 
 # ---- several workers ------------------------------------------------------------------
@@ -162,7 +265,7 @@ def _remote_health(address: str, secret: bytes) -> dict:
         finally:
             await client.aclose()
 
-    return asyncio.run(ask())
+    return arun(ask())
 
 
 def _tokens(models: list[dict], name: str) -> int:
@@ -231,7 +334,7 @@ def test_requests_spread_over_two_workers_and_fail_over(
             return [a.choices[0].finish_reason for a in answers]
 
         time.sleep(5.5)  # web processes re-read the registered workers every 5 s
-        assert all(f in ("length", "stop") for f in asyncio.run(burst(8)))
+        assert all(f in ("length", "stop") for f in arun(burst(8)))
         local_tokens = _tokens(gw.health().json()["worker"]["loaded_models"], "tiny-random")
         remote_tokens = _tokens(_remote_health(address, secret)["models"], "tiny-random")
         assert local_tokens > 0 and remote_tokens > 0, (local_tokens, remote_tokens)
@@ -239,7 +342,7 @@ def test_requests_spread_over_two_workers_and_fail_over(
         # Kill the remote worker: every request still succeeds, on the embedded one.
         os.killpg(remote.pid, signal.SIGKILL)
         remote.wait()
-        assert all(f in ("length", "stop") for f in asyncio.run(burst(6)))
+        assert all(f in ("length", "stop") for f in arun(burst(6)))
         assert _tokens(gw.health().json()["worker"]["loaded_models"], "tiny-random") > local_tokens
         assert 'class="badge warn">down<' in admin.http.get("/workers/").text
     finally:
