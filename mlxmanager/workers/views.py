@@ -73,24 +73,33 @@ async def workers(request: HttpRequest) -> HttpResponse:
     return await _panel(request, notice=f"Registered {worker.name}.")
 
 
+async def _act(request: HttpRequest, worker_id: int, change: Any) -> HttpResponse:
+    """Apply `change(worker) -> notice` to one worker and redraw the panel."""
+    try:
+        worker = await sync_to_async(services.worker_get)(worker_id)
+        notice = await sync_to_async(change)(worker)
+    except DomainError as exc:
+        return await _panel(request, error=exc.message, status=200 if request.htmx else exc.status)  # type: ignore[attr-defined]
+    return await _panel(request, notice=notice)
+
+
 @admin_required
 @require_POST
 async def worker_toggle(request: HttpRequest, worker_id: int) -> HttpResponse:
-    try:
-        worker = await sync_to_async(services.worker_get)(worker_id)
-        enabled = request.POST.get("enabled") == "1"
-        await sync_to_async(services.worker_set_enabled)(worker=worker, enabled=enabled)
-    except DomainError as exc:
-        return await _panel(request, error=exc.message, status=200 if request.htmx else exc.status)  # type: ignore[attr-defined]
-    return await _panel(request, notice=f"{worker.name} {'enabled' if enabled else 'disabled'}.")
+    enabled = request.POST.get("enabled") == "1"
+
+    def change(worker: Any) -> str:
+        services.worker_set_enabled(worker=worker, enabled=enabled)
+        return f"{worker.name} {'enabled' if enabled else 'disabled'}."
+
+    return await _act(request, worker_id, change)
 
 
 @admin_required
 @require_POST
 async def worker_delete(request: HttpRequest, worker_id: int) -> HttpResponse:
-    try:
-        worker = await sync_to_async(services.worker_get)(worker_id)
-        await sync_to_async(services.worker_delete)(worker=worker)
-    except DomainError as exc:
-        return await _panel(request, error=exc.message, status=200 if request.htmx else exc.status)  # type: ignore[attr-defined]
-    return await _panel(request, notice=f"Removed {worker.name}.")
+    def change(worker: Any) -> str:
+        services.worker_delete(worker=worker)
+        return f"Removed {worker.name}."
+
+    return await _act(request, worker_id, change)
