@@ -255,11 +255,11 @@ def spread_burst(gw: Gateway, key: str, n: int) -> int:
 # ---- several workers ------------------------------------------------------------------
 
 
-def _remote_health(address: str, secret: bytes) -> dict:
+def _remote_health(address: str, secret: bytes, tls_ca: str | None = None) -> dict:
     from inference.client import EngineClient
 
     async def ask() -> dict:
-        client = EngineClient(address, secret=secret, connect_timeout=5)
+        client = EngineClient(address, secret=secret, connect_timeout=5, tls_ca=tls_ca)
         try:
             return await client.health(timeout=5)
         finally:
@@ -349,3 +349,79 @@ def test_requests_spread_over_two_workers_and_fail_over(
         if remote.poll() is None:
             os.killpg(remote.pid, signal.SIGKILL)
         stop_gateway(gw)
+
+
+@pytest.mark.slow
+def test_a_worker_over_tls_needs_the_right_certificate_and_secret(tmp_path: Path) -> None:
+    """`--listen` with `--tls-cert/--tls-key`: a client that trusts the certificate and knows
+    the secret is served; plain TCP, an untrusted certificate or a wrong secret are not."""
+    import signal
+
+    from inference.client import EngineDeadError
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
+    secret = b"tls-shared-secret-0123456789"
+    port = free_port()
+    env = {**os.environ, "MLXM_WORKER_SECRET": secret.decode(), "MLXM_LOG_LEVEL": "WARNING"}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inference.worker",
+            "--socket",
+            str(tmp_path / "w.sock"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=(tmp_path / "w.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    address = f"tls://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                health = _remote_health(address, secret, tls_ca=str(cert))
+                break
+            except EngineDeadError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError((tmp_path / "w.log").read_text()[-2000:])
+        assert health["pid"] == worker.pid
+        with pytest.raises(EngineDeadError):
+            _remote_health(f"tcp://127.0.0.1:{port}", secret)  # plain TCP to a TLS port
+        with pytest.raises(EngineDeadError):
+            _remote_health(address, secret)  # the system CAs don't trust a self-signed cert
+        with pytest.raises(EngineDeadError, match="refused"):
+            _remote_health(address, b"wrong-secret-wrong-secret", tls_ca=str(cert))
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
