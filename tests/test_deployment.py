@@ -221,7 +221,7 @@ def test_two_web_processes_two_workers_share_state_and_live_updates(
 def wait_for_worker(address: str, secret: bytes) -> None:
     from inference.client import EngineDeadError
 
-    for _ in range(150):
+    for _ in range(300):
         try:
             _remote_health(address, secret)
             return
@@ -425,3 +425,104 @@ def test_a_worker_over_tls_needs_the_right_certificate_and_secret(tmp_path: Path
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
+
+
+# ---- a model over an MLX distributed group ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_distributed_group_serves_as_one_worker(demo_models: dict[str, Path], tmp_path: Path) -> None:
+    """`mlx.launch -n 2 … manage.py inference_worker --listen`: both ranks load the model
+    tensor-sharded; rank 0 serves the protocol and replicates its scheduler to rank 1. Batched
+    greedy answers equal those of a plain single-process worker."""
+    import signal
+
+    from inference import protocol as p
+    from inference.client import EngineClient
+
+    launch = Path(sys.executable).parent / "mlx.launch"
+    if not launch.exists():
+        pytest.skip("mlx.launch not installed")
+    secret = "distributed-shared-secret-0123"
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLXM_WORKER_SECRET": secret,
+        "MLXM_DATA_DIR": str(tmp_path),
+        "MLXM_LOG_LEVEL": "WARNING",
+    }
+    group = subprocess.Popen(
+        [
+            str(launch),
+            "--backend",
+            "ring",
+            "-n",
+            "2",
+            "--hosts",
+            "127.0.0.1",
+            "--starting-port",
+            str(free_port()),
+            "--cwd",
+            str(ROOT),
+            "--python",
+            sys.executable,
+            "--",
+            str(ROOT / "manage.py"),
+            "inference_worker",
+            "--socket",
+            str(tmp_path / "group.sock"),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=(tmp_path / "group.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    single = subprocess.Popen(
+        [sys.executable, "-m", "inference.worker", "--socket", str(tmp_path / "single.sock")],
+        cwd=ROOT,
+        env=env,
+        stdout=(tmp_path / "single.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    spec = p.ModelSpec(name="tiny-random", path=str(demo_models["tiny-random"]))
+    prompts = [
+        ("The distributed group says", 24),
+        ("Another prompt, longer than the first one", 16),
+        ("Hi", 8),
+    ]
+
+    async def answers(address: str, key: bytes | None) -> list[tuple[str, str | None]]:
+        client = EngineClient(address, secret=key, connect_timeout=5)
+
+        async def one(i: int, prompt: str, n: int) -> tuple[str, str | None]:
+            req = p.Generate(request_id=f"r{i}", model=spec, prompt=prompt,
+                             sampling=p.SamplingParams(max_tokens=n, temperature=0.0))  # fmt: skip
+            text, finish = "", None
+            async for outs in client.generate(req):
+                for o in outs:
+                    text, finish = text + o.text, o.finish_reason or finish
+            return text, finish
+
+        try:
+            return list(await asyncio.gather(*(one(i, *pn) for i, pn in enumerate(prompts))))
+        finally:
+            await client.aclose()
+
+    try:
+        wait_for_worker(f"tcp://127.0.0.1:{port}", secret.encode())
+        wait_for_worker(str(tmp_path / "single.sock"), b"")
+        sharded = arun(answers(f"tcp://127.0.0.1:{port}", secret.encode()))
+        plain = arun(answers(str(tmp_path / "single.sock"), None))
+        assert [f for _, f in sharded] == ["length"] * 3
+        assert sharded == plain
+        log = (tmp_path / "group.log").read_text()
+        assert "Traceback" not in log, log[-2000:]
+    finally:
+        for proc in (group, single):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

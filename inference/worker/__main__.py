@@ -53,11 +53,33 @@ def main(argv: list[str] | None = None) -> None:
     import msgspec
 
     from inference.protocol import ModelSpec
+    from inference.worker.distributed import init_group
     from inference.worker.server import WorkerServer
 
     preload = msgspec.json.decode(args.preload, type=list[ModelSpec]) if args.preload else []
+    replicator = None
+    group = init_group()
+    if group is not None:
+        # Started by `mlx.launch`: every rank loads models sharded over the group; rank 0
+        # serves, the others follow its scheduler (inference/worker/distributed.py).
+        from inference.worker.adapters.llm import use_group
+        from inference.worker.distributed import Replicator
+
+        use_group(group)
+        replicator = Replicator(group)
+        logging.getLogger(__name__).info("distributed worker: rank %d of %d", group.rank(), group.size())
+        if group.rank() != 0:
+            from inference.worker.scheduler import Scheduler
+
+            Scheduler(lambda conn, items: None, preload=preload, replicator=replicator).run()
+            return
     server = WorkerServer(
-        args.socket or config.worker_socket(), preload=preload, listen=listen, secret=secret, tls=tls
+        args.socket or config.worker_socket(),
+        preload=preload,
+        listen=listen,
+        secret=secret,
+        tls=tls,
+        replicator=replicator,
     )
     asyncio.run(server.run())
 

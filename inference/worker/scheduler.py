@@ -41,7 +41,12 @@ class _AbortAll:
 
 class Scheduler(threading.Thread):
     def __init__(
-        self, emit: Emit, *, pool: Pool | None = None, preload: list[p.ModelSpec] | None = None
+        self,
+        emit: Emit,
+        *,
+        pool: Pool | None = None,
+        preload: list[p.ModelSpec] | None = None,
+        replicator: Any = None,
     ) -> None:
         super().__init__(name="mlx-scheduler", daemon=True)
         self.pool = pool if pool is not None else Pool()
@@ -60,6 +65,9 @@ class Scheduler(threading.Thread):
         # Set on shutdown: running requests finish, new ones are refused (503, so routing
         # can fall back to another target).
         self.draining = False
+        # Over an MLX distributed group (inference/worker/distributed.py): every round's inbox
+        # is rank 0's, broadcast to all ranks.
+        self.replicator = replicator
 
     # ---- called from the I/O thread ------------------------------------------------
 
@@ -94,13 +102,18 @@ class Scheduler(threading.Thread):
         last_snapshot = last_sample = 0.0
         with mx.stream(mx.default_stream(mx.default_device())):
             self._load_preloaded()
-            while not self._stop_event.is_set():
+            while True:
                 busy = any(e.active for e in self.pool)
-                self._drain(block=not busy)
+                if self.replicator is None:
+                    if self._stop_event.is_set():
+                        break
+                    self._drain(block=not busy)
+                elif not self._replicated_round(busy):
+                    break
                 self._step_all()
                 now = time.monotonic()
                 if now - last_snapshot > 0.25:
-                    if not busy:
+                    if not busy and self.replicator is None:
                         self.pool.expire(time.time())
                     self._refresh_snapshot()
                     last_snapshot = now
@@ -109,6 +122,26 @@ class Scheduler(threading.Thread):
                     last_sample = now
         for engine in self.pool:
             engine.close()
+
+    def _replicated_round(self, busy: bool) -> bool:
+        """Handle this round's inbox, rank 0's on every rank; False once told to stop."""
+        stopping = self._stop_event.is_set()
+        items: list[tuple[Any, Any]] = []
+        if self.replicator.leader and not stopping:
+            try:
+                item = self._inbox.get(timeout=0.5) if not busy else self._inbox.get_nowait()
+                items.append(item)
+                while True:
+                    items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                pass
+        items, draining, stopping = self.replicator.sync(items, draining=self.draining, stopping=stopping)
+        self.draining = draining
+        for conn, msg in items:
+            if self.replicator.leader and not isinstance(msg, _ConnectionClosed | _AbortAll | None):
+                self.queued -= 1
+            self._handle(conn, msg)
+        return not stopping
 
     def _load_preloaded(self) -> None:
         for spec in self._preload:

@@ -50,6 +50,7 @@ class WorkerServer:
         listen: tuple[str, int] | None = None,
         secret: bytes | None = None,
         tls: ssl.SSLContext | None = None,
+        replicator: Any = None,
     ) -> None:
         if listen is not None and not secret:
             raise ValueError("a worker listening on TCP needs a shared secret (MLXM_WORKER_SECRET)")
@@ -58,7 +59,7 @@ class WorkerServer:
         self.secret = secret
         self.tls = tls
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.scheduler = Scheduler(self._emit_threadsafe, preload=preload)
+        self.scheduler = Scheduler(self._emit_threadsafe, preload=preload, replicator=replicator)
         self.started = time.time()
         self.drain_seconds = float(os.environ.get("MLXM_DRAIN_SECONDS", "30"))
 

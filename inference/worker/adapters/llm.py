@@ -137,6 +137,28 @@ def _use_float32() -> bool:
     return setting in {"1", "true", "yes", "on"} or sys.platform != "darwin"
 
 
+# Set by a worker running over an MLX distributed group: models load tensor-sharded over it.
+_GROUP: Any = None
+
+
+def use_group(group: Any) -> None:
+    global _GROUP
+    _GROUP = group
+
+
+def _load(path: str) -> tuple[Any, Any, dict[str, Any]]:
+    if _GROUP is None:
+        return cast(tuple[Any, Any, dict[str, Any]], mlx_load(path, return_config=True))
+    from mlx_lm.utils import sharded_load
+
+    try:
+        return cast(
+            tuple[Any, Any, dict[str, Any]], sharded_load(path, tensor_group=_GROUP, return_config=True)
+        )
+    except ValueError as exc:  # e.g. an architecture without tensor parallelism
+        raise BadRequest(f"this model can't be sharded over the distributed group: {exc}") from exc
+
+
 class LLMEngine:
     """One loaded text model: a continuous batch, plus a sequential lane for features
     mlx-lm can't batch (speculative decoding, quantized KV cache)."""
@@ -147,8 +169,9 @@ class LLMEngine:
         self.spec = spec
         self.pinned = spec.pinned
         t0 = time.perf_counter()
-        loaded = cast(tuple[Any, Any, dict[str, Any]], mlx_load(spec.path, return_config=True))
-        self.model, self.tokenizer, config = loaded
+        if _GROUP is not None and spec.draft_path:
+            raise BadRequest("speculative decoding is not available on a distributed worker")
+        self.model, self.tokenizer, config = _load(spec.path)
         self.model_context = int(config.get("max_position_embeddings") or 0) or None
         self.draft_model = mlx_load(spec.draft_path)[0] if spec.draft_path else None
         if _use_float32():
