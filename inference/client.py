@@ -97,6 +97,10 @@ class EngineClient:
                 )
                 raise EngineDeadError(f"the inference worker {what}") from exc
             except (OSError, TimeoutError, ValueError, msgspec.DecodeError) as exc:
+                if self.remote:
+                    raise EngineDeadError(
+                        f"the inference worker at {self.socket_path} is not reachable"
+                    ) from exc
                 raise EngineDeadError("the inference worker is not running") from exc
             if not isinstance(welcome, p.Welcome) or welcome.version != p.PROTOCOL_VERSION:
                 writer.close()

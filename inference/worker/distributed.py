@@ -69,7 +69,9 @@ class Replicator:
 
         # On mlx-lm's generation stream: the sharded layers' own all-reduces run there
         # (asynchronously); on another stream the two would interleave on the wire.
-        out = mx.distributed.all_sum(mx.array(values, dtype=mx.int32), group=self.group, stream=generation_stream)
+        out = mx.distributed.all_sum(
+            mx.array(values, dtype=mx.int32), group=self.group, stream=generation_stream
+        )
         mx.eval(out)
         return [int(v) for v in cast(list[int], out.tolist())]
 
