@@ -65,15 +65,24 @@ def team_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def serve(env: dict[str, str], port: int, log: Path, *extra: str) -> Gateway:
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port), *extra],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A child in its own session (killed with its group), its output in `log`."""
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+def launch_command(ranks: int, *script: str) -> list[str]:
+    """`mlx.launch` running `script` on `ranks` ranks on 127.0.0.1 (ring backend)."""
+    launch = Path(sys.executable).parent / "mlx.launch"
+    if not launch.exists():
+        pytest.skip("mlx.launch not installed")
+    return [str(launch), "--backend", "ring", "-n", str(ranks), "--hosts", "127.0.0.1", "--starting-port",
+            str(free_port()), "--cwd", str(ROOT), "--python", sys.executable, "--", *script]  # fmt: skip
+
+
+def serve(env: dict[str, str], port: int, log: Path, *extra: str) -> Gateway:
+    proc = spawn([sys.executable, "manage.py", "serve", "--port", str(port), *extra], env, log)
     return Gateway(url=f"http://127.0.0.1:{port}", key="", data_dir=Path(env["MLXM_DATA_DIR"]), proc=proc,
                    log_path=log)  # fmt: skip
 
@@ -146,13 +155,10 @@ def test_two_web_processes_two_workers_share_state_and_live_updates(
     b = serve(env, free_port(), tmp_path / "b.log", "--no-worker", "--no-downloads")
     port = free_port()
     (tmp_path / "w2").mkdir()
-    w2 = subprocess.Popen(
+    w2 = spawn(
         [sys.executable, "manage.py", "inference_worker", "--listen", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env={**env, "MLXM_DATA_DIR": str(tmp_path / "w2")},
-        stdout=(tmp_path / "w2.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        {**env, "MLXM_DATA_DIR": str(tmp_path / "w2")},
+        tmp_path / "w2.log",
     )
     try:
         a.wait_healthy()
@@ -293,13 +299,10 @@ def test_requests_spread_over_two_workers_and_fail_over(
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "MLXM_DATA_DIR": str(tmp_path / "remote"), "MLXM_LOG_LEVEL": "WARNING"}
     (tmp_path / "remote").mkdir()
-    remote = subprocess.Popen(
+    remote = spawn(
         [sys.executable, "manage.py", "inference_worker", "--listen", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env,
-        stdout=(tmp_path / "remote.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        env,
+        tmp_path / "remote.log",
     )
     try:
         for _ in range(100):
@@ -385,7 +388,7 @@ def test_a_worker_over_tls_needs_the_right_certificate_and_secret(tmp_path: Path
     secret = b"tls-shared-secret-0123456789"
     port = free_port()
     env = {**os.environ, "MLXM_WORKER_SECRET": secret.decode(), "MLXM_LOG_LEVEL": "WARNING"}
-    worker = subprocess.Popen(
+    worker = spawn(
         [
             sys.executable,
             "-m",
@@ -399,11 +402,8 @@ def test_a_worker_over_tls_needs_the_right_certificate_and_secret(tmp_path: Path
             "--tls-key",
             str(key),
         ],  # fmt: skip
-        cwd=ROOT,
-        env=env,
-        stdout=(tmp_path / "w.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        env,
+        tmp_path / "w.log",
     )
     address = f"tls://127.0.0.1:{port}"
     try:
@@ -440,9 +440,6 @@ def test_a_distributed_group_serves_as_one_worker(demo_models: dict[str, Path], 
     from inference import protocol as p
     from inference.client import EngineClient
 
-    launch = Path(sys.executable).parent / "mlx.launch"
-    if not launch.exists():
-        pytest.skip("mlx.launch not installed")
     secret = "distributed-shared-secret-0123"
     port = free_port()
     env = {
@@ -451,43 +448,21 @@ def test_a_distributed_group_serves_as_one_worker(demo_models: dict[str, Path], 
         "MLXM_DATA_DIR": str(tmp_path),
         "MLXM_LOG_LEVEL": "WARNING",
     }
-    group = subprocess.Popen(
-        [
-            str(launch),
-            "--backend",
-            "ring",
-            "-n",
-            "2",
-            "--hosts",
-            "127.0.0.1",
-            "--starting-port",
-            str(free_port()),
-            "--cwd",
-            str(ROOT),
-            "--python",
-            sys.executable,
-            "--",
+    group = spawn(
+        launch_command(
+            2,
             str(ROOT / "manage.py"),
             "inference_worker",
             "--socket",
             str(tmp_path / "group.sock"),
             "--listen",
             f"127.0.0.1:{port}",
-        ],  # fmt: skip
-        cwd=ROOT,
-        env=env,
-        stdout=(tmp_path / "group.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        ),  # fmt: skip
+        env,
+        tmp_path / "group.log",
     )
-    single = subprocess.Popen(
-        [sys.executable, "-m", "inference.worker", "--socket", str(tmp_path / "single.sock")],
-        cwd=ROOT,
-        env=env,
-        stdout=(tmp_path / "single.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    single = spawn([sys.executable, "-m", "inference.worker", "--socket", str(tmp_path / "single.sock")], env,
+                   tmp_path / "single.log")  # fmt: skip
     spec = p.ModelSpec(name="tiny-random", path=str(demo_models["tiny-random"]))
     prompts = [
         ("The distributed group says", 24),

@@ -3,40 +3,22 @@ tensor-sharded with mlx-lm's `sharded_load`, and decode the same text as one pro
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-LAUNCH = Path(sys.executable).parent / "mlx.launch"
 
-
-@pytest.mark.skipif(not LAUNCH.exists() and not shutil.which("mlx.launch"), reason="mlx.launch not installed")
 def test_two_ranks_decode_the_same_text_as_one_process(demo_models: dict[str, Path]) -> None:
-    launch = str(LAUNCH) if LAUNCH.exists() else str(shutil.which("mlx.launch"))
+    from tests.test_deployment import launch_command
+
+    probe = str(ROOT / "benchmarks" / "distributed_probe.py")
     out = subprocess.run(
-        [
-            launch,
-            "--backend",
-            "ring",
-            "-n",
-            "2",
-            "--hosts",
-            "127.0.0.1",
-            "--starting-port",
-            str(free_port()),
-            "--python",
-            sys.executable,
-            "--",
-            str(ROOT / "benchmarks" / "distributed_probe.py"),
-            str(demo_models["tiny-random"]),
-        ],  # fmt: skip
+        launch_command(2, probe, str(demo_models["tiny-random"])),
         cwd=ROOT,
         capture_output=True,
         text=True,
