@@ -28,6 +28,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             "queue_depth": worker.get("queue_depth", 0),
             "active_requests": worker.get("active_requests", 0),
             "loading": worker.get("loading"),
+            "draining": bool(worker.get("draining")),
             "prompt_cache_hit_rate": round(hit / seen, 4) if seen else 0.0,
             "loaded_models": [
                 {

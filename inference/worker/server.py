@@ -80,6 +80,7 @@ class WorkerServer:
             "memory": snap.get("memory", {}),
             "history": snap.get("history", []),
             "scheduler_alive": self.scheduler.is_alive(),
+            "draining": self.scheduler.draining,
         }
 
     async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import openai
@@ -62,7 +63,12 @@ def test_sigterm_drains_running_streams(
         if finishes == ["length"]:
             assert usage.completion_tokens == 20
 
-        # While draining, a new request gets a clear 503, not a hang or a dropped connection.
+        # While draining (the worker says so on /healthz), a new request gets a clear 503, not a
+        # hang or a dropped connection.
+        deadline = time.monotonic() + 30
+        while not gw.health().json()["worker"].get("draining"):
+            assert time.monotonic() < deadline, "the worker never started draining"
+            time.sleep(0.05)
         with pytest.raises(openai.APIStatusError) as refused:
             client.chat.completions.create(
                 model=TINY, messages=[{"role": "user", "content": "new"}], max_tokens=5
