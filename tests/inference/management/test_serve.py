@@ -33,9 +33,14 @@ def test_sigterm_drains_running_streams(
             stream=True,
             stream_options={"include_usage": True},
         )
-        # SmolLM2 (tens of tokens/s here, 8k context) cannot finish this within the drain.
+        # SmolLM2 (tens of tokens/s here, 8k context) cannot finish this within the drain; its
+        # end-of-text tokens are banned so it cannot stop early either.
         endless = client.chat.completions.create(
-            model=SMOL, messages=[{"role": "user", "content": "endless"}], max_tokens=8000, stream=True
+            model=SMOL,
+            messages=[{"role": "user", "content": "endless"}],
+            max_tokens=8000,
+            stream=True,
+            logit_bias={"0": -100, "1": -100, "2": -100},
         )
         first_short, first_endless = next(iter(short)), next(iter(endless))
         assert first_short.id and first_endless.id
