@@ -34,8 +34,9 @@ def test_streamed_local_requests_get_tokens_and_timings(routed_gateway: Gateway,
         assert row["backend"] == f"local:{TINY}" and row["rule"] and row["key_prefix"].startswith("mlxm-")
         assert row["client_ip"] == "127.0.0.1" and row["username"] == "admin"
         assert 0 < row["ttft_ms"] <= row["duration_ms"]
-        if usage.completion_tokens > 2:
-            assert row["tokens_per_s"] > 0
+        # The decode rate needs tokens after the first batch; on a loaded machine all of a
+        # short answer can arrive in one frame, and then it is not measurable (None).
+        assert row["tokens_per_s"] is None or row["tokens_per_s"] > 0
 
 
 def test_anthropic_stream_and_errors_are_audited(routed_gateway: Gateway, admin: Admin) -> None:
