@@ -100,12 +100,13 @@ def test_live_allowed_models_and_expiry(gateway: Gateway) -> None:
         only_tiny.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=4)
     assert exc.value.body["param"] == "model" and SMOL in exc.value.body["message"]
 
-    created = time.monotonic()
+    before = time.monotonic()
     soon = client(gateway, new_key(gateway, "--expires-days", "0.0002"))  # about 17 s
+    after = time.monotonic()  # the key was made between `before` and `after`
     # Used well inside its life (a loaded machine can take seconds per call), then after it.
     assert soon.models.list().data
-    assert time.monotonic() - created < 17, "the machine was too slow to check the key before it expired"
-    time.sleep(max(0.0, 18 - (time.monotonic() - created)))
+    assert time.monotonic() - before < 17, "the machine was too slow to use the key before it expired"
+    time.sleep(max(0.0, 18 - (time.monotonic() - after)))
     with pytest.raises(openai.AuthenticationError):
         soon.models.list()
 
