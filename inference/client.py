@@ -142,7 +142,14 @@ class EngineClient:
                         if q is not None:
                             q.put_nowait(item)
                 elif isinstance(
-                    msg, p.RequestError | p.HealthReply | p.TokenCount | p.PoolReply | p.EmbeddingsReply
+                    msg,
+                    p.RequestError
+                    | p.HealthReply
+                    | p.TokenCount
+                    | p.PoolReply
+                    | p.EmbeddingsReply
+                    | p.TranscriptionReply
+                    | p.AudioChunk,
                 ):
                     q = self._queues.get(msg.request_id)
                     if q is not None:
@@ -227,6 +234,37 @@ class EngineClient:
         reply = await self._call(req.request_id, req)
         assert isinstance(reply, p.EmbeddingsReply)
         return reply
+
+    async def transcribe(self, req: p.Transcribe) -> p.TranscriptionReply:
+        """Text (and timed segments) of `req`'s audio (loads the model if needed)."""
+        reply = await self._call(req.request_id, req)
+        assert isinstance(reply, p.TranscriptionReply)
+        return reply
+
+    async def speak(self, req: p.Speak) -> AsyncGenerator[p.AudioChunk, None]:
+        """Yield the speech for `req` as it is made; the last chunk is `final`.
+
+        Closing the iterator early (client disconnect) aborts the request in the worker.
+        """
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues[req.request_id] = q
+        finished = False
+        try:
+            await self._send(req)
+            while not finished:
+                item = await self._await_item(q)
+                if isinstance(item, p.RequestError):
+                    finished = True
+                    raise EngineRequestError(item.code, item.message)
+                assert isinstance(item, p.AudioChunk)
+                finished = item.final
+                yield item
+        finally:
+            self._queues.pop(req.request_id, None)
+            if not finished and self.connected:
+                assert self._writer is not None
+                with contextlib.suppress(Exception):
+                    self._writer.write(self._codec.encode(p.Abort(request_id=req.request_id)))
 
     async def pool_command(self, action: str, model: p.ModelSpec) -> str:
         """Load, unload, pin or unpin a model; returns the worker's message."""

@@ -60,6 +60,32 @@ async def resolve(model: str) -> Target:
     return Target(await profile_resolve(model))
 
 
+_KIND_WORDS = {
+    Profile.KIND_LLM: "a text generation model",
+    Profile.KIND_VISION: "a vision model",
+    Profile.KIND_EMBEDDINGS: "an embeddings model",
+    Profile.KIND_STT: "a speech-to-text model",
+    Profile.KIND_TTS: "a text-to-speech model",
+}
+
+
+def require_kind(target: Target, kinds: tuple[str, ...], *, model: str) -> None:
+    """A 400 naming the right endpoint when a profile of another kind is asked (an embeddings
+    request to a chat profile, a chat to a speech model...)."""
+    kind = target.profile.kind
+    if kind in kinds:
+        return
+    wanted = " or ".join(_KIND_WORDS.get(k, k) for k in kinds)
+    raise DomainError(
+        f"'{model}' is {_KIND_WORDS.get(kind, kind)}, not {wanted}: use {target.profile.endpoint}",
+        param="model",
+        code="wrong_model_type",
+    )
+
+
+TEXT_KINDS = (Profile.KIND_LLM, Profile.KIND_VISION)
+
+
 def sampling_for(body: SamplingFields, profile: Profile, *, max_tokens: int | None) -> p.SamplingParams:
     requested = {key: getattr(body, key) for key in _SAMPLING_KEYS}
     if body.logit_bias:
@@ -108,8 +134,10 @@ def _with_profile_system(messages: list[dict[str, Any]], profile: Profile) -> li
     return messages
 
 
-def chat_request(body: ChatCompletionRequest, target: Target) -> p.Generate:
-    messages = _with_profile_system(body.template_messages(), target.profile)
+def chat_request(
+    body: ChatCompletionRequest, target: Target, images: list[bytes] | None = None
+) -> p.Generate:
+    messages = _with_profile_system(body.template_messages(images=bool(images)), target.profile)
     tool_choice, tool_name = body.tool_choice_values()
     return p.Generate(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -130,6 +158,7 @@ def chat_request(body: ChatCompletionRequest, target: Target) -> p.Generate:
         tool_parser=target.profile.tool_parser or "",
         reasoning_parser=target.profile.reasoning_parser or "",
         logprobs=body.logprobs_count(),
+        images=images or [],
     )
 
 
@@ -143,9 +172,9 @@ def completion_request(body: CompletionRequest, target: Target) -> p.Generate:
     )
 
 
-def messages_request(body: MessagesRequest, target: Target) -> p.Generate:
+def messages_request(body: MessagesRequest, target: Target, images: list[bytes] | None = None) -> p.Generate:
     """An Anthropic Messages request as a chat generation."""
-    messages, template_kwargs = body.chat_prompt()
+    messages, template_kwargs = body.chat_prompt(images=bool(images))
     tool_choice, tool_name, parallel = body.tool_choice_values()
     return p.Generate(
         request_id=f"msg_{uuid.uuid4().hex}",
@@ -164,6 +193,7 @@ def messages_request(body: MessagesRequest, target: Target) -> p.Generate:
         # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
         tool_parser=target.profile.tool_parser or "",
         reasoning_parser=target.profile.reasoning_parser or "",
+        images=images or [],
     )
 
 
@@ -194,9 +224,11 @@ def responses_request(body: ResponsesRequest, target: Target) -> p.Generate:
     )
 
 
-def count_tokens_request(body: CountTokensRequest, target: Target) -> p.CountTokens:
+def count_tokens_request(
+    body: CountTokensRequest, target: Target, images: list[bytes] | None = None
+) -> p.CountTokens:
     """The prompt `messages_request` would build for the same body, to be tokenized only."""
-    messages, template_kwargs = body.chat_prompt()
+    messages, template_kwargs = body.chat_prompt(images=bool(images))
     tool_choice, _, _ = body.tool_choice_values()
     return p.CountTokens(
         request_id=f"count_{uuid.uuid4().hex}",
@@ -205,4 +237,5 @@ def count_tokens_request(body: CountTokensRequest, target: Target) -> p.CountTok
         chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **template_kwargs},
         tools=body.tool_dicts() if tool_choice != "none" else None,
         tool_parser=target.profile.tool_parser or "",
+        images=images or [],
     )

@@ -17,8 +17,8 @@ from typing import Any
 import msgspec
 
 # 2: CountTokens / TokenCount; 3: tools, reasoning, response_format; 4: logprobs; 5: Embed;
-# 6: Challenge + Hello.auth for workers reached over TCP.
-PROTOCOL_VERSION = 6
+# 6: Challenge + Hello.auth for workers reached over TCP; 7: images, Transcribe, Speak.
+PROTOCOL_VERSION = 7
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 # Before a TCP peer has proven it knows the shared secret, no frame may be larger than this.
 MAX_HANDSHAKE_BYTES = 4096
@@ -95,6 +95,9 @@ class Generate(msgspec.Struct, tag="generate", kw_only=True):
     thinking_budget: int | None = None
     # Per-token log-probabilities: None = off; N = each token's, with its N most likely alternatives.
     logprobs: int | None = None
+    # Vision models: the encoded images (PNG, JPEG, ...) that the messages' {"type": "image"}
+    # parts stand for, in order. Checked by the gateway (format, size, decodable).
+    images: list[bytes] = []
 
 
 TOOL_CHOICES = ("auto", "none", "required", "function")
@@ -110,6 +113,7 @@ class CountTokens(msgspec.Struct, tag="count_tokens", kw_only=True):
     chat_template_kwargs: dict[str, Any] = {}
     tools: list[dict[str, Any]] | None = None
     tool_parser: str = ""
+    images: list[bytes] = []
 
 
 class Abort(msgspec.Struct, tag="abort", kw_only=True):
@@ -137,7 +141,37 @@ class Embed(msgspec.Struct, tag="embed", kw_only=True):
     token_ids: list[list[int]] | None = None
 
 
-ToWorker = Hello | Generate | CountTokens | Abort | Health | PoolCommand | Embed
+AUDIO_SAMPLE_RATE = 16000  # what the gateway resamples uploads to for speech-to-text
+
+
+class Transcribe(msgspec.Struct, tag="transcribe", kw_only=True):
+    """Speech to text; reply `TranscriptionReply`. `audio` is mono 16-bit little-endian PCM at
+    AUDIO_SAMPLE_RATE (the gateway decodes and resamples the upload)."""
+
+    request_id: str
+    model: ModelSpec
+    audio: bytes
+    language: str | None = None  # ISO-639-1; None: detected
+    prompt: str | None = None
+    temperature: float = 0.0
+    task: str = "transcribe"  # or "translate" (to English)
+    word_timestamps: bool = False
+    max_tokens: int | None = None  # the profile's cap on tokens per 30 s window
+
+
+class Speak(msgspec.Struct, tag="speak", kw_only=True):
+    """Text to speech; replies `AudioChunk` frames, the last with `final`."""
+
+    request_id: str
+    model: ModelSpec
+    text: str
+    voice: str | None = None
+    speed: float = 1.0
+    instructions: str | None = None
+    max_tokens: int | None = None  # the profile's cap on the model's audio tokens per sentence
+
+
+ToWorker = Hello | Generate | CountTokens | Abort | Health | PoolCommand | Embed | Transcribe | Speak
 
 
 # ---- worker -> web -------------------------------------------------------------
@@ -238,8 +272,54 @@ class EmbeddingsReply(msgspec.Struct, tag="embeddings", kw_only=True):
     prompt_tokens: int
 
 
+class Word(msgspec.Struct, array_like=True):
+    word: str
+    start: float
+    end: float
+
+
+class Segment(msgspec.Struct, kw_only=True):
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = []
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: list[Word] = []
+
+
+class TranscriptionReply(msgspec.Struct, tag="transcription", kw_only=True):
+    request_id: str
+    text: str
+    language: str
+    duration: float  # seconds of audio
+    segments: list[Segment] = []
+
+
+class AudioChunk(msgspec.Struct, tag="audio", kw_only=True):
+    """A piece of generated speech: mono little-endian float32 samples at `sample_rate`."""
+
+    request_id: str
+    samples: bytes
+    sample_rate: int
+    final: bool = False
+    input_tokens: int = 0  # on the final chunk: the text's length in the model's tokens
+
+
 FromWorker = (
-    Challenge | Welcome | Outputs | RequestError | HealthReply | TokenCount | PoolReply | EmbeddingsReply
+    Challenge
+    | Welcome
+    | Outputs
+    | RequestError
+    | HealthReply
+    | TokenCount
+    | PoolReply
+    | EmbeddingsReply
+    | TranscriptionReply
+    | AudioChunk
 )
 
 # Error codes carried by RequestError.

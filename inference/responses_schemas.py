@@ -23,7 +23,7 @@ NOT_STORED = (
 )
 # Input parts and items other providers' clients may send, and why we refuse them.
 _UNSUPPORTED_PARTS = {
-    "input_image": "this model does not accept images",
+    "input_image": "images are not served on /v1/responses yet: send them to /v1/chat/completions",
     "input_file": "file inputs are not supported",
     "input_audio": "audio inputs are not supported",
 }

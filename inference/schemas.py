@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from inference.media import ImageSource
 from mlxmanager.errors import DomainError
 
 # Upper bound of counts and ids: past it the worker protocol (msgpack) cannot carry them.
@@ -166,8 +167,12 @@ class ChatCompletionRequest(SamplingFields):
                         "arguments must be a JSON object",
                         param=f"messages[{i}].tool_calls[{j}].function.arguments",
                     )
-            if isinstance(m.content, list) and any(p.type == "image_url" for p in m.content):
-                raise DomainError("this model does not accept images", param=f"messages[{i}].content")
+            if isinstance(m.content, list) and m.role != "user":
+                for j, part in enumerate(m.content):
+                    if isinstance(part, ImagePart):
+                        raise DomainError(
+                            "images belong to user messages", param=f"messages[{i}].content[{j}]"
+                        )
 
     def tool_choice_values(self) -> tuple[str, str | None]:
         """`tool_choice` as (mode, tool name): auto (the default), none, required or function."""
@@ -225,17 +230,35 @@ class ChatCompletionRequest(SamplingFields):
             return {"enable_thinking": False}
         return {"enable_thinking": True, "reasoning_effort": self.reasoning_effort}
 
-    def template_messages(self) -> list[dict[str, Any]]:
+    def image_sources(self) -> list[ImageSource]:
+        """Every image part, in order, with where it sits in the request."""
+        return [
+            ImageSource(param=f"messages[{i}].content[{j}].image_url", url=part.image_url.url)
+            for i, m in enumerate(self.messages)
+            if isinstance(m.content, list)
+            for j, part in enumerate(m.content)
+            if isinstance(part, ImagePart)
+        ]
+
+    def template_messages(self, *, images: bool = False) -> list[dict[str, Any]]:
         """Messages as the chat template expects them (plain string content; tool-call
-        arguments as objects, as Hugging Face templates expect)."""
+        arguments as objects, as Hugging Face templates expect). With `images`, a message
+        holding images keeps its parts in order: {"type": "text", ...} and {"type": "image"}."""
         out = []
         for m in self.messages:
+            content: str | list[dict[str, Any]]
             if isinstance(m.content, list):
-                text = "".join(p.text for p in m.content if isinstance(p, TextPart))
+                if images and any(isinstance(p, ImagePart) for p in m.content):
+                    content = [
+                        {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
+                        for p in m.content
+                    ]
+                else:
+                    content = "".join(p.text for p in m.content if isinstance(p, TextPart))
             else:
-                text = m.content or ""
+                content = m.content or ""
             role = "system" if m.role == "developer" else m.role
-            msg: dict[str, Any] = {"role": role, "content": text}
+            msg: dict[str, Any] = {"role": role, "content": content}
             if m.tool_calls:
                 msg["tool_calls"] = [
                     {

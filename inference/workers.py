@@ -26,6 +26,7 @@ from inference.client import EngineClient, EngineDeadError, EngineRequestError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")
 
 LIST_EVERY_S = 5.0  # re-read the registered workers this often
 HEALTH_EVERY_S = 2.0  # ask each worker what it holds this often (only with remote workers)
@@ -123,13 +124,19 @@ class WorkerGroup:
     # ---- requests -------------------------------------------------------------
 
     def generate(self, req: p.Generate) -> AsyncGenerator[list[p.Output], None]:
-        return self._generate(req)
+        return self._stream(req.model, lambda c: c.generate(req))
 
-    async def _generate(self, req: p.Generate) -> AsyncGenerator[list[p.Output], None]:
+    def speak(self, req: p.Speak) -> AsyncGenerator[p.AudioChunk, None]:
+        return self._stream(req.model, lambda c: c.speak(req))
+
+    async def _stream(
+        self, spec: p.ModelSpec, start: Callable[[EngineClient], AsyncGenerator[S, None]]
+    ) -> AsyncGenerator[S, None]:
+        """Relay one streamed answer; a worker that fails before its first item hands over."""
         await self._refresh()
         last: Exception | None = None
-        for state in self._order(req.model):
-            outputs = state.client.generate(req)
+        for state in self._order(spec):
+            outputs = start(state.client)
             try:
                 first = await outputs.__anext__()
             except (EngineDeadError, EngineRequestError) as exc:
@@ -175,6 +182,9 @@ class WorkerGroup:
 
     async def count_tokens(self, req: p.CountTokens) -> int:
         return await self._each(req.model, lambda c: c.count_tokens(req))
+
+    async def transcribe(self, req: p.Transcribe) -> p.TranscriptionReply:
+        return await self._each(req.model, lambda c: c.transcribe(req))
 
     async def health(self, timeout: float = 2.0) -> dict[str, Any]:
         """The embedded worker's health (/healthz); remote ones are on the Workers page."""

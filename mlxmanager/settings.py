@@ -142,7 +142,7 @@ STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 
 # Request bodies over this size are refused with 413 (chat prompts, not uploads).
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MLXM_MAX_BODY_BYTES", str(8 * 1024 * 1024)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MLXM_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
@@ -205,6 +205,18 @@ MLXM_ROUTES_CACHE_SECONDS = float(os.environ.get("MLXM_ROUTES_CACHE_SECONDS", "5
 # API keys found by /v1 requests are reused this long (0: look up every request); a revocation
 # applies at once in the process that made it, within this TTL in other web processes.
 MLXM_API_KEY_CACHE_SECONDS = float(os.environ.get("MLXM_API_KEY_CACHE_SECONDS", "10"))
+# Images in chat requests (inference/media.py).
+MLXM_IMAGE_MAX_BYTES = int(os.environ.get("MLXM_IMAGE_MAX_BYTES", str(20 * 1024 * 1024)))
+MLXM_IMAGE_MAX_PIXELS = int(os.environ.get("MLXM_IMAGE_MAX_PIXELS", str(40_000_000)))
+MLXM_MAX_IMAGES = int(os.environ.get("MLXM_MAX_IMAGES", "16"))
+MLXM_IMAGE_FETCH_TIMEOUT = float(os.environ.get("MLXM_IMAGE_FETCH_TIMEOUT", "10"))
+# Image URLs on loopback/private addresses are refused unless this is set (no SSRF by default).
+MLXM_IMAGE_FETCH_PRIVATE = _env_bool("MLXM_IMAGE_FETCH_PRIVATE")
+# Speech-to-text uploads.
+MLXM_AUDIO_MAX_BYTES = int(os.environ.get("MLXM_AUDIO_MAX_BYTES", str(25 * 1024 * 1024)))
+MLXM_AUDIO_MAX_SECONDS = float(os.environ.get("MLXM_AUDIO_MAX_SECONDS", "600"))
+# Text-to-speech input, in characters (OpenAI's limit).
+MLXM_SPEECH_MAX_CHARS = int(os.environ.get("MLXM_SPEECH_MAX_CHARS", "4096"))
 MLXM_UPSTREAM_TIMEOUT = float(os.environ.get("MLXM_UPSTREAM_TIMEOUT", "60"))
 MLXM_UPSTREAM_RETRIES = int(os.environ.get("MLXM_UPSTREAM_RETRIES", "2"))
 MLXM_UPSTREAM_BACKOFF = float(os.environ.get("MLXM_UPSTREAM_BACKOFF", "0.25"))

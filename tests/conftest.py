@@ -104,6 +104,8 @@ def start_gateway(data_dir: Path, demo_models: dict[str, Path]) -> Gateway:
         "MLXM_PORT": str(port),
         "MLXM_LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "mlxmanager.settings",
+        # Image URLs in the tests point at servers on 127.0.0.1.
+        "MLXM_IMAGE_FETCH_PRIVATE": "1",
     }
     env.pop("DATABASE_URL", None)
     manage("migrate", "--noinput", "-v0", env=env)

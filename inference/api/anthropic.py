@@ -18,12 +18,13 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from ninja import Router
 
-from inference import gateway
+from inference import gateway, media
 from inference import protocol as p
 from inference.anthropic_schemas import CountTokensRequest, MessagesRequest
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
 from inference.dispatch import routed
 from mlxmanager.audit.recorder import track_outputs
+from mlxmanager.profiles.models import Profile
 
 router = Router(tags=["anthropic"])
 _json = msgspec.json.Encoder()
@@ -42,6 +43,13 @@ _ERROR_TYPES = {
     529: "overloaded_error",
 }
 OVERLOADED = 529
+
+
+async def _images(body: CountTokensRequest, target: gateway.Target) -> list[bytes]:
+    """The request's images, checked (a 400 for a profile that takes none)."""
+    gateway.require_kind(target, gateway.TEXT_KINDS, model=body.model)
+    vision = target.profile.kind == Profile.KIND_VISION
+    return await media.load_images(body.image_sources(), model=body.model, vision=vision)
 
 
 def owns(request: HttpRequest) -> bool:
@@ -292,7 +300,8 @@ async def _generate(req: p.Generate, *, stream: bool) -> HttpResponseBase:
 async def messages(request: HttpRequest, body: MessagesRequest) -> HttpResponseBase:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)
-    return await _generate(gateway.messages_request(body, target), stream=body.stream)
+    images = await _images(body, target)
+    return await _generate(gateway.messages_request(body, target, images), stream=body.stream)
 
 
 @router.post("/messages/count_tokens")
@@ -300,5 +309,6 @@ async def messages(request: HttpRequest, body: MessagesRequest) -> HttpResponseB
 async def count_tokens(request: HttpRequest, body: CountTokensRequest) -> HttpResponse:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)
-    count = await get_engine_client().count_tokens(gateway.count_tokens_request(body, target))
+    images = await _images(body, target)
+    count = await get_engine_client().count_tokens(gateway.count_tokens_request(body, target, images))
     return HttpResponse(_json.encode({"input_tokens": count}), content_type="application/json")

@@ -23,9 +23,9 @@ from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from inference import gateway
+from inference import gateway, media
 from inference import protocol as p
-from inference.api import anthropic, responses
+from inference.api import anthropic, audio, responses
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
 from inference.dispatch import routed
 from inference.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -33,6 +33,7 @@ from mlxmanager.accounts import keycache, limits
 from mlxmanager.audit import recorder as rec
 from mlxmanager.audit.recorder import track_outputs
 from mlxmanager.errors import DomainError
+from mlxmanager.profiles.models import Profile
 from mlxmanager.profiles.selectors import profile_list_served
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ api = NinjaAPI(
 )
 api.add_router("", anthropic.router)
 api.add_router("", responses.router)
+api.add_router("", audio.router)
 
 
 def error_response(
@@ -486,7 +488,11 @@ async def list_models(request: HttpRequest) -> HttpResponse:
 async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponseBase:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)
-    req = gateway.chat_request(body, target)
+    gateway.require_kind(target, gateway.TEXT_KINDS, model=body.model)
+    images = await media.load_images(
+        body.image_sources(), model=body.model, vision=target.profile.kind == Profile.KIND_VISION
+    )
+    req = gateway.chat_request(body, target, images)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _run(request, req, stream=body.stream, include_usage=include_usage, chat=True)
 
@@ -496,6 +502,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
 async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResponseBase:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)
+    gateway.require_kind(target, gateway.TEXT_KINDS, model=body.model)
     req = gateway.completion_request(body, target)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     echo = body.prompt_text() if body.echo else ""
@@ -512,16 +519,8 @@ async def embeddings(request: HttpRequest, body: EmbeddingRequest) -> HttpRespon
         audit.attempts = 1
     limits.check_model(getattr(request, "api_key", None), body.model)
     target = await gateway.resolve(body.model)
+    gateway.require_kind(target, (Profile.KIND_EMBEDDINGS,), model=body.model)
     spec = target.spec
-    if spec.kind != "embeddings":
-        return _error(
-            request,
-            400,
-            f"'{body.model}' is a text generation model, not an embeddings model: use /v1/chat/completions",
-            type_="invalid_request_error",
-            param="model",
-            code="wrong_model_type",
-        )
     texts, token_ids = body.inputs()
     reply = await get_engine_client().embed(
         p.Embed(request_id=uuid.uuid4().hex, model=spec, texts=texts, token_ids=token_ids)

@@ -269,6 +269,7 @@ async def _events(
 async def create_response(request: HttpRequest, body: ResponsesRequest) -> HttpResponseBase:
     body.refuse_unsupported()
     target = await gateway.resolve(body.model)
+    gateway.require_kind(target, gateway.TEXT_KINDS, model=body.model)
     req = gateway.responses_request(body, target)
     outputs = track_outputs(get_engine_client().generate(req))
     try:

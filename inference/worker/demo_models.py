@@ -616,9 +616,11 @@ def prepare_demo_models(
     a temp directory next to it and are renamed into place, so an interrupted build never
     leaves a half model behind. Returns model name -> directory.
     """
+    from inference.worker.media_models import MEDIA_MODELS
+
     models_dir = Path(data_dir) / "models"
     paths: dict[str, Path] = {}
-    for name, build in DEMO_MODELS.items():
+    for name, build in {**DEMO_MODELS, **MEDIA_MODELS}.items():
         dest = models_dir / name
         if force or not is_ready(dest):
             log(f"building {name} ...")

@@ -95,6 +95,18 @@ class Pool:
             from inference.worker.adapters.embeddings import EmbeddingEngine
 
             return EmbeddingEngine(spec)
+        if spec.kind == "tts":
+            from inference.worker.adapters.speech import TTSEngine
+
+            return TTSEngine(spec)
+        if spec.kind == "stt":
+            from inference.worker.adapters.speech import STTEngine
+
+            return STTEngine(spec)
+        if spec.kind == "vision":
+            from inference.worker.adapters.vision import VisionEngine
+
+            return VisionEngine(spec)
         if spec.kind != "llm":
             raise ModelLoadError(f"model kind '{spec.kind}' is not supported yet")
         from inference.worker.adapters.llm import LLMEngine

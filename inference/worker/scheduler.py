@@ -39,6 +39,19 @@ class _AbortAll:
         self.message = message
 
 
+def _ends(item: Any) -> bool:
+    """Whether `item` is a request's last message (its end, or its error)."""
+    if isinstance(item, p.Output):
+        return item.finish_reason is not None
+    if isinstance(item, p.AudioChunk):
+        return item.final
+    return isinstance(item, p.RequestError)
+
+
+# Which engine kinds serve each request type.
+GENERATES = ("llm", "vision")
+
+
 class Scheduler(threading.Thread):
     def __init__(
         self,
@@ -181,7 +194,9 @@ class Scheduler(threading.Thread):
         if isinstance(msg, _AbortAll):
             self._fail_running(msg.message)
             return
-        if self.draining and isinstance(msg, p.Generate | p.Embed | p.CountTokens | p.PoolCommand):
+        if self.draining and isinstance(
+            msg, p.Generate | p.Embed | p.CountTokens | p.PoolCommand | p.Transcribe | p.Speak
+        ):
             self._fail(conn, msg.request_id, p.ERR_OVERLOADED, "the worker is shutting down")
             return
         if isinstance(msg, p.Generate):
@@ -190,6 +205,10 @@ class Scheduler(threading.Thread):
             self._count_tokens(conn, msg)
         elif isinstance(msg, p.Embed):
             self._embed(conn, msg)
+        elif isinstance(msg, p.Transcribe):
+            self._transcribe(conn, msg)
+        elif isinstance(msg, p.Speak):
+            self._speak(conn, msg)
         elif isinstance(msg, p.Abort):
             self._abort(msg.request_id)
         elif isinstance(msg, p.PoolCommand):
@@ -216,29 +235,35 @@ class Scheduler(threading.Thread):
             self.snapshot = {**self.snapshot, "loading": None}
         return None
 
-    def _wrong_kind(self, conn: Any, request_id: str, engine: Any, wanted: str) -> bool:
+    _WHAT = {
+        "llm": ("a text generation model", "/v1/chat/completions"),
+        "vision": ("a vision model", "/v1/chat/completions"),
+        "embeddings": ("an embeddings model", "/v1/embeddings"),
+        "stt": ("a speech-to-text model", "/v1/audio/transcriptions"),
+        "tts": ("a text-to-speech model", "/v1/audio/speech"),
+    }
+
+    def _wrong_kind(self, conn: Any, request_id: str, engine: Any, wanted: tuple[str, ...]) -> bool:
         """Report a request sent to a model of another kind (a chat to an embeddings model...)."""
-        if engine.kind == wanted:
+        if engine.kind in wanted:
             return False
-        what = {"llm": "a text generation model", "embeddings": "an embeddings model"}
-        hint = "use /v1/embeddings" if engine.kind == "embeddings" else "use /v1/chat/completions"
+        is_, hint = self._WHAT.get(engine.kind, (engine.kind, "its own endpoint"))
+        not_ = " or ".join(self._WHAT.get(k, (k, ""))[0] for k in wanted)
         self._fail(
-            conn,
-            request_id,
-            p.ERR_BAD_REQUEST,
-            f"'{engine.spec.name}' is {what.get(engine.kind, engine.kind)}, not {what.get(wanted, wanted)}: {hint}",
+            conn, request_id, p.ERR_BAD_REQUEST, f"'{engine.spec.name}' is {is_}, not {not_}: use {hint}"
         )
         return True
 
     def _on_engine(
-        self, conn: Any, request_id: str, spec: p.ModelSpec, kind: str, what: str, call: Any
+        self, conn: Any, request_id: str, spec: p.ModelSpec, kind: str | tuple[str, ...], what: str, call: Any
     ) -> tuple[Any, Any]:
         """Run `call(engine)` on the engine for `spec` (loading it), which must be of `kind`.
         Returns (engine, result), or (None, None) once the failure is reported to the client."""
         from inference.worker.adapters.llm import BadRequest
 
         engine = self._with_engine(conn, request_id, spec, what)
-        if engine is None or self._wrong_kind(conn, request_id, engine, kind):
+        kinds = (kind,) if isinstance(kind, str) else kind
+        if engine is None or self._wrong_kind(conn, request_id, engine, kinds):
             return None, None
         try:
             return engine, call(engine)
@@ -256,16 +281,30 @@ class Scheduler(threading.Thread):
         if engine is not None:
             self._emit(conn, [reply])
 
+    def _transcribe(self, conn: Any, req: p.Transcribe) -> None:
+        engine, reply = self._on_engine(
+            conn, req.request_id, req.model, "stt", "transcribe with", lambda e: e.transcribe(req)
+        )
+        if engine is not None:
+            self._emit(conn, [reply])
+
+    def _speak(self, conn: Any, req: p.Speak) -> None:
+        engine, _ = self._on_engine(
+            conn, req.request_id, req.model, "tts", "speak with", lambda e: e.add(req, conn)
+        )
+        if engine is not None:
+            self._owner[req.request_id] = engine
+
     def _admit(self, conn: Any, req: p.Generate) -> None:
         engine, _ = self._on_engine(
-            conn, req.request_id, req.model, "llm", "start", lambda e: e.add(req, conn)
+            conn, req.request_id, req.model, GENERATES, "start", lambda e: e.add(req, conn)
         )
         if engine is not None:
             self._owner[req.request_id] = engine
 
     def _count_tokens(self, conn: Any, req: p.CountTokens) -> None:
         engine, count = self._on_engine(
-            conn, req.request_id, req.model, "llm", "count tokens for", lambda e: e.count_tokens(req)
+            conn, req.request_id, req.model, GENERATES, "count tokens for", lambda e: e.count_tokens(req)
         )
         if engine is not None:
             self._emit(conn, [p.TokenCount(request_id=req.request_id, input_tokens=count)])
@@ -346,9 +385,9 @@ class Scheduler(threading.Thread):
                 continue
             for conn, out in outputs:
                 per_conn[conn].append(out)
-                if out.finish_reason is not None:
+                if _ends(out):
                     self._owner.pop(out.request_id, None)
-        if any(getattr(i, "finish_reason", "error") for items in per_conn.values() for i in items):
+        if any(_ends(i) for items in per_conn.values() for i in items):
             # Health must already count a request as done when its client sees the end.
             self._refresh_snapshot()
         for conn, items in per_conn.items():

@@ -10,7 +10,24 @@ class Profile(models.Model):
 
     KIND_LLM = "llm"
     KIND_EMBEDDINGS = "embeddings"
-    KIND_CHOICES = [(KIND_LLM, "Text generation"), (KIND_EMBEDDINGS, "Embeddings")]
+    KIND_VISION = "vision"
+    KIND_STT = "stt"
+    KIND_TTS = "tts"
+    KIND_CHOICES = [
+        (KIND_LLM, "Text generation"),
+        (KIND_VISION, "Vision (images + text)"),
+        (KIND_EMBEDDINGS, "Embeddings"),
+        (KIND_STT, "Speech to text"),
+        (KIND_TTS, "Text to speech"),
+    ]
+    # What each kind answers (the dashboard and the /v1 errors name it).
+    KIND_ENDPOINTS = {
+        KIND_LLM: "/v1/chat/completions",
+        KIND_VISION: "/v1/chat/completions",
+        KIND_EMBEDDINGS: "/v1/embeddings",
+        KIND_STT: "/v1/audio/transcriptions",
+        KIND_TTS: "/v1/audio/speech",
+    }
 
     name = models.SlugField(max_length=100, unique=True, help_text="The model id clients send.")
     model_path = models.CharField(max_length=500, help_text="Directory of the MLX model.")
@@ -64,6 +81,14 @@ class Profile(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def endpoint(self) -> str:
+        return self.KIND_ENDPOINTS.get(self.kind, "")
+
+    @property
+    def generates_text(self) -> bool:
+        return self.kind in (self.KIND_LLM, self.KIND_VISION)
 
     @property
     def defaults_json(self) -> str:

@@ -43,6 +43,27 @@ DEMO_PROFILES: dict[str, dict[str, Any]] = {
         "is_test_model": False,
         "kind": "embeddings",
     },
+    "tiny-llava": {
+        "description": "Tiny random-weight LLaVA (2-layer CLIP tower): images + text, output is gibberish",
+        "defaults": {"max_tokens": 32},
+        "is_default": False,
+        "is_test_model": True,
+        "kind": "vision",
+    },
+    "tiny-whisper": {
+        "description": "Tiny random-weight Whisper (real tokenizer) for /v1/audio/transcriptions",
+        "defaults": {"max_tokens": 24},
+        "is_default": False,
+        "is_test_model": True,
+        "kind": "stt",
+    },
+    "tiny-tts": {
+        "description": "Tiny random-weight Soprano for /v1/audio/speech: its speech is noise",
+        "defaults": {"max_tokens": 8},
+        "is_default": False,
+        "is_test_model": True,
+        "kind": "tts",
+    },
 }
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
@@ -116,7 +137,20 @@ def _parser(value: Any, param: str) -> str:
     return str(value)
 
 
-_KIND_OF_TYPE = {"text": Profile.KIND_LLM, "embeddings": Profile.KIND_EMBEDDINGS}
+_KIND_OF_TYPE = {
+    "text": Profile.KIND_LLM,
+    "embeddings": Profile.KIND_EMBEDDINGS,
+    "vision": Profile.KIND_VISION,
+    "stt": Profile.KIND_STT,
+    "tts": Profile.KIND_TTS,
+}
+KIND_LABELS = {
+    Profile.KIND_LLM: "a text generation model",
+    Profile.KIND_VISION: "a vision model",
+    Profile.KIND_EMBEDDINGS: "an embeddings model",
+    Profile.KIND_STT: "a speech-to-text model",
+    Profile.KIND_TTS: "a text-to-speech model",
+}
 
 
 def _detected_kind(path: str) -> str | None:
@@ -132,23 +166,14 @@ def _detected_kind(path: str) -> str | None:
     if not isinstance(config, dict):
         return None
     model_type = analysis.detect_type(config, files=files)
-    if model_type in _KIND_OF_TYPE:
-        return _KIND_OF_TYPE[model_type]
-    if model_type in (analysis.VISION, analysis.TTS, analysis.STT):
-        return model_type
-    return None
+    return _KIND_OF_TYPE.get(model_type)
 
 
 def _check_kind(detected: str | None, kind: str, *, explicit: bool) -> None:
     """Refuse a kind that contradicts the one the model's config says (`detected`)."""
     if detected is None or detected == kind:
         return
-    labels = {Profile.KIND_LLM: "a text generation model", Profile.KIND_EMBEDDINGS: "an embeddings model"}
-    if detected not in dict(Profile.KIND_CHOICES):
-        raise DomainError(
-            f"this model is a {detected} model (read from its config.json), which profiles cannot serve yet",
-            param="model_path",
-        )
+    labels = KIND_LABELS
     raise DomainError(
         f"this model is {labels[detected]} (read from its config.json), not {labels.get(kind, kind)}: "
         f"set the kind to '{detected}'",

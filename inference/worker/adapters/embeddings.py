@@ -9,25 +9,24 @@ requests in flight, so it is always idle for eviction and keep-alive.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
 from inference import protocol as p
+from inference.worker.adapters.base import SideEngine
 from inference.worker.adapters.llm import BadRequest, _nbytes
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 BATCH = 32  # inputs per forward pass
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(SideEngine):
     kind = "embeddings"
 
     def __init__(self, spec: p.ModelSpec) -> None:
         from mlx_embeddings.utils import load
 
-        self.spec = spec
-        self.pinned = spec.pinned
+        super().__init__(spec)
         t0 = time.perf_counter()
         self.model, self.tokenizer = load(spec.path)
         config = getattr(self.model, "config", None)
@@ -36,60 +35,11 @@ class EmbeddingEngine:
         self.pad_id = int(getattr(self.tokenizer, "pad_token_id", None) or 0)
         self.load_seconds = time.perf_counter() - t0
         self.weight_bytes = _nbytes(self.model)
-        self.last_used = time.time()
         self.inputs_embedded = 0
-        self.prompt_tokens_seen = 0
-
-    # ---- the pool's view ---------------------------------------------------------
-
-    active = 0  # requests are served whole in one call: never in flight
-    tokens_generated = 0  # nothing is generated; the tokens/s chart counts generation only
-
-    def apply_policy(self, spec: p.ModelSpec) -> None:
-        self.spec = spec
-        self.pinned = self.pinned or spec.pinned
 
     @property
     def context_length(self) -> int:
         return self.max_tokens
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "path": self.spec.path,
-            "kind": self.kind,
-            "active_requests": 0,
-            "queued_requests": 0,
-            "weight_bytes": self.weight_bytes,
-            "prompt_cache_bytes": 0,
-            "prompt_cache_entries": 0,
-            "cache_hit_tokens": 0,
-            "prompt_tokens": self.prompt_tokens_seen,
-            "tokens_generated": 0,
-            "load_seconds": round(self.load_seconds, 3),
-            "last_used": self.last_used,
-            "speculative": False,
-            "kv_bits": None,
-            "pinned": self.pinned,
-            "keep_alive_s": self.spec.keep_alive_s,
-            "context_length": self.max_tokens,
-            "max_concurrent": self.spec.max_concurrent,
-        }
-
-    def owned_by(self, conn: Any) -> list[str]:
-        return []
-
-    def abort(self, request_id: str) -> bool:
-        return False
-
-    def fail_all(self) -> list[Any]:
-        return []
-
-    def step(self) -> list[Any]:
-        return []
-
-    def close(self) -> None:
-        pass
 
     # ---- embedding -----------------------------------------------------------------
 

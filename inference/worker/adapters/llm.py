@@ -247,8 +247,12 @@ class LLMEngine:
             "pinned": self.pinned,
             "keep_alive_s": self.spec.keep_alive_s,
             "context_length": self.context_length,
-            "max_concurrent": self.batch.completion_batch_size,
+            "max_concurrent": self.max_concurrent,
         }
+
+    @property
+    def max_concurrent(self) -> int:
+        return int(self.batch.completion_batch_size)
 
     # ---- requests ----------------------------------------------------------------
 
@@ -271,26 +275,31 @@ class LLMEngine:
             return None
         return req.tools
 
+    def _chat(self, req: p.Generate | p.CountTokens) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The messages and chat-template kwargs for `req` (tools rendered or injected)."""
+        if not self.tokenizer.has_chat_template:
+            raise BadRequest(f"model '{self.spec.name}' has no chat template")
+        # A prefill (continue_final_message) turns the generation prompt off.
+        kwargs = {"add_generation_prompt": True, **req.chat_template_kwargs}
+        messages, tools = req.messages or [], self._tools(req)
+        if tools:
+            markup = self.markup(req.tool_parser, getattr(req, "reasoning_parser", ""))
+            if markup.tool is None:
+                raise BadRequest(
+                    f"model '{self.spec.name}' has no tool-call format; set its profile's "
+                    "tool parser (e.g. 'prompt' to describe the tools in the system prompt)"
+                )
+            if markup.inject_tools:
+                messages = mk.inject_tools(messages, tools)
+            else:
+                kwargs["tools"] = tools
+        return messages, kwargs
+
     def _tokenize(self, req: p.Generate | p.CountTokens) -> list[int]:
         tok = self.tokenizer
         try:
             if req.messages is not None:
-                if not tok.has_chat_template:
-                    raise BadRequest(f"model '{self.spec.name}' has no chat template")
-                # A prefill (continue_final_message) turns the generation prompt off.
-                kwargs = {"add_generation_prompt": True, **req.chat_template_kwargs}
-                messages, tools = req.messages, self._tools(req)
-                if tools:
-                    markup = self.markup(req.tool_parser, getattr(req, "reasoning_parser", ""))
-                    if markup.tool is None:
-                        raise BadRequest(
-                            f"model '{self.spec.name}' has no tool-call format; set its profile's "
-                            "tool parser (e.g. 'prompt' to describe the tools in the system prompt)"
-                        )
-                    if markup.inject_tools:
-                        messages = mk.inject_tools(messages, tools)
-                    else:
-                        kwargs["tools"] = tools
+                messages, kwargs = self._chat(req)
                 ids = tok.apply_chat_template(messages, **kwargs)
             else:
                 ids = tok.encode(req.prompt or "")
@@ -632,7 +641,11 @@ class LLMEngine:
                 outputs.append((act.conn, out))
                 if out.finish_reason is not None:
                     del self._sequential[rid]
+                    self._sequential_done(rid)
                     self._admit_waiting()
+
+    def _sequential_done(self, request_id: str) -> None:
+        """A request of the sequential lane finished (a subclass may keep its cache)."""
 
     def _admit_waiting(self) -> None:
         while self._waiting and not self._sequential:
