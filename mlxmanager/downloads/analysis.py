@@ -42,11 +42,16 @@ _TYPE_BY_PIPELINE = {tag: kind for kind, tag in PIPELINE_TAGS.items()} | {"sente
 _TTS_MODEL_TYPES = {
     "kokoro", "csm", "sesame", "dia", "outetts", "spark", "bark", "speecht5", "vits",
     "parler_tts", "marvis", "chatterbox", "kitten", "vibevoice", "fastspeech2_conformer",
+    # mlx-audio's own TTS architectures (mlx_audio/tts/models)
+    "soprano", "pocket_tts", "qwen3_tts", "melotts", "voxcpm", "voxcpm2", "indextts", "zonos2",
+    "chatterbox_turbo", "kitten_tts", "echo_tts", "higgs_audio", "voxtral_tts", "moss_tts", "omnivoice",
 }  # fmt: skip
 _TTS_KEYS = {"istftnet", "vocoder_config", "codec_config", "acoustic_tokenizer_config", "vocoder"}
 _STT_MODEL_TYPES = {
     "whisper", "parakeet", "wav2vec2", "hubert", "moonshine", "speech_to_text", "canary",
     "wavlm", "data2vec-audio", "granite_speech", "lasr",
+    # mlx-audio's own STT architectures (mlx_audio/stt/models)
+    "sensevoice", "qwen3_asr", "fireredasr2", "nemotron_asr", "cohere_asr", "glmasr", "mms",
 }  # fmt: skip
 _STT_KEYS = {"num_mel_bins", "n_mels", "n_audio_ctx"}
 _VISION_KEYS = {"vision_config", "vision_tower_config", "mm_vision_tower", "image_token_index", "visual"}
