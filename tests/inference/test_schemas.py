@@ -62,10 +62,19 @@ def test_unsupported_but_known_are_refused_by_name(field: dict, param: str) -> N
     assert exc.value.param == param
 
 
-def test_images_are_refused_and_malformed_tools_are_invalid() -> None:
-    img = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]
-    with pytest.raises(DomainError, match="images"):
-        ChatCompletionRequest.model_validate({"model": "m", "messages": img}).refuse_unsupported()
+def test_image_parts_keep_their_place_and_malformed_tools_are_invalid() -> None:
+    part = {"type": "image_url", "image_url": {"url": "data:,"}}
+    img = [{"role": "user", "content": [{"type": "text", "text": "a"}, part, {"type": "text", "text": "b"}]}]
+    body = ChatCompletionRequest.model_validate({"model": "m", "messages": img})
+    body.refuse_unsupported()
+    assert [s.param for s in body.image_sources()] == ["messages[0].content[1].image_url"]
+    assert body.template_messages(images=True)[0]["content"] == [
+        {"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}
+    ]  # fmt: skip
+    assert body.template_messages()[0]["content"] == "ab"  # a text model sees the text only
+    in_assistant = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [part]}]
+    with pytest.raises(DomainError, match="images belong to user messages"):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": in_assistant}).refuse_unsupported()
     for tools in ([{"type": "function"}], [{"type": "function", "function": {"name": "has space"}}]):
         with pytest.raises(ValidationError):
             ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, "tools": tools})

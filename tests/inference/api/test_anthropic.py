@@ -344,7 +344,7 @@ def test_other_errors_keep_the_shape(gateway: Gateway) -> None:
     assert r.status_code == 404
     assert_error(r.json(), "not_found_error")
     huge = b'{"model": "tiny-random", "max_tokens": 2, "messages": [{"role": "user", "content": "'
-    r = httpx.post(gateway.v1 + "/messages", content=huge + b"x" * (9 * 1024 * 1024) + b'"}]}', headers=auth)
+    r = httpx.post(gateway.v1 + "/messages", content=huge + b"x" * (33 * 1024 * 1024) + b'"}]}', headers=auth)
     assert r.status_code == 413
     assert_error(r.json(), "request_too_large", "too large")
     # The OpenAI surface keeps its own shape.

@@ -202,11 +202,31 @@ def test_count_tokens_refuses_generation_fields() -> None:
     assert exc.value.errors()[0]["type"] == "extra_forbidden"
 
 
-def test_images_are_refused_with_a_clear_message() -> None:
+def test_image_blocks_keep_their_place_and_merge_with_their_turn() -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
-    err = refused(messages=[{"role": "user", "content": [{"type": "text", "text": "what?"}, image]}])
-    assert err.message == "this model does not accept images"
-    assert err.param == "messages.0.content.1"
+    body = MessagesRequest.model_validate(
+        {
+            "model": "m",
+            "max_tokens": 5,
+            "messages": [
+                {"role": "user", "content": "first"},
+                {"role": "user", "content": [{"type": "text", "text": "what?"}, image]},
+            ],
+        }
+    )
+    body.refuse_unsupported()
+    [source] = body.image_sources()
+    assert (
+        source.param == "messages.1.content.1" and source.data == "AAAA" and source.media_type == "image/png"
+    )
+    messages, _ = body.chat_prompt(images=True)
+    assert messages == [
+        {"role": "user", "content": [{"type": "text", "text": "first"}, {"type": "text", "text": "\n\n"},
+                                     {"type": "text", "text": "what?"}, {"type": "image"}]}
+    ]  # fmt: skip
+    assert body.chat_prompt()[0] == [{"role": "user", "content": "first\n\nwhat?"}]
+    err = refused(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": [image]}])
+    assert err.message == "image blocks belong to user messages"
 
 
 @pytest.mark.parametrize(

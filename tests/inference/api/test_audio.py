@@ -103,7 +103,11 @@ def test_transcription_errors_are_clear(gateway: Gateway) -> None:
         ({"file": ("x.wav", b"")}, "file", "empty"),
         ({"file": ("x.wav", wav), "response_format": "docx"}, "response_format", "verbose_json"),
         ({"file": ("x.wav", wav), "temperature": 3}, "temperature", "between 0 and 1"),
-        ({"file": ("x.wav", wav), "timestamp_granularities": ["word"]}, "timestamp_granularities", "verbose_json"),
+        (
+            {"file": ("x.wav", wav), "timestamp_granularities": ["word"]},
+            "timestamp_granularities",
+            "verbose_json",
+        ),
         ({"file": ("x.wav", wav), "language": "english!"}, "language", "ISO-639-1"),
     ]
     for kwargs, param, words in cases:
@@ -114,17 +118,24 @@ def test_transcription_errors_are_clear(gateway: Gateway) -> None:
     # A chat model is not a speech model; the message names the right endpoint.
     with pytest.raises(openai.BadRequestError) as exc:
         client.audio.transcriptions.create(model="tiny-random", file=("x.wav", wav))
-    assert exc.value.body["code"] == "wrong_model_type" and "/v1/chat/completions" in exc.value.body["message"]
+    assert (
+        exc.value.body["code"] == "wrong_model_type" and "/v1/chat/completions" in exc.value.body["message"]
+    )
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model=STT, messages=[{"role": "user", "content": "hi"}])
-    assert "speech-to-text" in exc.value.body["message"] and "/v1/audio/transcriptions" in exc.value.body["message"]
+    assert (
+        "speech-to-text" in exc.value.body["message"]
+        and "/v1/audio/transcriptions" in exc.value.body["message"]
+    )
     # Longer than the gateway allows (600 s): refused before the worker sees it.
     long_flac = encoded(np.zeros(8000 * 601, dtype=np.float32), 8000, "FLAC")
     with pytest.raises(openai.BadRequestError) as exc:
         client.audio.transcriptions.create(model=STT, file=("long.flac", long_flac))
     assert "600 s" in exc.value.body["message"]
     # Not multipart at all.
-    r = httpx.post(gateway.v1 + "/audio/transcriptions", json={"model": STT}, headers=auth(gateway), timeout=30)
+    r = httpx.post(
+        gateway.v1 + "/audio/transcriptions", json={"model": STT}, headers=auth(gateway), timeout=30
+    )
     assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
 
 
@@ -175,9 +186,16 @@ def test_pcm_is_24khz_16bit_and_streams(gateway: Gateway) -> None:
 
 
 def test_speech_as_server_sent_events(gateway: Gateway) -> None:
-    body = {"model": TTS, "input": "First part. Second part.", "response_format": "pcm", "stream_format": "sse"}
+    body = {
+        "model": TTS,
+        "input": "First part. Second part.",
+        "response_format": "pcm",
+        "stream_format": "sse",
+    }
     events = []
-    with httpx.stream("POST", gateway.v1 + "/audio/speech", json=body, headers=auth(gateway), timeout=60) as r:
+    with httpx.stream(
+        "POST", gateway.v1 + "/audio/speech", json=body, headers=auth(gateway), timeout=60
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -204,7 +222,10 @@ def test_speech_errors_are_clear(gateway: Gateway) -> None:
         assert exc.value.body["param"] == param, (kwargs, exc.value.body)
     with pytest.raises(openai.BadRequestError) as exc:
         client.audio.speech.create(model=STT, voice="alloy", input="hi")
-    assert exc.value.body["code"] == "wrong_model_type" and "/v1/audio/transcriptions" in exc.value.body["message"]
+    assert (
+        exc.value.body["code"] == "wrong_model_type"
+        and "/v1/audio/transcriptions" in exc.value.body["message"]
+    )
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=TTS, input="hi")
     assert "text-to-speech" in exc.value.body["message"]

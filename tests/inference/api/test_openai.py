@@ -326,7 +326,7 @@ def test_bad_json_wrong_types_and_huge_bodies(gateway: Gateway) -> None:
     r = post(
         gateway,
         b'{"model": "tiny-random", "messages": [{"role": "user", "content": "'
-        + b"x" * (9 * 1024 * 1024)
+        + b"x" * (33 * 1024 * 1024)
         + b'"}]}',
     )
     assert r.status_code == 413

@@ -126,11 +126,15 @@ def test_anthropic_image_blocks_base64_and_url(gateway: Gateway, image_server: s
     ]  # fmt: skip
     msg = client.messages.create(model=VLM, max_tokens=5, messages=[{"role": "user", "content": content}])
     assert msg.stop_reason == "max_tokens" and msg.content[0].type == "text"
-    with client.messages.stream(model=VLM, max_tokens=4, messages=[{"role": "user", "content": content}]) as s:
+    with client.messages.stream(
+        model=VLM, max_tokens=4, messages=[{"role": "user", "content": content}]
+    ) as s:
         streamed = s.get_final_message()
     assert streamed.usage.output_tokens == 4
     with_images = client.messages.count_tokens(model=VLM, messages=[{"role": "user", "content": content}])
-    without = client.messages.count_tokens(model=VLM, messages=[{"role": "user", "content": "Describe both."}])
+    without = client.messages.count_tokens(
+        model=VLM, messages=[{"role": "user", "content": "Describe both."}]
+    )
     assert with_images.input_tokens - without.input_tokens >= 2 * IMAGE_TOKENS
 
 
@@ -139,8 +143,15 @@ def _openai_error(gateway: Gateway, url: str, model: str = VLM) -> dict:
         gateway.openai().chat.completions.create(
             model=model,
             max_tokens=2,
-            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"},
-                                                   {"type": "image_url", "image_url": {"url": url}}]}],  # fmt: skip
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "hi"},
+                        {"type": "image_url", "image_url": {"url": url}},
+                    ],
+                }
+            ],  # fmt: skip
         )
     body = exc.value.body
     assert isinstance(body, dict)
@@ -188,5 +199,7 @@ def test_anthropic_errors_keep_their_shape(gateway: Gateway) -> None:
         )
     assert "image blocks belong to user messages" in exc.value.body["error"]["message"]
     with pytest.raises(anthropic.BadRequestError) as exc:
-        client.messages.create(model="tiny-random", max_tokens=2, messages=[{"role": "user", "content": [ok]}])
+        client.messages.create(
+            model="tiny-random", max_tokens=2, messages=[{"role": "user", "content": [ok]}]
+        )
     assert "does not accept images" in exc.value.body["error"]["message"]

@@ -23,6 +23,7 @@ from inference.worker.demo_models import (
     packaged_embeddings_model,
     prepare_demo_models,
 )
+from inference.worker.media_models import MEDIA_MODELS
 
 UNICODE_SAMPLES = [
     "Hello, world!",
@@ -228,11 +229,8 @@ def test_prepare_builds_once_and_replaces_half_models(tmp_path: Path) -> None:
     paths = prepare_demo_models(tmp_path, log=messages.append)
     # all-MiniLM-L6-v2 is served from its package, not built: it is listed when installed.
     assert paths.pop("all-minilm-l6-v2", None) == packaged_embeddings_model()
-    assert paths == {
-        SMOLLM2_NAME: models_dir / SMOLLM2_NAME,
-        TINY_RANDOM_NAME: models_dir / TINY_RANDOM_NAME,
-        TINY_TOOLS_NAME: models_dir / TINY_TOOLS_NAME,
-    }
+    names = [SMOLLM2_NAME, TINY_RANDOM_NAME, TINY_TOOLS_NAME, *MEDIA_MODELS]
+    assert paths == {name: models_dir / name for name in names}
     for path in paths.values():
         assert (path / READY_MARKER).is_file()
         assert (path / "config.json").is_file()

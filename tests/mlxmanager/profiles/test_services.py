@@ -262,6 +262,15 @@ def test_kind_comes_from_the_models_config_not_its_name(tmp_path: Path, model: P
     vision = tmp_path / "vlm"
     vision.mkdir()
     (vision / "config.json").write_text('{"model_type": "llava", "vision_config": {}, "text_config": {}}')
+    assert profile_create(name="vlm", model_path=str(vision)).kind == Profile.KIND_VISION
     with pytest.raises(DomainError) as exc:
-        profile_create(name="vlm", model_path=str(vision))
-    assert "vision model" in exc.value.message and exc.value.param == "model_path"
+        profile_create(name="vlm-as-text", model_path=str(vision), kind=Profile.KIND_LLM)
+    assert "a vision model (read from its config.json)" in exc.value.message and exc.value.param == "kind"
+    for config, kind in (
+        ('{"model_type": "whisper", "num_mel_bins": 80}', Profile.KIND_STT),
+        ('{"model_type": "soprano", "architectures": ["SopranoForCausalLM"]}', Profile.KIND_TTS),
+    ):
+        folder = tmp_path / kind
+        folder.mkdir()
+        (folder / "config.json").write_text(config)
+        assert profile_create(name=f"m-{kind}", model_path=str(folder)).kind == kind
