@@ -40,7 +40,9 @@ def _own(request: HttpRequest, conversation_id: int) -> Conversation:
 @require_GET
 def playground(request: HttpRequest, conversation_id: int | None = None) -> HttpResponse:
     conversation = _own(request, conversation_id) if conversation_id is not None else None
-    profiles = list(Profile.objects.filter(enabled=True).order_by("-is_default", "name"))
+    # The playground chats: text and vision profiles (embeddings and speech have their own endpoints).
+    chat_kinds = [Profile.KIND_LLM, Profile.KIND_VISION]
+    profiles = list(Profile.objects.filter(enabled=True, kind__in=chat_kinds).order_by("-is_default", "name"))
     names = {p.name for p in profiles}
     wanted = conversation.profile_name if conversation else request.GET.get("profile", "")
     selected = wanted if wanted in names else (profiles[0].name if profiles else "")

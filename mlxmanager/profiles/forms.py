@@ -31,7 +31,14 @@ class ProfileForm(forms.Form):
     model_path_other = forms.CharField(
         label="…or a path", required=False, max_length=500, help_text="Any directory with an MLX model."
     )
-    kind = forms.ChoiceField(choices=Profile.KIND_CHOICES, initial=Profile.KIND_LLM)
+    kind = forms.ChoiceField(
+        label="Type",
+        choices=[(OTHER, "Detect from the model's config"), *Profile.KIND_CHOICES],
+        initial=OTHER,
+        required=False,
+        help_text="Text and vision answer /v1/chat/completions; embeddings /v1/embeddings; speech to text "
+        "/v1/audio/transcriptions; text to speech /v1/audio/speech.",
+    )
     description = forms.CharField(required=False, max_length=300)
     enabled = forms.BooleanField(required=False, initial=True, help_text="Served to clients.")
     is_default = forms.BooleanField(required=False, label="Default profile")
@@ -176,10 +183,10 @@ class ProfileForm(forms.Form):
         stop = [line for line in (d.get("stop") or "").splitlines() if line.strip()]
         if stop:
             defaults["stop"] = stop
-        return {
+        values = {
             "name": d["name"],
             "model_path": (d.get("model_path_other") or "").strip() or d.get("model_choice") or "",
-            "kind": d["kind"],
+            "kind": d.get("kind") or "",
             "description": d.get("description") or "",
             "enabled": bool(d.get("enabled")),
             "is_default": bool(d.get("is_default")),
@@ -198,6 +205,9 @@ class ProfileForm(forms.Form):
             "preload": bool(d.get("preload")),
             "keep_alive_seconds": d.get("keep_alive_seconds"),
         }
+        if not values["kind"]:
+            del values["kind"]  # detected from the model's config.json
+        return values
 
     def add_service_error(self, param: str | None, message: str) -> None:
         field = (param or "").removeprefix("defaults.")

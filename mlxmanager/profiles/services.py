@@ -259,8 +259,8 @@ def _clean(values: dict[str, Any], *, instance: Profile | None = None) -> dict[s
         raise DomainError("the draft model must differ from the model", param="draft_model_path")
     if ("model_path" in values or "kind" in values) and model_path:
         detected = _detected_kind(model_path)
-        if "kind" not in values and instance is None and detected in dict(Profile.KIND_CHOICES):
-            out["kind"] = detected  # a new profile takes its kind from the model
+        if "kind" not in values and detected in dict(Profile.KIND_CHOICES):
+            out["kind"] = detected  # the profile takes its kind from the model unless told
         kind = out.get("kind") or (instance.kind if instance else Profile.KIND_LLM)
         _check_kind(detected, kind, explicit="kind" in values)
     return out

@@ -217,19 +217,26 @@ class STTEngine(SideEngine):
             result = self.model.generate(mx.array(audio), **self._options(req))
         except (ValueError, KeyError) as exc:  # e.g. a language the model doesn't know
             raise BadRequest(f"could not transcribe: {exc}") from exc
+
+        def clamp(value: Any, low: float = 0.0) -> float:
+            """Within the audio and never before `low`: a weak model's timestamps can run past
+            the end or go backwards."""
+            return min(max(_finite(value), low), duration)
+
         segments = []
         for i, seg in enumerate(getattr(result, "segments", None) or []):
             if not isinstance(seg, dict):
                 continue
-            words = [
-                p.Word(str(w.get("word", "")), _finite(w.get("start")), _finite(w.get("end")))
-                for w in seg.get("words") or []
-            ]
+            start = clamp(seg.get("start"))
+            words = []
+            for w in seg.get("words") or []:
+                w_start = clamp(w.get("start"), start)
+                words.append(p.Word(str(w.get("word", "")), w_start, clamp(w.get("end"), w_start)))
             segments.append(
                 p.Segment(
                     id=i,
-                    start=_finite(seg.get("start")),
-                    end=_finite(seg.get("end")),
+                    start=start,
+                    end=clamp(seg.get("end"), start),
                     text=str(seg.get("text", "")),
                     tokens=[int(t) for t in seg.get("tokens") or []],
                     temperature=_finite(seg.get("temperature")),

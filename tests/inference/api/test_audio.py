@@ -58,7 +58,7 @@ def test_transcription_json_and_verbose_json_with_timestamps(gateway: Gateway) -
     assert verbose.text == plain.text  # greedy decoding: the same audio, the same words
     assert verbose.segments, "Whisper always returns at least one timed segment"
     for seg in verbose.segments:
-        assert 0.0 <= seg.start <= seg.end <= 30.0
+        assert 0.0 <= seg.start <= seg.end <= 3.0  # clamped to the audio
     assert isinstance(verbose.words, list)
     for word in verbose.words:
         assert 0.0 <= word.start <= word.end
