@@ -70,7 +70,7 @@ def _token_cap(profile: Profile) -> int | None:
 
 def _form(request: HttpRequest) -> tuple[dict[str, Any], bytes]:
     """The multipart fields and the uploaded file's bytes; 400 for anything malformed."""
-    if not request.content_type.startswith("multipart/form-data"):
+    if not (request.content_type or "").startswith("multipart/form-data"):
         raise DomainError(
             "send the audio as multipart/form-data with a 'file' part (as the OpenAI SDK does)", param="file"
         )

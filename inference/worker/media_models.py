@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from inference.worker.demo_models import _write_json, _write_tokenizer_files
 
@@ -36,7 +36,8 @@ def _random_params(model: Any, seed: int, *, scale: float = 1.0) -> dict[str, An
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    params = sorted((name, v.shape) for name, v in tree_flatten(model.parameters()))
+    flat = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
+    params = sorted((name, v.shape) for name, v in flat)
     keys = mx.random.split(mx.random.key(seed), len(params))
     out: dict[str, Any] = {}
     for (name, shape), key in zip(params, keys, strict=True):

@@ -267,8 +267,8 @@ class VisionEngine(LLMEngine):
 
     @staticmethod
     def _track(tokens: Iterator[Any], running: _Running) -> Iterator[tuple[int, Any]]:
-        for token, logprobs in tokens:
-            token = int(token.item()) if isinstance(token, mx.array) else int(token)
+        for raw, logprobs in tokens:
+            token = int(cast(Any, raw.item() if isinstance(raw, mx.array) else raw))
             running.generated.append(token)
             yield token, logprobs
 
