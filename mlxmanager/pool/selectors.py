@@ -34,8 +34,13 @@ class LoadedModel:
     speculative: bool
     context_length: int | None
     keep_alive_s: float | None
+    kind: str = "llm"
 
     memory_pct: float = 0.0  # share of the pool's limit
+
+    @property
+    def kind_label(self) -> str:
+        return dict(Profile.KIND_CHOICES).get(self.kind, self.kind)
 
     @property
     def hit_pct(self) -> float | None:
@@ -59,6 +64,7 @@ class LoadedModel:
             "speculative": self.speculative,
             "context_length": self.context_length,
             "keep_alive_s": self.keep_alive_s,
+            "kind": self.kind,
         }
 
 
@@ -110,6 +116,7 @@ def _loaded(m: dict[str, Any], by_key: dict[tuple[str, bool, int | None], list[P
         speculative=bool(m.get("speculative")),
         context_length=m.get("context_length"),
         keep_alive_s=m.get("keep_alive_s"),
+        kind=str(m.get("kind") or "llm"),
     )
 
 
