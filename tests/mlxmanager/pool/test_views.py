@@ -178,3 +178,28 @@ async def test_events_stream_the_live_partial_until_the_client_leaves(
         assert "tiny-chat" in event and "\n\n" not in event[:-2]
     await app.send_input({"type": "http.disconnect"})
     await asyncio.wait_for(app.wait(), timeout=10)  # the view stopped streaming
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_every_model_type_loads_into_the_one_pool(
+    admin_aclient: AsyncClient, worker: str, demo_models: dict[str, Path]
+) -> None:
+    """Vision and speech models are loaded, listed (with their type) and unloaded like text ones."""
+    for name, kind, label in (
+        ("tiny-llava", Profile.KIND_VISION, "Vision (images + text)"),
+        ("tiny-whisper", Profile.KIND_STT, "Speech to text"),
+        ("tiny-tts", Profile.KIND_TTS, "Text to speech"),
+    ):
+        await sync_to_async(Profile.objects.create)(
+            name=f"p-{name}", model_path=str(demo_models[name]), kind=kind
+        )
+        html = (await admin_aclient.post(f"/pool/p-{name}/load/", headers=HTMX)).content.decode()
+        assert f"Loaded p-{name}." in html, html[:500]
+        row = html[html.index(f'data-model="p-{name}"') :]
+        assert label in row[: row.index("</tr>")]
+    state = await pool_state()
+    assert {m.kind for m in state.loaded} == {"vision", "stt", "tts"}
+    assert state.used_bytes == sum(m.weight_bytes for m in state.loaded) > 0
+    html = (await admin_aclient.post("/pool/p-tiny-tts/unload/", headers=HTMX)).content.decode()
+    assert "Unloaded p-tiny-tts." in html
