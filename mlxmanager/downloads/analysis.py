@@ -29,6 +29,15 @@ TYPE_LABELS = {
     UNKNOWN: "Unknown",
 }
 
+# Where a profile of each type answers.
+TYPE_ENDPOINTS = {
+    TEXT: "/v1/chat/completions",
+    VISION: "/v1/chat/completions (with images)",
+    EMBEDDINGS: "/v1/embeddings",
+    TTS: "/v1/audio/speech",
+    STT: "/v1/audio/transcriptions",
+}
+
 # Hub pipeline tags for each type, used by the search filter.
 PIPELINE_TAGS = {
     TEXT: "text-generation",

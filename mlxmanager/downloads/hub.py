@@ -323,6 +323,11 @@ class ModelDetail:
         return analysis.TYPE_LABELS[self.kind]
 
     @property
+    def served_at(self) -> str:
+        """The /v1 endpoint a profile of this model answers."""
+        return analysis.TYPE_ENDPOINTS.get(self.kind, "")
+
+    @property
     def url(self) -> str:
         return f"{endpoint()}/{self.repo_id}"
 

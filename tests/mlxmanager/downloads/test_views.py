@@ -113,9 +113,14 @@ def test_model_page_shows_the_facts(admin_client: Client) -> None:
         "skipped (not used by MLX)",
         'name="repo_id" value="mlx-community/Qwen3-0.6B-4bit"',
         ">Download</button>",
+        "a profile of it answers <code>/v1/chat/completions</code>",
     ):
         assert text in html, text
     assert 'aria-current="page">Discover' in html
+    vision = admin_client.get(f"/models/discover/{VISION}/").content.decode()
+    assert "Vision" in vision and "<code>/v1/chat/completions (with images)</code>" in vision
+    embed = admin_client.get(f"/models/discover/{EMBED}/").content.decode()
+    assert "<code>/v1/embeddings</code>" in embed
 
 
 def test_model_page_for_a_model_too_large(admin_client: Client, settings) -> None:
