@@ -624,7 +624,14 @@ def prepare_demo_models(
         dest = models_dir / name
         if force or not is_ready(dest):
             log(f"building {name} ...")
-            _build_atomically(name, build, dest, force, log)
+            try:
+                _build_atomically(name, build, dest, force, log)
+            except FileNotFoundError as exc:
+                if name not in MEDIA_MODELS:
+                    raise
+                # The media demo models are extras: one whose asset is missing is skipped.
+                log(f"skipped {name}: {exc}")
+                continue
         else:
             log(f"{name} already present: {dest}")
         paths[name] = dest

@@ -38,7 +38,7 @@ class Command(BaseCommand):
         paths = prepare_demo_models(
             Path(data_dir),
             force=opts["force"],
-            log=self.stdout.write if verbose else lambda _msg: None,
+            log=lambda msg: self.stdout.write(msg) if verbose or msg.startswith("skipped") else None,
         )
         for name, path in paths.items():
             self.stdout.write(f"{name}: {path}")

@@ -268,3 +268,24 @@ def _no_global_seed_leak() -> Iterator[None]:
     # Sampling tests seed MLX's global PRNG; reseed afterwards so test order doesn't matter.
     yield
     mx.random.seed(0)
+
+
+def test_a_media_model_whose_asset_is_missing_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Whisper vocabulary comes from an optional package: without it `make run` still works."""
+    from inference.worker import media_models
+
+    def missing(dest: Path, seed: int = 0) -> Path:
+        raise FileNotFoundError("Whisper's vocabulary is missing")
+
+    monkeypatch.setitem(media_models.MEDIA_MODELS, media_models.TINY_WHISPER_NAME, missing)
+    monkeypatch.setattr("inference.worker.demo_models.DEMO_MODELS", {TINY_RANDOM_NAME: build_tiny_random})
+    for name in list(media_models.MEDIA_MODELS):
+        if name != media_models.TINY_WHISPER_NAME:
+            monkeypatch.delitem(media_models.MEDIA_MODELS, name)
+    messages: list[str] = []
+    paths = prepare_demo_models(tmp_path, log=messages.append)
+    assert media_models.TINY_WHISPER_NAME not in paths and TINY_RANDOM_NAME in paths
+    assert any(m.startswith("skipped tiny-whisper") for m in messages)
+    assert _leftovers(tmp_path / "models") == []
