@@ -1,17 +1,34 @@
 """Vision-language models (images + text in, text out) through mlx-vlm.
 
-A `VisionEngine` is an `LLMEngine` whose requests all run in the sequential lane: each
-request is an mlx-vlm `generate_step` iterator (the vision tower and the prompt on its first
-step, one token per step after), and the scheduler advances every running request once per
-round, so several image chats stream at once next to the text models. Everything after the
-token is the text engine's: stop strings, tool calls and reasoning, logprobs, usage.
+A `VisionEngine` is an `LLMEngine` with two lanes that together run up to the profile's
+`max_concurrent` requests (the rest wait in the engine's queue):
 
-Not batched: mlx-vlm 0.7.10's batch path merges image features assuming one image
-request per batch for LLaVA (rows swap images), so requests interleave instead.
+- The batched lane (a new request, no logprobs asked): mlx-vlm's `BatchGenerator` on the
+  language model. Each request's embeddings (its images' features merged into its text) are
+  computed alone with `model.get_input_embeddings` (mlx-vlm's own `batch_generate` would
+  merge LLaVA images across rows), then new rows are prefilled together, left-padded, and all
+  rows decode together: one forward pass per step. The batch has one sampler, argmax; a
+  request with a temperature draws its own token in its last logits processor (`_Draw`: its
+  own top-p/top-k/min-p and seeded PRNG key, as the sequential lane's sampler), so greedy and
+  sampled requests share a batch and each answers as it would alone (up to floating-point
+  differences between a batched and a lone forward pass, none on the test model). The
+  engine, not the batch, ends a row (EOS, max_tokens, stop strings, tool calls) and takes
+  its KV cache out first.
+- The sequential lane: a request whose prompt has a cached prefix (a later turn of a
+  conversation) or that asks for logprobs runs as its own mlx-vlm `generate_step` iterator
+  (mlx-vlm's batch takes no per-request cache and we don't sample logprobs in it), advanced
+  one token per scheduler step next to the batch.
 
-Prompt cache: a finished request's KV cache is kept in the engine's `LRUPromptCache` under
-the model path plus a digest of its images, so the next turn of the same conversation (the
-same images sent again, as chat clients do) prefills only its new text.
+Everything after the token is the text engine's: stop strings, tool calls and reasoning,
+logprobs, usage. No speculative decoding or KV quantization in either lane. In the batch,
+logits processors see the whole prompt plus the generated tokens; mlx-vlm's `generate_step`
+passes them only the tail of the prompt it prefilled last, so repetition/presence/frequency
+penalties can weigh prompt tokens differently between the lanes (greedy and seeded sampling
+without penalties answer the same in both).
+
+Prompt cache: a finished request's KV cache (from either lane) is kept in the engine's
+`LRUPromptCache` under the model path plus a digest of its images, so the next turn of the
+same conversation (the same images sent again, as chat clients do) prefills only its new text.
 """
 
 from __future__ import annotations
