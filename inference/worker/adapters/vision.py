@@ -1,17 +1,34 @@
 """Vision-language models (images + text in, text out) through mlx-vlm.
 
-A `VisionEngine` is an `LLMEngine` whose requests all run in the sequential lane: each
-request is an mlx-vlm `generate_step` iterator (the vision tower and the prompt on its first
-step, one token per step after), and the scheduler advances every running request once per
-round, so several image chats stream at once next to the text models. Everything after the
-token is the text engine's: stop strings, tool calls and reasoning, logprobs, usage.
+A `VisionEngine` is an `LLMEngine` with two lanes that together run up to the profile's
+`max_concurrent` requests (the rest wait in the engine's queue):
 
-Not batched: mlx-vlm 0.7.10's batch path merges image features assuming one image
-request per batch for LLaVA (rows swap images), so requests interleave instead.
+- The batched lane (a new request, no logprobs asked): mlx-vlm's `BatchGenerator` on the
+  language model. Each request's embeddings (its images' features merged into its text) are
+  computed alone with `model.get_input_embeddings` (mlx-vlm's own `batch_generate` would
+  merge LLaVA images across rows), then new rows are prefilled together, left-padded, and all
+  rows decode together: one forward pass per step. The batch has one sampler, argmax; a
+  request with a temperature draws its own token in its last logits processor (`_Draw`: its
+  own top-p/top-k/min-p and seeded PRNG key, as the sequential lane's sampler), so greedy and
+  sampled requests share a batch and each answers as it would alone (up to floating-point
+  differences between a batched and a lone forward pass, none on the test model). The
+  engine, not the batch, ends a row (EOS, max_tokens, stop strings, tool calls) and takes
+  its KV cache out first.
+- The sequential lane: a request whose prompt has a cached prefix (a later turn of a
+  conversation) or that asks for logprobs runs as its own mlx-vlm `generate_step` iterator
+  (mlx-vlm's batch takes no per-request cache and we don't sample logprobs in it), advanced
+  one token per scheduler step next to the batch.
 
-Prompt cache: a finished request's KV cache is kept in the engine's `LRUPromptCache` under
-the model path plus a digest of its images, so the next turn of the same conversation (the
-same images sent again, as chat clients do) prefills only its new text.
+Everything after the token is the text engine's: stop strings, tool calls and reasoning,
+logprobs, usage. No speculative decoding or KV quantization in either lane. In the batch,
+logits processors see the whole prompt plus the generated tokens; mlx-vlm's `generate_step`
+passes them only the tail of the prompt it prefilled last, so repetition/presence/frequency
+penalties can weigh prompt tokens differently between the lanes (greedy and seeded sampling
+without penalties answer the same in both).
+
+Prompt cache: a finished request's KV cache (from either lane) is kept in the engine's
+`LRUPromptCache` under the model path plus a digest of its images, so the next turn of the
+same conversation (the same images sent again, as chat clients do) prefills only its new text.
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import mlx.core as mx
@@ -87,6 +105,98 @@ class _Running:
         self.generated: list[int] = []
 
 
+class _NeverStop:
+    """Stands in for the tokenizer's stopping criteria in the batch: the engine ends a row
+    itself (EOS, length, stop strings, tool calls), so that it can take the row's KV cache
+    out of the batch before the row leaves it."""
+
+    def add_eos_token_ids(self, *_: Any) -> None:
+        pass
+
+    def __call__(self, token: int) -> bool:
+        return False
+
+
+def _argmax(logprobs: mx.array) -> mx.array:
+    return mx.argmax(logprobs, axis=-1)
+
+
+class _Draw:
+    """A request's own sampler, run as its last logits processor inside the batch.
+
+    mlx-vlm's BatchGenerator samples every row with one sampler; ours is argmax. A request
+    with a temperature draws its token here, with its own settings and (seeded) PRNG key,
+    from the same log-probabilities the sequential lane's sampler sees, and leaves only that
+    token finite, so the shared argmax picks it. Greedy requests need no `_Draw`.
+    """
+
+    def __init__(self, params: p.SamplingParams) -> None:
+        self.sampler = make_request_sampler(params)
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        token = self.sampler(logprobs)
+        drawn = mx.arange(logits.shape[-1]) == token.reshape(-1, 1)
+        return mx.where(drawn, mx.array(0.0, logits.dtype), mx.array(-mx.inf, logits.dtype))
+
+
+class _Batch:
+    """mlx-vlm's `BatchGenerator` over the language model, fed with embeddings.
+
+    Each request's embeddings (its image features merged into its text) are computed alone
+    with `model.get_input_embeddings`, then the rows are prefilled together (left-padded)
+    and decoded together, one forward pass per step for all of them.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from mlx_vlm.generate import BatchGenerator
+
+        tokenizer = SimpleNamespace(stopping_criteria=_NeverStop())
+        self.gen = BatchGenerator(
+            model.language_model,
+            SimpleNamespace(tokenizer=tokenizer),
+            sampler=_argmax,
+            compute_logprobs=False,  # requests asking for logprobs take the sequential lane
+            # The engine admits at most max_concurrent requests: the batch takes them all,
+            # prefilling up to eight new prompts together.
+            completion_batch_size=1 << 20,
+            prefill_batch_size=8,
+            prefill_step_size=512,
+        )
+
+    def insert(self, ids: list[int], embeds: mx.array, max_tokens: int, processors: list[Any]) -> int:
+        (uid,) = self.gen.insert(
+            [ids],
+            # One more than the request's budget: the engine ends the row at its budget.
+            max_tokens=[max_tokens + 1],
+            prompt_kwargs=[{"inputs_embeds": embeds}],
+            logits_processors=[processors],
+        )
+        return int(uid)
+
+    def next(self) -> list[Any]:
+        _, responses = self.gen.next()
+        return cast(list[Any], responses)
+
+    def take(self, uid: int) -> list[Any] | None:
+        """Remove a row; return its KV cache (one row, no padding) if it was decoding."""
+        batch = self.gen._generation_batch
+        cache = None
+        if uid in batch.uids:
+            idx = batch.uids.index(uid)
+            cache = [c.extract(idx) for c in batch.prompt_cache]
+            mx.eval([c.state for c in cache])
+        self.gen.remove(uid)
+        return cache
+
+    def remove(self, uids: list[int]) -> None:
+        for uid in uids:
+            self.gen.remove(uid)
+
+    def close(self) -> None:
+        self.gen.close()
+
+
 class VisionEngine(LLMEngine):
     kind = "vision"
 
@@ -136,7 +246,8 @@ class VisionEngine(LLMEngine):
         self._uid_by_request = {}
         self._sequential = {}
         self._waiting = deque()
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, _Running] = {}  # both lanes, by request id
+        self.batch = _Batch(self.model)  # type: ignore[assignment]  # mlx-vlm's, not mlx-lm's
         self.last_used = time.time()
         self.tokens_generated = 0
         self.cache_hit_tokens = 0
@@ -158,7 +269,7 @@ class VisionEngine(LLMEngine):
         return {**super().stats(), "images": self.images_seen}
 
     def close(self) -> None:
-        self.fail_all()
+        super().close()
         self._running.clear()
 
     # ---- prompts -------------------------------------------------------------------
@@ -208,11 +319,15 @@ class VisionEngine(LLMEngine):
 
     # ---- requests ------------------------------------------------------------------
 
+    @property
+    def _busy(self) -> int:
+        return len(self._sequential) + len(self._by_uid)
+
     def add(self, req: p.Generate, conn: Any) -> None:
         ids, pixels, mask = self._inputs(req)
         req = self._check_context(req, ids)
         parser, extra = self._prepare(req, ids)  # compiles grammars: errors are the client's
-        if len(self._sequential) >= self.max_concurrent:
+        if self._busy >= self.max_concurrent:
             self._waiting.append((req, conn))
             return
         self._start(req, conn, ids, pixels, mask, parser, extra)
@@ -227,9 +342,6 @@ class VisionEngine(LLMEngine):
         parser: mk.OutputParser,
         extra: list[Any],
     ) -> None:
-        from mlx_vlm.generate import generate_step
-        from mlx_vlm.models.cache import make_prompt_cache
-
         self.images_seen += len(req.images)
         key = self._cache_key(req.images)
         cache, rest = self.prompt_cache.fetch_nearest_cache(key, ids)
@@ -242,6 +354,53 @@ class VisionEngine(LLMEngine):
                 cache, rest = None, ids
         if cache is not None and self.image_token in rest:
             cache, rest = None, ids  # the uncached part holds image positions: start over
+        running = _Running(key, ids, [])
+        self._running[req.request_id] = running
+        # A cached prefix (a later turn of a conversation) and logprobs take the sequential
+        # lane: mlx-vlm's batch takes no per-request cache and samples no logprobs for us.
+        if cache is None and req.logprobs is None:
+            self._start_batched(req, conn, ids, pixels, mask, parser, extra, running)
+        else:
+            self._start_sequential(req, conn, ids, pixels, mask, parser, extra, running, cache, rest)
+
+    def _start_batched(
+        self,
+        req: p.Generate,
+        conn: Any,
+        ids: list[int],
+        pixels: Any,
+        mask: Any,
+        parser: mk.OutputParser,
+        extra: list[Any],
+        running: _Running,
+    ) -> None:
+        params = req.sampling
+        # This request's image features merged into its own text embeddings, alone (lazy:
+        # computed when the batch prefills it).
+        embeds = self.model.get_input_embeddings(mx.array([ids]), pixels, mask=mask).inputs_embeds
+        processors = make_request_processors(params) + extra
+        if params.temperature > 0:
+            processors.append(_Draw(params))
+        uid = cast(_Batch, self.batch).insert(ids, embeds, params.max_tokens, processors)
+        self._by_uid[uid] = self._new_active(req, conn, ids, 0, parser)
+        self._uid_by_request[req.request_id] = uid
+
+    def _start_sequential(
+        self,
+        req: p.Generate,
+        conn: Any,
+        ids: list[int],
+        pixels: Any,
+        mask: Any,
+        parser: mk.OutputParser,
+        extra: list[Any],
+        running: _Running,
+        cache: list[Any] | None,
+        rest: list[int],
+    ) -> None:
+        from mlx_vlm.generate import generate_step
+        from mlx_vlm.models.cache import make_prompt_cache
+
         cached = len(ids) - len(rest)
         if cache is None:
             cache = make_prompt_cache(self.model.language_model)
@@ -259,8 +418,7 @@ class VisionEngine(LLMEngine):
             logits_processors=make_request_processors(params) + extra,
             prompt_cache=cache,
         )
-        running = _Running(key, ids, cache)
-        self._running[req.request_id] = running
+        running.cache = cache
         act = self._new_active(req, conn, ids, cached, parser)
         act.sequential = self._track(tokens, running)
         self._sequential[req.request_id] = act
@@ -272,10 +430,47 @@ class VisionEngine(LLMEngine):
             running.generated.append(token)
             yield token, logprobs
 
+    def _step_batch(self, outputs: list[tuple[Any, p.Output]]) -> None:
+        responses = cast(_Batch, self.batch).next()
+        done: list[tuple[int, str]] = []
+        for r in responses:
+            act = self._by_uid.get(r.uid)
+            if act is None:
+                continue
+            token = int(r.token)
+            running = self._running.get(act.request_id)
+            if running is not None:
+                running.generated.append(token)
+            # The engine ends rows (the batch's own criteria never do): as the sequential lane.
+            finish = "stop" if token in self._eos_ids else None
+            if finish is None and act.completion_tokens + 1 >= act.max_tokens:
+                finish = "length"
+            out, _ = self._on_token(act, token, finish)
+            self.tokens_generated += 1
+            if out is None:
+                continue
+            outputs.append((act.conn, out))
+            if out.finish_reason is not None:
+                done.append((r.uid, act.request_id))
+        for uid, rid in done:
+            self._by_uid.pop(uid, None)
+            self._uid_by_request.pop(rid, None)
+            running = self._running.pop(rid, None)
+            cache = cast(_Batch, self.batch).take(uid)
+            if running is not None and cache is not None:
+                running.cache = cache
+                self._keep(running)
+        if done:
+            self._admit_waiting()
+
     def _sequential_done(self, request_id: str) -> None:
-        """Keep a finished request's KV cache for the next turn of its conversation."""
         running = self._running.pop(request_id, None)
-        if running is None or not running.cache:
+        if running is not None:
+            self._keep(running)
+
+    def _keep(self, running: _Running) -> None:
+        """Keep a finished request's KV cache for the next turn of its conversation."""
+        if not running.cache:
             return
         tokens = running.prompt + running.generated
         offset = getattr(running.cache[0], "offset", None)
@@ -284,14 +479,23 @@ class VisionEngine(LLMEngine):
 
     def abort(self, request_id: str) -> bool:
         self._running.pop(request_id, None)
+        uid = self._uid_by_request.pop(request_id, None)
+        if uid is not None:
+            self._by_uid.pop(uid, None)
+            cast(_Batch, self.batch).remove([uid])
+            self._admit_waiting()
+            return True
         return super().abort(request_id)
 
     def fail_all(self) -> list[Any]:
         self._running.clear()
+        if self._by_uid:  # after a failed step the batch's state is suspect: start a new one
+            self.batch.close()
+            self.batch = _Batch(self.model)  # type: ignore[assignment]
         return super().fail_all()
 
     def _admit_waiting(self) -> None:
-        while self._waiting and len(self._sequential) < self.max_concurrent:
+        while self._waiting and self._busy < self.max_concurrent:
             req, conn = self._waiting.popleft()
             try:
                 ids, pixels, mask = self._inputs(req)

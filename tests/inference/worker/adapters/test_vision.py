@@ -110,3 +110,150 @@ def test_mismatched_or_broken_images_are_bad_requests(spec: p.ModelSpec) -> None
     with pytest.raises(BadRequest, match="could not be decoded"):
         engine.add(ask(spec, "y", [{"type": "image"}], [b"not an image"]), conn=None)
     assert engine.active == 0
+
+
+# ---- the batched lane ---------------------------------------------------------------------
+
+
+def wide(spec: p.ModelSpec, n: int) -> p.ModelSpec:
+    return p.ModelSpec(name=spec.name, path=spec.path, kind="vision", max_concurrent=n)
+
+
+def sampled(req: p.Generate, **sampling: object) -> p.Generate:
+    params = p.SamplingParams(**{"max_tokens": req.sampling.max_tokens, "temperature": 0.0, **sampling})  # type: ignore[arg-type]
+    return p.Generate(request_id=req.request_id, model=req.model, sampling=params, messages=req.messages,
+                      images=req.images, logprobs=req.logprobs)  # fmt: skip
+
+
+def with_logprobs(req: p.Generate) -> p.Generate:
+    return p.Generate(request_id=req.request_id, model=req.model, sampling=req.sampling, messages=req.messages,
+                      images=req.images, logprobs=0)  # fmt: skip
+
+
+def mixed(spec: p.ModelSpec) -> list[p.Generate]:
+    """Two images, another image, no image: prompts of different lengths."""
+    two = [{"type": "text", "text": "Compare"}, {"type": "image"}, {"type": "image"}]
+    return [
+        ask(spec, "a", two, [picture("red"), picture("blue")], tokens=12),
+        ask(spec, "b", "Hello there, how are you?", [], tokens=12),
+        ask(spec, "c", [{"type": "image"}, {"type": "text", "text": "?"}], [picture("green")], tokens=12),
+    ]
+
+
+def test_requests_decode_together_and_answer_as_each_alone(spec: p.ModelSpec) -> None:
+    spec = wide(spec, 4)
+    reqs = mixed(spec)
+    alone = {r.request_id: run_one(VisionEngine(spec), r).text for r in reqs}
+    # The sequential lane (logprobs asked) gives the same text as the batched lane alone.
+    assert run_one(VisionEngine(spec), with_logprobs(reqs[0])).text == alone["a"]
+    engine = VisionEngine(spec)
+    for r in reqs[:2]:
+        engine.add(r, conn=None)
+    assert len(engine._by_uid) == 2 and not engine._sequential
+    texts: dict[str, str] = {}
+    widest = 0
+    for i in range(100):
+        if i == 3:  # a latecomer joins the batch while the others decode
+            engine.add(reqs[2], conn=None)
+        for _, out in engine.step():
+            texts[out.request_id] = texts.get(out.request_id, "") + out.text
+        widest = max(widest, len(engine.batch.gen._generation_batch))  # type: ignore[attr-defined]
+        if not engine.active:
+            break
+    assert widest == 3  # one forward pass per step for all three
+    assert texts == alone
+    assert engine.stats()["tokens_generated"] == 36
+
+
+def test_a_seeded_sample_is_reproducible_in_a_batch(spec: p.ModelSpec) -> None:
+    spec = wide(spec, 4)
+    reqs = mixed(spec)
+    hot = sampled(reqs[2], temperature=0.9, top_k=40, seed=7)
+    alone = run_one(VisionEngine(spec), hot).text
+    assert run_one(VisionEngine(spec), hot).text == alone
+    # The same request sampled in the sequential lane draws the same tokens.
+    assert run_one(VisionEngine(spec), with_logprobs(hot)).text == alone
+    engine = VisionEngine(spec)
+    greedy = {r.request_id: run_one(VisionEngine(spec), r).text for r in reqs[:2]}
+    for r in [*reqs[:2], hot]:
+        engine.add(r, conn=None)
+    assert len(engine._by_uid) == 3
+    finals = run(engine)
+    assert finals["c"].text == alone  # its own key and settings, whatever shares the batch
+    assert {k: finals[k].text for k in greedy} == greedy  # the greedy rows stay greedy
+    other = run_one(VisionEngine(spec), sampled(hot, temperature=0.9, top_k=40, seed=8)).text
+    assert other != alone
+
+
+def test_aborting_one_batched_request_leaves_the_others(spec: p.ModelSpec) -> None:
+    spec = wide(spec, 4)
+    reqs = mixed(spec)
+    alone = {r.request_id: run_one(VisionEngine(spec), r).text for r in reqs}
+    engine = VisionEngine(spec)
+    conn = object()
+    for r in reqs:
+        engine.add(r, conn=conn if r.request_id == "b" else None)
+    texts: dict[str, str] = {}
+    finals: dict[str, p.Output] = {}
+    for i in range(100):
+        if i == 4:
+            assert engine.owned_by(conn) == ["b"] and "b" in texts  # it has been streaming
+            assert engine.abort("b") and not engine.abort("b")
+            assert engine.active == 2 and engine.owned_by(conn) == []
+        for _, out in engine.step():
+            assert i < 4 or out.request_id != "b"
+            texts[out.request_id] = texts.get(out.request_id, "") + out.text
+            if out.finish_reason:
+                finals[out.request_id] = out
+        if not engine.active:
+            break
+    assert set(finals) == {"a", "c"} and all(f.completion_tokens == 12 for f in finals.values())
+    assert all(texts[k] == alone[k] for k in finals)
+    # A failed step drops every request; the engine serves again afterwards.
+    engine.add(reqs[0], conn=None)
+    engine.add(reqs[1], conn=None)
+    engine.step()
+    assert {rid for rid, _ in engine.fail_all()} == {"a", "b"} and engine.active == 0
+    assert run_one(engine, reqs[2]).text == alone["c"]
+
+
+def test_max_concurrent_is_honoured_by_the_batch(spec: p.ModelSpec) -> None:
+    engine = VisionEngine(spec)  # max_concurrent=2
+    reqs = mixed(spec)
+    extra = ask(spec, "d", "Another one", [], tokens=12)
+    for r in [*reqs, extra]:
+        engine.add(r, conn=None)
+    assert engine.active == 4 and engine.stats()["queued_requests"] == 2
+    finished: set[str] = set()
+    while engine.active:
+        for _, out in engine.step():
+            if out.finish_reason:
+                finished.add(out.request_id)
+        assert len(engine._by_uid) + len(engine._sequential) <= 2
+        assert len(engine.batch.gen._generation_batch) <= 2  # type: ignore[attr-defined]
+    assert finished == {"a", "b", "c", "d"}
+    # Raised by the next request's profile: the queue drains into the batch at once.
+    engine = VisionEngine(spec)
+    for r in [*reqs, extra]:
+        engine.add(r, conn=None)
+    engine.apply_policy(wide(spec, 3))
+    assert len(engine._by_uid) == 3 and engine.stats()["queued_requests"] == 1
+    engine.apply_policy(wide(spec, 4))
+    assert len(engine._by_uid) == 4 and engine.stats()["queued_requests"] == 0
+    assert len(run(engine)) == 4
+
+
+def test_a_stop_string_ends_one_batched_row(spec: p.ModelSpec) -> None:
+    spec = wide(spec, 4)
+    a, b, _ = mixed(spec)
+    alone = {r.request_id: run_one(VisionEngine(spec), r).text for r in (a, b)}
+    stop = alone["b"][6:9]
+    cut = alone["b"].index(stop)
+    engine = VisionEngine(spec)
+    engine.add(a, conn=None)
+    engine.add(sampled(b, stop=[stop]), conn=None)
+    finals = run(engine)
+    assert finals["b"].finish_reason == "stop" and finals["b"].text == alone["b"][:cut]
+    assert finals["b"].completion_tokens < 12
+    assert finals["a"].text == alone["a"] and finals["a"].completion_tokens == 12
+    assert engine.active == 0 and not engine._running
