@@ -282,7 +282,9 @@ def test_reasoning_content_is_separated(gateway: Gateway) -> None:
     stream = client.chat.completions.create(model=TOOLS_MODEL, messages=ASK, max_tokens=10, stream=True)
     deltas = [c.choices[0].delta for c in stream if c.choices]
     streamed = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
-    assert streamed and len([d for d in deltas if getattr(d, "reasoning_content", None)]) > 3
+    # How many deltas carry it depends on how the worker's frames coalesce under load: check the text.
+    assert streamed and "<think>" not in streamed
+    assert not "".join(d.content or "" for d in deltas)  # still thinking when max_tokens hit
 
 
 # ---- errors ---------------------------------------------------------------------------------------
