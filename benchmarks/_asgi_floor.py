@@ -1,13 +1,14 @@
-"""Two bare ASGI apps that bench_proxy.py runs under daphne, to measure what daphne itself costs.
+"""Bare ASGI apps that bench_proxy.py runs under a web server, to measure what the server and
+the HTTP client cost by themselves.
 
-- `hello`: answers every request with a fixed JSON body (daphne's own per-request cost).
-- `proxy`: the least a daphne + httpx gateway can do: forward the body to `BENCH_UPSTREAM`
-  with one pooled `httpx.AsyncClient` and relay the answer (streamed when it is an event
-  stream), with no Django, auth, routing or audit. What it adds over a direct call is the
-  floor of any gateway built on daphne and httpx.
+- `hello`: answers every request with a fixed JSON body (the web server's own per-request cost).
+- `proxy_httpx` / `proxy_aiohttp`: the least a gateway can do: forward the body to
+  `BENCH_UPSTREAM` with one pooled client (httpx.AsyncClient or aiohttp.ClientSession) and
+  relay the answer (streamed as it arrives), with no Django, auth, routing or audit. What it
+  adds over a direct call is the floor of any gateway built on that server and client.
 
-    python -m daphne -b 127.0.0.1 -p PORT benchmarks._asgi_floor:hello
-    BENCH_UPSTREAM=http://... BENCH_UPSTREAM_KEY=... python -m daphne ... benchmarks._asgi_floor:proxy
+    python -m uvicorn benchmarks._asgi_floor:hello --port PORT
+    BENCH_UPSTREAM=http://... BENCH_UPSTREAM_KEY=... python -m daphne -p PORT benchmarks._asgi_floor:proxy_httpx
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import aiohttp
 import httpx
 
-_client: httpx.AsyncClient | None = None
+_httpx: httpx.AsyncClient | None = None
+_aiohttp: aiohttp.ClientSession | None = None
 
 
 async def _body(receive: Any) -> bytes:
@@ -29,36 +32,59 @@ async def _body(receive: Any) -> bytes:
             return b"".join(parts)
 
 
-async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    await _body(receive)
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
-    )
-    await send({"type": "http.response.body", "body": b'{"ok":true}'})
-
-
-async def proxy(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    global _client
-    if scope["type"] != "http":
-        return
-    body = await _body(receive)
-    if _client is None:
-        _client = httpx.AsyncClient(trust_env=False, timeout=30)
-    upstream = os.environ["BENCH_UPSTREAM"].rstrip("/") + scope["path"].removeprefix("/v1")
+def _upstream(scope: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    url = os.environ["BENCH_UPSTREAM"].rstrip("/") + scope["path"].removeprefix("/v1")
     headers = {
         "authorization": "Bearer " + os.environ["BENCH_UPSTREAM_KEY"],
         "content-type": "application/json",
     }
-    request = _client.build_request("POST", upstream, content=body, headers=headers)
-    response = await _client.send(request, stream=True)
+    return url, headers
+
+
+async def _start(send: Any, status: int, ctype: str) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype.encode())]}
+    )
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await _body(receive)
+    await _start(send, 200, "application/json")
+    await send({"type": "http.response.body", "body": b'{"ok":true}'})
+
+
+async def proxy_httpx(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    global _httpx
+    if scope["type"] != "http":
+        return
+    body = await _body(receive)
+    if _httpx is None:
+        _httpx = httpx.AsyncClient(trust_env=False, timeout=30)
+    url, headers = _upstream(scope)
+    response = await _httpx.send(
+        _httpx.build_request("POST", url, content=body, headers=headers), stream=True
+    )
     try:
-        ctype = response.headers.get("content-type", "application/json").encode()
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": [(b"content-type", ctype)]})  # fmt: skip
+        await _start(send, response.status_code, response.headers.get("content-type", "application/json"))
         async for chunk in response.aiter_raw():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     finally:
         await response.aclose()
+
+
+async def proxy_aiohttp(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    global _aiohttp
+    if scope["type"] != "http":
+        return
+    body = await _body(receive)
+    if _aiohttp is None:
+        _aiohttp = aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=30))
+    url, headers = _upstream(scope)
+    async with _aiohttp.post(url, data=body, headers=headers) as response:
+        await _start(send, response.status, response.headers.get("content-type", "application/json"))
+        async for chunk in response.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})

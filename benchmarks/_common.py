@@ -299,7 +299,7 @@ def patched_environ(overrides: Mapping[str, str]) -> Iterator[None]:
 
 
 def start_gateway_env(data_dir: Path, models: dict[str, Path], env: Mapping[str, str] | None = None) -> Any:
-    """`tests.conftest.start_gateway` (manage.py serve: daphne + worker) with extra environment
+    """`tests.conftest.start_gateway` (manage.py serve: web server + worker) with extra environment
     for both processes (e.g. MLXM_BLAS=reference)."""
     from tests.conftest import start_gateway
 

@@ -5,7 +5,7 @@ the q4 demo model made once with `mlx_lm convert --dequantize`, registered in th
 as the profile `smollm2-135m-f32`).
 
 Servers, started once per invocation and used alternately:
-- gateway: the real product, `manage.py serve` (daphne + inference worker), via
+- gateway: the real product, `manage.py serve` (uvicorn + inference worker), via
   `tests.conftest.start_gateway`;
 - mlx_lm.server (mlx-lm's own server) on the same model directory, same mlx, same BLAS
   (`inference.worker.blas.preload_blas()` runs before MLX in both), with
@@ -1340,7 +1340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {cpu_model()}",
         "date": utc_now(),
         "versions": f"mlx {version('mlx')}, mlx-lm {version('mlx-lm')}, openai {version('openai')}, "
-        f"daphne {version('daphne')}, Python {platform.python_version()}",
+        f"uvicorn {version('uvicorn')}, Python {platform.python_version()}",
         "blas": f"{blas_info} (scipy-openblas32 {version('scipy-openblas32')}), OPENBLAS_NUM_THREADS={threads}, "
         "preloaded by `inference.worker.blas.preload_blas()` in the worker, in mlx_lm.server and in the "
         "in-process baseline",

@@ -7,7 +7,7 @@ A. Baseline: a fresh subprocess (this script with `--baseline`) preloads the sam
    generation, then runs `mlx_lm.stream_generate` greedily on the chat-templated prompt.
    It reports mlx-lm's own `generation_tps` and the wall-clock decode rate
    (tokens - 1) / (time of last token - time of first token).
-B. Gateway: the real product (`manage.py serve`: daphne + inference worker, started with
+B. Gateway: the real product (`manage.py serve`: uvicorn + inference worker, started with
    `tests.conftest.start_gateway`) is asked for the same prompt through the official
    `openai` SDK (`stream=True`, temperature 0, same max_tokens, usage in the last chunk).
    Decode rate = (completion tokens - 1) / (time of last chunk - time of first content

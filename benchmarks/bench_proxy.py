@@ -1,15 +1,16 @@
 """The gateway's added latency per proxied request: the same call made directly to a fake
 OpenAI-compatible upstream and through the gateway (a routing rule sends the model there).
 
-The gateway is the real web process (daphne with `manage.py serve`'s arguments, Django,
-ninja, API-key auth, routing, the audit middleware and its background flush); no inference
-worker is started, as nothing is local. The fake upstream (tests/inference/fakes.py) runs
-on 127.0.0.1 in this process. Two bare ASGI apps under daphne (benchmarks/_asgi_floor.py)
-run in the same invocation to show what daphne itself costs: `hello` (a fixed answer) and
-`proxy` (forward with one pooled httpx.AsyncClient and relay, nothing else), the floor of
-any daphne + httpx gateway. Each round calls every path once, in turn, over one keep-alive
-`httpx.Client` per path, after a warm-up; added latency is the median of per-round
-differences against the direct call of that round.
+The gateway is the real web process, started by `manage.py serve --no-worker --no-downloads`
+(uvicorn, Django, ninja, API-key auth, routing, the audit middleware and its background
+flush); no inference worker, as nothing is local. The fake upstream (tests/inference/fakes.py)
+runs on 127.0.0.1 in this process. Bare ASGI apps (benchmarks/_asgi_floor.py) run in the same
+invocation to show what the web server and the HTTP client cost by themselves: `hello` (a
+fixed answer) and a proxy that forwards with one pooled client and relays, nothing else, under
+the product's uvicorn command line with aiohttp (the floor of this gateway's stack), and, for
+comparison, under daphne and with httpx (the stack this gateway ran on before). Each round
+calls every path once, in turn, over one keep-alive `httpx.Client` per path, after a warm-up;
+added latency is the median of per-round differences against the direct call of that round.
 
     python benchmarks/bench_proxy.py [--requests 1000] [--write docs/benchmarks.md]
 """
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -49,21 +50,36 @@ from benchmarks._common import (  # noqa: E402
 SECTION_TITLE = "## Gateway overhead per proxied request"
 BODY = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 16}
 TARGET_MS = 2.0
-# Not measured by this script: from timestamps taken inside one web process serving the same
-# request in-process (no daphne), medians of 1,000 requests, 2026-11-22 on the machine above.
+# Not measured by this script: timestamps and profiles taken inside one web process serving the
+# same request in-process (no web server), 2026-11-23 on the machine above.
 BREAKDOWN = (
-    "Where the gateway's time over the floor goes (an in-process probe of the same request without daphne, "
-    "medians of 1,000 requests, 2026-11-22, same machine): Django's `request_started` signal runs its "
-    "synchronous receivers (`close_old_connections`, `reset_queries`) in a thread hop before the view, ~0.4 ms; "
-    "URL resolution, the audit middleware, ninja's API-key check (cached) and body validation ~0.25 ms; building "
-    "the upstream request ~0.1 ms; turning the upstream's answer into the response ~0.05 ms. Django's "
-    "`request_finished` hop runs after the response is sent. Before this work the same path also ran 10 "
-    "browser-middleware thread hops, an API-key query (with a new SQLite connection on a new thread per "
-    "request) and two thread starts per request: 14 ms added at p50. Nagle / delayed ACK: daphne (Twisted's "
-    "`HTTPChannel.connectionMade`), httpx (asyncio sockets via anyio) and the fake upstream all set `TCP_NODELAY`."
+    "What was taken off the path (each measured by this script's stack table or by an in-process probe of "
+    "the same request, medians of 1,000 requests, same machine): the web server (daphne → uvicorn on uvloop + "
+    "httptools, ~0.7 ms); the upstream client (httpx → aiohttp, whose HTTP parser is C, ~1.3 ms); the thread "
+    "hops of Django's `request_started` and `request_finished` signals, whose synchronous receivers "
+    "(`close_old_connections`, `reset_queries`) cost ~0.3-0.4 ms each (the `/v1` handler leaves the first out "
+    "and closes the response on the event loop when the request ran nothing in its thread, "
+    "`mlxmanager/gateway_asgi.py`). Earlier (session 2): 10 browser-middleware thread hops, an API-key query "
+    "(with a new SQLite connection on a new thread per request) and two thread starts per request, 14 ms "
+    "added at p50. What remains over the floor, ~0.45 ms in-process with warm caches: reading the body and "
+    "building Django's request (~0.05 ms), URL resolution, the audit middleware and ninja up to the API-key "
+    "check (~0.06 ms), the key check (cached, ~0.035 ms), ninja's body parsing and validation (~0.06 ms), "
+    "routing and building the upstream call (~0.02 ms), reading the upstream's answer and building the "
+    "response (~0.08 ms). Served between other processes (as here) the same work takes about twice as long: "
+    "its caches are cold. TCP_NODELAY is set by uvicorn, aiohttp and the fake upstream."
 )
-# Same daphne arguments as `manage.py serve` (inference/management/commands/serve.py).
-DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "--proxy-headers"]
+DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1"]
+# (label, server, app) for the bare ASGI apps of the stack comparison (measured in a second
+# phase, so they don't share the gateway's rounds: more processes between two gateway calls
+# leave its caches colder).
+STACKS = [
+    ("uvicorn+aiohttp", "uvicorn", "proxy_aiohttp"),
+    ("uvicorn+httpx", "uvicorn", "proxy_httpx"),
+    ("daphne+aiohttp", "daphne", "proxy_aiohttp"),
+    ("daphne+httpx", "daphne", "proxy_httpx"),
+    ("uvicorn hello", "uvicorn", "hello"),
+    ("daphne hello", "daphne", "hello"),
+]
 
 
 def _wait_up(url: str) -> None:
@@ -77,11 +93,9 @@ def _wait_up(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def _daphne(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [*DAPHNE, "-p", str(port), app], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
 
 
 def start_web(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -96,21 +110,61 @@ def start_web(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
         "create_admin", "--username", "admin", "--password-stdin", env=env, stdin="correct-horse-battery\n"
     )
     key = manage("create_api_key", "--username", "admin", "--name", "bench", env=env).strip().splitlines()[-1]
-    proc = _daphne("mlxmanager.asgi:application", port, env)
+    proc = _spawn([sys.executable, "manage.py", "serve", "--no-worker", "--no-downloads"], env)
     url = f"http://127.0.0.1:{port}"
     _wait_up(url + "/login/")
     return proc, url, key
 
 
-def start_floor(app: str, upstream: str, key: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_floor(server: str, app: str, upstream: str, key: str) -> tuple[subprocess.Popen[bytes], str]:
+    from mlxmanager import webserver
     from tests.conftest import free_port
 
     port = free_port()
     env = {**os.environ, "BENCH_UPSTREAM": upstream, "BENCH_UPSTREAM_KEY": key}
-    proc = _daphne(f"benchmarks._asgi_floor:{app}", port, env)
+    target = f"benchmarks._asgi_floor:{app}"
+    if server == "uvicorn":  # the product's command line, with --lifespan off (bare apps have none)
+        cmd = webserver.command("127.0.0.1", port, forwarded_allow_ips="127.0.0.1", app=target)
+        cmd[cmd.index("--lifespan") + 1] = "off"
+    else:
+        cmd = [*DAPHNE, "-p", str(port), target]
+    proc = _spawn(cmd, env)
     url = f"http://127.0.0.1:{port}"
     _wait_up(url + "/")
     return proc, url
+
+
+def _client(base: str, bearer: str) -> httpx.Client:
+    return httpx.Client(base_url=base, headers={"authorization": f"Bearer {bearer}"}, timeout=30)
+
+
+def _once(c: httpx.Client, model: str, stream: bool) -> float:
+    body = {**BODY, "model": model, "stream": stream}
+    t0 = time.perf_counter()
+    if stream:
+        with c.stream("POST", "/chat/completions", json=body) as r:
+            for _ in r.iter_raw():
+                pass
+    else:
+        r = c.post("/chat/completions", json=body)
+    ms = (time.perf_counter() - t0) * 1000
+    assert r.status_code == 200, r.status_code
+    return ms
+
+
+def _rounds(clients: dict[str, tuple[httpx.Client, str]], n: int, warmup: int) -> dict[str, list[float]]:
+    """Each round calls every path once, JSON then SSE, in turn."""
+    results: dict[str, list[float]] = {
+        f"{p}{s}": [] for p in clients for s in ("", "_stream") if not (s and p.endswith("hello"))
+    }
+    for i in range(warmup + n):
+        for suffix in ("", "_stream"):
+            for name, (c, model) in clients.items():
+                if name + suffix in results:
+                    ms = _once(c, model, bool(suffix))
+                    if i >= warmup:
+                        results[name + suffix].append(ms)
+    return results
 
 
 def measure(n: int, warmup: int) -> dict[str, object]:
@@ -123,9 +177,8 @@ def measure(n: int, warmup: int) -> dict[str, object]:
     try:
         web, url, key = start_web(tmp)
         procs.append(web)
-        hello, hello_url = start_floor("hello", fake.openai_base, fake.key)
-        proxy, proxy_url = start_floor("proxy", fake.openai_base, fake.key)
-        procs += [hello, proxy]
+        floor, floor_url = start_floor("uvicorn", "proxy_aiohttp", fake.openai_base, fake.key)
+        procs.append(floor)
 
         class _Gw:  # what Admin needs of a Gateway
             def __init__(self, url: str) -> None:
@@ -134,47 +187,23 @@ def measure(n: int, warmup: int) -> dict[str, object]:
         admin = Admin(_Gw(url))  # type: ignore[arg-type]
         admin.credential(fake, "openai_compatible", name="fake")
         admin.rule("bench-model", {"credential": "fake", "model": "upstream-model"})
-
-        def client(base: str, bearer: str) -> httpx.Client:
-            return httpx.Client(base_url=base, headers={"authorization": f"Bearer {bearer}"}, timeout=30)
-
-        clients = {
-            "direct": (client(fake.openai_base, fake.key), "upstream-model"),
-            "proxy": (client(proxy_url + "/v1", fake.key), "upstream-model"),
-            "gateway": (client(url + "/v1", key), "bench-model"),
-        }
-        hello_client = client(hello_url + "/v1", "none")
-        results: dict[str, list[float]] = {
-            f"{p}{s}": [] for p in (*clients, "hello") for s in ("", "_stream")
-        }
-
-        def timed(call: Callable[[], None]) -> float:
-            t0 = time.perf_counter()
-            call()
-            return (time.perf_counter() - t0) * 1000
-
-        def once(c: httpx.Client, model: str, stream: bool) -> None:
-            body = {**BODY, "model": model, "stream": stream}
-            if stream:
-                with c.stream("POST", "/chat/completions", json=body) as r:
-                    for _ in r.iter_raw():
-                        pass
-            else:
-                r = c.post("/chat/completions", json=body)
-            assert r.status_code == 200, r.status_code
-
-        for i in range(warmup + n):
-            for stream in (False, True):
-                suffix = "_stream" if stream else ""
-                for name, (c, model) in clients.items():
-                    ms = timed(lambda c=c, model=model, stream=stream: once(c, model, stream))  # type: ignore[misc]
-                    if i >= warmup:
-                        results[name + suffix].append(ms)
-            ms = timed(lambda: once(hello_client, "x", False))
-            if i >= warmup:
-                results["hello"].append(ms)
+        direct = (_client(fake.openai_base, fake.key), "upstream-model")
+        # Phase 1, the target: direct, the floor and the gateway in the same rounds.
+        results = _rounds(
+            {"direct": direct, "floor": (_client(floor_url + "/v1", fake.key), "upstream-model"),
+             "gateway": (_client(url + "/v1", key), "bench-model")},
+            n, warmup,
+        )  # fmt: skip
         rows_written = len(admin.requests(model="bench-model", size=500))
-        return {"results": results, "rows": rows_written}
+        stop_process_group(web)
+        # Phase 2, the stack comparison: bare apps under both servers, with both clients.
+        stacks = {"direct": direct}
+        for label, server, app in STACKS:
+            proc, stack_url = start_floor(server, app, fake.openai_base, fake.key)
+            procs.append(proc)
+            stacks[label] = (_client(stack_url + "/v1", fake.key), "upstream-model")
+        compared = _rounds(stacks, n, warmup)
+        return {"results": results, "stacks": compared, "rows": rows_written}
     finally:
         for proc in procs:
             stop_process_group(proc)
@@ -188,40 +217,52 @@ def _paired(base: list[float], other: list[float]) -> float:
 
 def report(data: dict[str, object], n: int, argv: Sequence[str], load: tuple[tuple[float, ...], ...]) -> str:
     res: dict[str, list[float]] = data["results"]  # type: ignore[assignment]
+    cmp: dict[str, list[float]] = data["stacks"]  # type: ignore[assignment]
     table = []
     status = []
     for kind, s in {"JSON (non-streaming)": "", "SSE stream (to the last byte)": "_stream"}.items():
-        d, p, g = res["direct" + s], res["proxy" + s], res["gateway" + s]
+        d, p, g = res["direct" + s], res["floor" + s], res["gateway" + s]
         added, floor = _paired(d, g), _paired(d, p)
         table.append([kind, f"{percentile(d, 50):.2f}", f"{percentile(p, 50):.2f}", f"{percentile(g, 50):.2f}",
                       f"{percentile(g, 90):.2f}", f"{percentile(g, 99):.2f}", f"**{added:.2f}**",
                       f"{floor:.2f}", f"{_paired(p, g):.2f}"])  # fmt: skip
         met = "**met**" if added <= TARGET_MS else "not met"
         status.append([kind, f"≤ {TARGET_MS:g} ms", f"{added:.2f} ms", met, f"{floor:.2f} ms"])
-    hello_added = _paired(res["direct"], res["hello"])
+    stacks = []
+    for label, server, app in STACKS:
+        what = "fixed answer, no upstream" if app == "hello" else f"proxy with {app.removeprefix('proxy_')}"
+        row = [f"{server}: {what}" + (" (the floor's stack)" if label == "uvicorn+aiohttp" else "")]
+        for s in ("", "_stream"):
+            row.append(f"{_paired(cmp['direct' + s], cmp[label + s]):.2f}" if label + s in cmp else "")
+        stacks.append(row)
     return "\n".join([
         f"Command: `.venv/bin/python benchmarks/bench_proxy.py {' '.join(argv)}`",
         "",
         f"- Machine: {platform.platform()}, {os.cpu_count()} CPUs, {cpu_model()}; shared with other jobs",
         f"- Date: {utc_now()}; load average (1/5/15 min) before {fmt_load(load[0])}, after {fmt_load(load[1])}",
-        f"- daphne {version('daphne')}, Django {version('django')}, httpx {version('httpx')}, Python "
-        f"{platform.python_version()}",
+        f"- uvicorn {version('uvicorn')} (uvloop {version('uvloop')}, httptools {version('httptools')}), "
+        f"aiohttp {version('aiohttp')}, Django {version('django')}, Python {platform.python_version()}; "
+        f"for comparison daphne {version('daphne')}, httpx {version('httpx')}",
         f"- {n} rounds after a warm-up; each round calls every path once, in turn, over one keep-alive client per "
         "path; the fake upstream answers a 3-word chat completion (JSON, or 7 SSE events)",
-        "- **direct**: the fake upstream itself. **daphne + httpx floor**: a bare ASGI app under daphne that "
-        "forwards the body with one pooled `httpx.AsyncClient` and relays the answer, nothing else "
-        "(`benchmarks/_asgi_floor.py:proxy`). **gateway**: the real web process: daphne → the `/v1` handler "
-        "(audit middleware only) → ninja → API-key auth (cached) → routing rule (cached) → pooled httpx call "
-        "→ relay; each request audited (buffered, flushed in the background)",
+        "- **direct**: the fake upstream itself. **floor**: a bare ASGI app under the product's uvicorn command "
+        "line that forwards the body with one pooled `aiohttp.ClientSession` and relays the answer, nothing else "
+        "(`benchmarks/_asgi_floor.py:proxy_aiohttp`). **gateway**: the real web process (`manage.py serve "
+        "--no-worker`): uvicorn → the `/v1` handler (audit middleware only) → ninja → API-key auth (cached) → "
+        "routing rule (cached) → pooled aiohttp call → relay; each request audited (buffered, flushed in the "
+        "background)",
         "- Added = median over rounds of (path − direct in the same round)",
         "",
-        md_table(["request", "direct p50 ms", "daphne + httpx floor p50 ms", "gateway p50 ms", "gateway p90 ms",
+        md_table(["request", "direct p50 ms", "floor p50 ms", "gateway p50 ms", "gateway p90 ms",
                   "gateway p99 ms", "gateway added ms", "floor added ms", "gateway over the floor ms"], table),
         "",
-        md_table(["target: gateway added latency", "goal", "measured", "status", "daphne + httpx floor"], status),
+        md_table(["target: gateway added latency", "goal", "measured", "status", "floor (uvicorn + aiohttp)"],
+                 status),
         "",
-        f"A bare ASGI hello-world under daphne (no upstream call at all) answers in p50 "
-        f"{percentile(res['hello'], 50):.2f} ms, {hello_added:+.2f} ms against the direct call to the upstream.",
+        "Web server and HTTP client alone (bare ASGI apps; a second phase of as many rounds, after the gateway "
+        "was stopped): added ms over the direct call, median of per-round differences",
+        "",
+        md_table(["stack", "JSON added ms", "SSE added ms"], stacks),
         "",
         f"Audit rows written for the gateway requests (first page of up to 500): {data['rows']}.",
         "",

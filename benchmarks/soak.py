@@ -1,6 +1,6 @@
 """Soak test: many concurrent streaming clients against the live gateway for minutes.
 
-The real product (`manage.py serve`: daphne + inference worker + download worker) serves the
+The real product (`manage.py serve`: uvicorn + inference worker + download worker) serves the
 tiny demo model on 127.0.0.1. `--clients` clients stream answers in a loop until the time is
 up, half with the OpenAI chat shape and half with the Anthropic Messages shape, each request
 with its own prompt (so the prompt cache fills and evicts as in real use). Every request
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     models = prepare_models(ROOT / ".data" / "bench" / "shared")
     gw = start_gateway_env(work / "gw", models, {"MLXM_LOG_LEVEL": "WARNING"})
     try:
-        web = [p for p in children(gw.proc.pid) if "daphne" in cmdline(p)]
+        web = [p for p in children(gw.proc.pid) if "uvicorn" in cmdline(p)]
         pids = {"worker": gw.worker_pid(), **({"web": web[0]} if web else {})}
         # Warm the model so the first quarter is not a load.
         httpx.post(

@@ -144,7 +144,7 @@ async def _serve(
                 surface=surface,
                 body=raw,
                 model=target.upstream_model(requested),
-                client_headers=request.headers,
+                client_headers=_forwarded_headers(request),
                 timeout=timeout,
                 audit=audit,
             )
@@ -158,6 +158,16 @@ async def _serve(
                 "rule %s: %s failed (%s); trying the next target", route.rule_name, target.label, _reason(exc)
             )
     return _exhausted(request, requested, route, failures)
+
+
+def _forwarded_headers(request: HttpRequest) -> dict[str, str]:
+    """The client headers an upstream call may pass on (`upstream._headers`), read from META:
+    `request.headers` would build a dict of every header on the hot path."""
+    meta = request.META
+    return {name: meta[key] for name, key in _FORWARDED if key in meta}
+
+
+_FORWARDED = (("anthropic-version", "HTTP_ANTHROPIC_VERSION"), ("anthropic-beta", "HTTP_ANTHROPIC_BETA"))
 
 
 def _error(request: HttpRequest, status: int, message: str, *, type_: str, code: str | None) -> HttpResponse:

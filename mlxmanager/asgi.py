@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels.
+"""ASGI entry point: HTTP through Django, WebSockets through Channels, lifespan here.
 
 `/v1/` (the gateway's API-key traffic) goes to its own Django handler whose middleware chain
 is `MLXM_GATEWAY_MIDDLEWARE`: no sessions, CSRF, auth, messages or page middleware, each of
@@ -17,12 +17,13 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from mlxmanager.gateway_asgi import GatewayASGIHandler, split_http  # noqa: E402
+from mlxmanager.gateway_asgi import GatewayASGIHandler, lifespan, split_http  # noqa: E402
 from mlxmanager.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": split_http(gateway=GatewayASGIHandler(), default=django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "lifespan": lifespan,
     }
 )

@@ -18,9 +18,15 @@ def _env_bool(name: str, default: bool = False) -> bool:
 
 
 DEBUG = _env_bool("MLXM_DEBUG")
+# One line per HTTP request on the web server's console (off: the audit log has every /v1 request).
+MLXM_ACCESS_LOG = _env_bool("MLXM_ACCESS_LOG")
 SECRET_KEY = os.environ.get("MLXM_SECRET_KEY") or config.read_or_create_secret(MLXM_DATA_DIR / "secret_key")
 MLXM_HOST = os.environ.get("MLXM_HOST", "127.0.0.1")
 MLXM_PORT = int(os.environ.get("MLXM_PORT", "8000"))
+# The web server believes X-Forwarded-For / -Proto only from these peers (your reverse proxy;
+# comma-separated addresses or networks, "*" for any). Anyone else's headers are ignored, so a
+# client can't pick the IP its requests are audited and throttled under.
+MLXM_FORWARDED_ALLOW_IPS = os.environ.get("MLXM_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 ALLOWED_HOSTS = [
     h.strip()
     for h in os.environ.get("MLXM_ALLOWED_HOSTS", f"127.0.0.1,localhost,[::1],{MLXM_HOST}").split(",")

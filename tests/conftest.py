@@ -1,4 +1,4 @@
-"""Shared fixtures. `gateway` runs the real product: `manage.py serve` (daphne + worker)."""
+"""Shared fixtures. `gateway` runs the real product: `manage.py serve` (uvicorn + worker)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The team deployment, run for real on one machine (loopback): PostgreSQL + Redis (from
-# scripts/with_team_services.sh), one worker, two daphne web processes, nginx with TLS in
+# scripts/with_team_services.sh), one worker, two web processes (uvicorn), nginx with TLS in
 # front. Run: scripts/with_team_services.sh bash docs/deploy/trial.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 export MLXM_DATA_DIR=$(mktemp -d /tmp/mlxm-trial.XXXXXX)
 export MLXM_SECURE=1 MLXM_ALLOWED_HOSTS=mlxm.test MLXM_CSRF_TRUSTED_ORIGINS=https://mlxm.test:8443
-export MLXM_LOG_LEVEL=WARNING
+export MLXM_LOG_LEVEL=WARNING MLXM_ACCESS_LOG=1  # access lines: which web process served what
 pids=()
 cleanup() { nginx -c "$MLXM_DATA_DIR/nginx.conf" -s stop 2>/dev/null || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$MLXM_DATA_DIR"; }
 trap cleanup EXIT

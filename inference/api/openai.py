@@ -44,9 +44,10 @@ class ApiKeyAuth:
     """`Authorization: Bearer <key>` or `x-api-key: <key>`."""
 
     async def __call__(self, request: HttpRequest) -> Any:
-        header = request.headers.get("authorization", "")
+        # META, not request.headers: that builds a dict of every header (hot path).
+        header = request.META.get("HTTP_AUTHORIZATION", "")
         secret = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        secret = secret or request.headers.get("x-api-key", "").strip()
+        secret = secret or request.META.get("HTTP_X_API_KEY", "").strip()
         key = await keycache.authenticate(secret)  # cached briefly: no query per request
         if key is not None:
             request.api_key = key  # type: ignore[attr-defined]

@@ -23,7 +23,8 @@ PREFIX = "/v1/"
 
 
 def _client_ip(request: HttpRequest) -> str | None:
-    # daphne runs with --proxy-headers: REMOTE_ADDR is already the forwarded client.
+    # The web server runs with --proxy-headers: REMOTE_ADDR is already the forwarded client
+    # when the peer is a trusted proxy (MLXM_FORWARDED_ALLOW_IPS).
     ip = request.META.get("REMOTE_ADDR") or None
     return ip[:45] if ip else None
 

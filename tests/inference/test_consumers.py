@@ -136,7 +136,8 @@ async def test_each_generation_is_audited_with_tokens_and_timings(chat_setup: di
     comm = WebsocketCommunicator(
         application, f"/v1/ws/chat?token={chat_setup['token']}", headers=[(b"origin", b"http://127.0.0.1")]
     )
-    comm.scope["client"] = ("127.0.0.1", 50000)  # as daphne sets it (the consumer has not started yet)
+    # As the web server sets it (the consumer has not started yet).
+    comm.scope["client"] = ("127.0.0.1", 50000)
     assert (await comm.connect(timeout=10))[0]
     await comm.send_json_to({"type": "chat", "id": "a", "body": body(temperature=0)})
     while (msg := await comm.receive_json_from(timeout=60))["type"] != "done":

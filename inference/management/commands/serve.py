@@ -1,4 +1,4 @@
-"""`manage.py serve`: the web server (daphne) and the inference worker, supervised."""
+"""`manage.py serve`: the web server (uvicorn) and the inference worker, supervised."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from inference.gateway import preload_specs_json
+from mlxmanager import webserver
 from mlxmanager.accounts.selectors import users_exist
 
 
@@ -33,7 +34,7 @@ def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 class Command(BaseCommand):
-    help = "Start daphne and the inference worker; restart the worker if it dies."
+    help = "Start the web server and the inference worker; restart the worker if it dies."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=settings.MLXM_HOST)
@@ -50,17 +51,12 @@ class Command(BaseCommand):
             return [sys.executable, "-m", "inference.worker", "--socket", settings.MLXM_WORKER_SOCKET,
                     "--preload", preload_specs_json()]  # fmt: skip
 
-        web_cmd = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
+        web_cmd = webserver.command(
             host,
-            "-p",
-            str(port),
-            "--proxy-headers",
-            "mlxmanager.asgi:application",
-        ]
+            port,
+            forwarded_allow_ips=settings.MLXM_FORWARDED_ALLOW_IPS,
+            access_log=settings.MLXM_ACCESS_LOG,
+        )
 
         stopping = False
 

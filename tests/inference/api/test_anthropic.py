@@ -1,4 +1,4 @@
-"""End to end: the official `anthropic` SDK against the live gateway (daphne + worker)."""
+"""End to end: the official `anthropic` SDK against the live gateway (uvicorn + worker)."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ def admin_client(client: Client, admin) -> Client:  # type: ignore[no-untyped-de
 
 @pytest_asyncio.fixture
 async def admin_aclient(admin) -> AsyncClient:  # type: ignore[no-untyped-def]  # noqa: F811
-    """The pool's views are async: drive them through the async stack, as daphne does."""
+    """The pool's views are async: drive them through the async stack, as the web server does."""
     client = AsyncClient()
     await client.aforce_login(admin)
     return client
