@@ -62,7 +62,7 @@ BREAKDOWN = (
     "`mlxmanager/gateway_asgi.py`). Earlier (session 2): 10 browser-middleware thread hops, an API-key query "
     "(with a new SQLite connection on a new thread per request) and two thread starts per request, 14 ms "
     "added at p50. What remains over the floor, ~0.45 ms in-process with warm caches: reading the body and "
-    "building Django's request (~0.05 ms), URL resolution, the audit middleware and ninja up to the API-key "
+    "building Django's request (~0.05 ms), the URL match (kept per path since), the audit middleware and ninja up to the API-key "
     "check (~0.06 ms), the key check (cached, ~0.035 ms), ninja's body parsing and validation (~0.06 ms), "
     "routing and building the upstream call (~0.02 ms), reading the upstream's answer and building the "
     "response (~0.08 ms). Served between other processes (as here) the same work takes about twice as long: "

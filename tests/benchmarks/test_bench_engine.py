@@ -199,3 +199,16 @@ def test_merge_keeps_this_invocations_scenarios_and_labels_the_rest() -> None:
     bench.merge_raw(again, {**now, "meta": {"command": "newer", "date": "d1"}})
     assert any("tiny-random (b) from `old` (d0" in m for m in again["meta"]["merged"])
     assert not any("newer" in m and "tiny-random" in m for m in again["meta"]["merged"])
+    # Files written before results carried their "source" name it only in their meta.
+    older = {
+        **earlier,
+        "meta": {"command": "mid", "date": "d2", "merged": ["tiny-random (b) from `first` (d-1)"]},
+    }
+    for data in older.values():
+        for value in data.values() if isinstance(data, dict) else ():
+            if isinstance(value, dict):
+                value.pop("source", None)
+    third: dict[str, Any] = {"meta": {}}
+    bench.merge_raw(third, older)
+    assert "tiny-random (b) from `first` (d-1)" in third["meta"]["merged"]
+    assert any(m.startswith(f"{bench.F32_PROFILE} (b) from `mid`") for m in third["meta"]["merged"])
