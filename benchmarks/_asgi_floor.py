@@ -14,6 +14,7 @@ the HTTP client cost by themselves.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -47,6 +48,14 @@ async def _start(send: Any, status: int, ctype: str) -> None:
     )
 
 
+async def _relay(send: Any, status: int, ctype: str, chunks: AsyncIterator[bytes]) -> None:
+    """The upstream's answer to the client as it arrives."""
+    await _start(send, status, ctype)
+    async for chunk in chunks:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
@@ -67,10 +76,8 @@ async def proxy_httpx(scope: dict[str, Any], receive: Any, send: Any) -> None:
         _httpx.build_request("POST", url, content=body, headers=headers), stream=True
     )
     try:
-        await _start(send, response.status_code, response.headers.get("content-type", "application/json"))
-        async for chunk in response.aiter_raw():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        ctype = response.headers.get("content-type", "application/json")
+        await _relay(send, response.status_code, ctype, response.aiter_raw())
     finally:
         await response.aclose()
 
@@ -84,7 +91,5 @@ async def proxy_aiohttp(scope: dict[str, Any], receive: Any, send: Any) -> None:
         _aiohttp = aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=30))
     url, headers = _upstream(scope)
     async with _aiohttp.post(url, data=body, headers=headers) as response:
-        await _start(send, response.status, response.headers.get("content-type", "application/json"))
-        async for chunk in response.content.iter_any():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        ctype = response.headers.get("content-type", "application/json")
+        await _relay(send, response.status, ctype, response.content.iter_any())
