@@ -212,3 +212,9 @@ def test_merge_keeps_this_invocations_scenarios_and_labels_the_rest() -> None:
     bench.merge_raw(third, older)
     assert "tiny-random (b) from `first` (d-1)" in third["meta"]["merged"]
     assert any(m.startswith(f"{bench.F32_PROFILE} (b) from `mid`") for m in third["meta"]["merged"])
+    # A merged (b) brings its in-process runs: the (e) table is drawn from them.
+    fourth: dict[str, Any] = {"meta": {"servers": [bench.GW, bench.MLX]}}
+    bench.merge_raw(
+        fourth, {**earlier, "meta": {"command": "c", "servers": [bench.GW, bench.MLX, bench.INP]}}
+    )
+    assert fourth["meta"]["servers"] == [bench.GW, bench.MLX, bench.INP]
