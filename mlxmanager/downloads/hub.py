@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,9 +55,22 @@ T = TypeVar("T")
 _executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hub")
 
 
+# Calls still running, including those whose caller stopped waiting (huggingface_hub goes on
+# retrying them in their thread).
+_inflight: set[Future[Any]] = set()
+
+
+def wait_idle(timeout: float) -> bool:
+    """Wait until no hub call is running; False if some still are after `timeout` seconds."""
+    _, pending = wait(list(_inflight), timeout=timeout)
+    return not pending
+
+
 def _with_deadline(fn: Callable[[], T]) -> T:
     timeout = float(getattr(settings, "MLXM_HF_TIMEOUT", 15.0))
     future = _executor.submit(fn)
+    _inflight.add(future)
+    future.add_done_callback(_inflight.discard)
     try:
         return future.result(timeout=timeout)
     except FutureTimeout as exc:

@@ -180,9 +180,17 @@ def add_standard_repos(hub: FakeHub) -> None:
 
 @pytest.fixture
 def fakehub() -> Iterator[FakeHub]:
+    from mlxmanager.downloads import hub as hub_calls
+
     hub = FakeHub().start()
     add_standard_repos(hub)
     yield hub
+    # A call a test gave up on goes on retrying in its thread; against a stopped hub it would
+    # outlive the test, and huggingface_hub closes its shared client on a connection error,
+    # cutting the next test's transfers. Let it finish against a live hub first.
+    if hub._server is None:
+        hub.start()
+    assert hub_calls.wait_idle(60), "a hub call is still running"
     hub.stop()
 
 
