@@ -124,8 +124,9 @@ def start_floor(server: str, app: str, upstream: str, key: str) -> tuple[subproc
     env = {**os.environ, "BENCH_UPSTREAM": upstream, "BENCH_UPSTREAM_KEY": key}
     target = f"benchmarks._asgi_floor:{app}"
     if server == "uvicorn":  # the product's command line, with --lifespan off (bare apps have none)
-        cmd = webserver.command("127.0.0.1", port, forwarded_allow_ips="127.0.0.1", app=target)
-        cmd[cmd.index("--lifespan") + 1] = "off"
+        cmd = webserver.command(
+            "127.0.0.1", port, forwarded_allow_ips="127.0.0.1", app=target, lifespan=False
+        )
     else:
         cmd = [*DAPHNE, "-p", str(port), target]
     proc = _spawn(cmd, env)

@@ -160,14 +160,14 @@ async def _serve(
     return _exhausted(request, requested, route, failures)
 
 
+_FORWARDED = (("anthropic-version", "HTTP_ANTHROPIC_VERSION"), ("anthropic-beta", "HTTP_ANTHROPIC_BETA"))
+
+
 def _forwarded_headers(request: HttpRequest) -> dict[str, str]:
     """The client headers an upstream call may pass on (`upstream._headers`), read from META:
     `request.headers` would build a dict of every header on the hot path."""
     meta = request.META
     return {name: meta[key] for name, key in _FORWARDED if key in meta}
-
-
-_FORWARDED = (("anthropic-version", "HTTP_ANTHROPIC_VERSION"), ("anthropic-beta", "HTTP_ANTHROPIC_BETA"))
 
 
 def _error(request: HttpRequest, status: int, message: str, *, type_: str, code: str | None) -> HttpResponse:

@@ -289,7 +289,7 @@ async def open_response(call: Call, *, timeout: float) -> aiohttp.ClientResponse
             )
         except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors too
             failure = _timed_out(call, timeout)
-        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a malformed base URL
+        except aiohttp.ClientError as exc:  # InvalidURL (a malformed base URL) is one too
             failure = UpstreamFailure(f"could not reach upstream '{call.cfg.name}' ({type(exc).__name__})",
                                       kind="connection_error", status=502)  # fmt: skip
         else:

@@ -1,6 +1,7 @@
 """The gateway's own Django ASGI handler for `/v1/` requests.
 
-Two costs of Django's ASGI handler are avoidable for API-key traffic:
+Costs of Django's ASGI handler that API-key traffic can do without (docs/benchmarks.md,
+gateway overhead):
 
 - Browser middleware (sessions, CSRF, auth, messages, clickjacking, htmx): in an async
   Django each `MiddlewareMixin` runs in a thread hop per direction. The gateway handler is
@@ -11,6 +12,20 @@ Two costs of Django's ASGI handler are avoidable for API-key traffic:
   to join it afterwards. Here each request still gets a thread of its own for the whole
   request (asgiref's `ThreadSensitiveContext(executor=...)`), but the single-thread
   executors are kept in a pool and reused by later requests.
+- Thread hops for the request signals. Django sends `request_started` before every request
+  and `request_finished` (from `response.close()`) after it; their receivers
+  (`reset_queries`, `close_old_connections`) are synchronous, so each costs a hop to the
+  request's thread and back, ~0.3-0.4 ms apiece here against a 2 ms budget for the whole
+  gateway. `handle` leaves `request_started` out: a request's thread is a pooled executor
+  whose connections the previous request left clean. It closes the response in that thread
+  (so `close_old_connections` sees that thread's connections) only when the request ran
+  something there (a cache miss reading keys or rules, any ORM call); a request that never
+  touched its thread has no connection there, and its response is closed on the event loop.
+- URL resolution: Django walks the URL patterns for every request. The gateway's paths are
+  few and fixed, so `resolve_request` keeps their matches (an LRU of `RESOLVED_PATHS`).
+
+`handle` is Django 5.2's `ASGIHandler.handle` (pinned `django>=5.2.8,<5.3`) with the signal
+changes above: same body reading, request creation, disconnect watch and cleanup.
 """
 
 from __future__ import annotations
@@ -56,17 +71,17 @@ class GatewayASGIHandler(ASGIHandler):
         super().__init__()
 
     def resolve_request(self, request: HttpRequest) -> ResolverMatch:
+        if hasattr(request, "urlconf"):  # set by a middleware: not the URLconf the matches came from
+            return super().resolve_request(request)
         path = request.path_info
         match = self._resolved.get(path)
-        if match is None or hasattr(request, "urlconf"):
-            match = super().resolve_request(request)  # Resolver404 is not kept
-            if not hasattr(request, "urlconf"):
-                self._resolved[path] = match
-                if len(self._resolved) > RESOLVED_PATHS:
-                    self._resolved.popitem(last=False)
-            return match
-        self._resolved.move_to_end(path)
-        request.resolver_match = match
+        if match is None:
+            match = self._resolved[path] = super().resolve_request(request)  # Resolver404 is not kept
+            if len(self._resolved) > RESOLVED_PATHS:
+                self._resolved.popitem(last=False)
+        else:
+            self._resolved.move_to_end(path)
+            request.resolver_match = match
         return match
 
     def load_middleware(self, is_async: bool = False) -> None:

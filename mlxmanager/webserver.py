@@ -13,12 +13,18 @@ APP = "mlxmanager.asgi:application"
 
 
 def command(
-    host: str, port: int, *, forwarded_allow_ips: str, access_log: bool = False, app: str = APP
+    host: str,
+    port: int,
+    *,
+    forwarded_allow_ips: str,
+    access_log: bool = False,
+    app: str = APP,
+    lifespan: bool = True,
 ) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", app,
         "--host", host, "--port", str(port),
-        "--loop", "auto", "--http", "auto", "--ws", "auto", "--lifespan", "on",
+        "--loop", "auto", "--http", "auto", "--ws", "auto", "--lifespan", "on" if lifespan else "off",
         "--proxy-headers", "--forwarded-allow-ips", forwarded_allow_ips,
         # `manage.py serve` stops the web server after the worker has drained its streams.
         "--timeout-graceful-shutdown", "5",
