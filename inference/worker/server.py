@@ -10,6 +10,7 @@ import os
 import signal
 import ssl
 import time
+from collections import deque
 from functools import partial
 from typing import Any
 
@@ -19,13 +20,51 @@ from inference.worker.scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 
-class Connection:
-    """One web process. Frames from the scheduler thread are written on the loop."""
+def _urgent(item: Any) -> bool:
+    """Written without waiting for the stream interval: a request's first token (its TTFT),
+    its end, errors and replies."""
+    return not isinstance(item, p.Output) or item.finish_reason is not None or item.completion_tokens <= 1
 
-    def __init__(self, writer: asyncio.StreamWriter, codec: p.FrameCodec) -> None:
+
+class Connection:
+    """One web process. What the scheduler thread emits is written on the loop: everything
+    emitted since the last write goes out as one frame, at most one frame per `interval`
+    seconds while tokens stream (a request's end and errors go out at once)."""
+
+    def __init__(self, writer: asyncio.StreamWriter, codec: p.FrameCodec, interval: float = 0.0) -> None:
         self.writer = writer
         self.codec = codec
         self.closed = False
+        self.interval = interval
+        self._pending: deque[list[Any]] = deque()  # appended by the scheduler thread
+        self._flush_scheduled = False
+        self._urgent = False
+        self._last_write = 0.0
+
+    def emit(self, loop: asyncio.AbstractEventLoop, items: list[Any]) -> None:
+        """From the scheduler thread: queue `items`, waking the loop unless a write is due."""
+        self._pending.append(items)
+        if not self._urgent and any(_urgent(i) for i in items):
+            self._urgent = True
+            loop.call_soon_threadsafe(self._flush, True)
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon_threadsafe(self._flush, False)
+
+    def _flush(self, urgent: bool) -> None:
+        if not urgent and self.interval and not self._urgent:
+            wait = self._last_write + self.interval - time.monotonic()
+            if wait > 0:
+                asyncio.get_running_loop().call_later(wait, self._flush, True)
+                return
+        # Flags first: an emit racing with this flush schedules another (maybe empty) one.
+        self._flush_scheduled = self._urgent = False
+        items: list[Any] = []
+        while self._pending:
+            items += self._pending.popleft()
+        if items:
+            self._last_write = time.monotonic()
+            self.send(items)
 
     def send(self, items: list[Any]) -> None:
         if self.closed:
@@ -62,10 +101,11 @@ class WorkerServer:
         self.scheduler = Scheduler(self._emit_threadsafe, preload=preload, replicator=replicator)
         self.started = time.time()
         self.drain_seconds = float(os.environ.get("MLXM_DRAIN_SECONDS", "30"))
+        self.stream_interval = float(os.environ.get("MLXM_STREAM_INTERVAL_MS", "2")) / 1000
 
     def _emit_threadsafe(self, conn: Connection, items: list[Any]) -> None:
         assert self.loop is not None
-        self.loop.call_soon_threadsafe(conn.send, items)
+        conn.emit(self.loop, items)
 
     def health(self) -> dict[str, Any]:
         snap = self.scheduler.snapshot
@@ -109,7 +149,7 @@ class WorkerServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, remote: bool = False
     ) -> None:
         codec = p.worker_codec()
-        conn = Connection(writer, codec)
+        conn = Connection(writer, codec, self.stream_interval)
         if remote and not await self._authenticate(reader, writer):
             writer.close()
             return

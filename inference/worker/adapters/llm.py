@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -23,7 +23,12 @@ import msgspec
 from mlx.utils import tree_flatten
 from mlx_lm import load as mlx_load
 from mlx_lm.generate import BatchGenerator, StopSequences, generate_step, speculative_generate_step
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import (
+    LRUPromptCache,
+    can_trim_prompt_cache,
+    make_prompt_cache,
+    trim_prompt_cache,
+)
 from mlx_lm.sample_utils import (
     apply_min_p,
     apply_top_k,
@@ -42,34 +47,42 @@ log = logging.getLogger(__name__)
 # Prompt-cache budget per model; a cached prefix is reused by any later prompt sharing it.
 PROMPT_CACHE_ENTRIES = 32
 PROMPT_CACHE_BYTES = 512 * 1024 * 1024
+# A lone request whose uncached prompt is at most this long decodes on mlx-lm's
+# generate_step (less work per token than a batch of one) until a second request arrives.
+SOLO_MAX_PREFILL = 512
 
 
 class BadRequest(Exception):
     """The request cannot be served as sent (e.g. the chat template rejects it)."""
 
 
-def _seeded_sampler(params: p.SamplingParams) -> Any:
+class _SeededSampler:
     """make_sampler's filters with a private PRNG key, so a seed reproduces inside a batch."""
-    key = mx.random.key(params.seed or 0)
-    temp = params.temperature
 
-    def sample(logprobs: mx.array) -> mx.array:
-        nonlocal key
-        key, sub = mx.random.split(key)
+    def __init__(self, params: p.SamplingParams) -> None:
+        self.params = params
+        self.key = self._before = mx.random.key(params.seed or 0)
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        params = self.params
+        self._before = self.key
+        self.key, sub = mx.random.split(self.key)
         if 0 < params.top_p < 1.0:
             logprobs = apply_top_p(logprobs, params.top_p)
         if params.min_p:
             logprobs = apply_min_p(logprobs, params.min_p)
         if params.top_k > 0:
             logprobs = apply_top_k(logprobs, params.top_k)
-        return mx.random.categorical(logprobs * (1.0 / temp), key=sub)
+        return mx.random.categorical(logprobs * (1.0 / params.temperature), key=sub)
 
-    return sample
+    def rewind(self) -> None:
+        """Undo the last draw's key split (a draw whose token was thrown away)."""
+        self.key = self._before
 
 
 def make_request_sampler(params: p.SamplingParams) -> Any:
     if params.temperature > 0 and params.seed is not None:
-        return _seeded_sampler(params)
+        return _SeededSampler(params)
     # Greedy requests share one sampler object, so the batch samples them in one call.
     return make_sampler(params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
 
@@ -124,6 +137,20 @@ class _Active:
         return out
 
 
+@dataclass
+class _Solo:
+    """The lone request decoding on mlx-lm's `generate_step`. When a second request arrives
+    it moves into the batch with its KV cache (`LLMEngine._join_solo`)."""
+
+    act: _Active
+    steps: Generator[tuple[Any, Any], None, None]  # (token id, logprobs)
+    cache: list[Any]  # generate_step extends it in place
+    tokens: list[int]  # the prompt, then every token yielded: what `cache` holds once started
+    rest: list[int]  # the end of the prompt that `cache` lacks before the first step
+    sampler: Any
+    started: bool = False
+
+
 # Opt-in: dequantize quantized models at load (CPU only) when their float32 weights fit this
 # budget, trading memory for OpenBLAS GEMMs. Off by default until benchmarks show a gain.
 CPU_DEQUANTIZE_MAX_BYTES = int(os.environ.get("MLXM_CPU_DEQUANTIZE_MAX_BYTES", "0"))
@@ -164,6 +191,7 @@ class LLMEngine:
     mlx-lm can't batch (speculative decoding, quantized KV cache)."""
 
     kind = "llm"
+    _solo: _Solo | None = None  # a lone request on generate_step (see _Solo)
 
     def __init__(self, spec: p.ModelSpec) -> None:
         self.spec = spec
@@ -225,7 +253,7 @@ class LLMEngine:
 
     @property
     def active(self) -> int:
-        return len(self._by_uid) + len(self._sequential) + len(self._waiting)
+        return len(self._by_uid) + len(self._sequential) + len(self._waiting) + (self._solo is not None)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -440,17 +468,82 @@ class LLMEngine:
             else:
                 cache, rest = None, prompt
         cached = len(prompt) - len(rest)
+        act = self._new_active(req, conn, prompt, cached, parser)
+        sampler, processors = make_request_sampler(params), make_request_processors(params) + extra
+        if self._solo_fits(rest, processors):
+            if cache is None:
+                cache = make_prompt_cache(self.model)
+            if can_trim_prompt_cache(cache):  # joining the batch later trims one token
+                steps = generate_step(
+                    mx.array(rest),
+                    self.model,
+                    max_tokens=params.max_tokens,
+                    sampler=sampler,
+                    prompt_cache=cache,
+                    prefill_step_size=self.batch.prefill_step_size,
+                )
+                self._solo = _Solo(act, steps, cache, list(prompt), rest, sampler)
+                return
+        self._join_solo()
+        self._insert(act, rest, cache, prompt[:cached], act.max_tokens, sampler, processors)
+
+    def _insert(
+        self,
+        act: _Active,
+        rest: list[int],
+        cache: list[Any] | None,
+        cached: list[int],
+        max_tokens: int,
+        sampler: Any,
+        processors: list[Any],
+    ) -> None:
+        """Add a row to the batch: `rest` still to prefill after `cache` (holding `cached`)."""
         (uid,) = self.batch.insert(
             [rest],
-            max_tokens=[params.max_tokens],
+            max_tokens=[max_tokens],
             caches=[cache] if cache is not None else None,
-            all_tokens=[prompt[:cached]],
-            samplers=[make_request_sampler(params)],
-            logits_processors=[make_request_processors(params) + extra],
+            all_tokens=[cached],
+            samplers=[sampler],
+            logits_processors=[processors],
             stop_sequences=[self._eos],
         )
-        self._by_uid[uid] = self._new_active(req, conn, prompt, cached, parser)
-        self._uid_by_request[req.request_id] = uid
+        self._by_uid[uid] = act
+        self._uid_by_request[act.request_id] = uid
+
+    def _solo_fits(self, rest: list[int], processors: list[Any]) -> bool:
+        """Whether a new request may run alone on generate_step: nothing else running, a
+        short prefill (generate_step runs it whole), and nothing generate_step would do
+        differently from the batch (logits processors see only its own tokens there)."""
+        return (
+            self._solo is None
+            and not self._by_uid
+            and not self._sequential
+            and not self._waiting
+            and not processors
+            and len(rest) <= SOLO_MAX_PREFILL
+            and self.draft_model is None
+            and self.spec.kv_bits is None
+            and _GROUP is None
+        )
+
+    def _join_solo(self) -> None:
+        """Move the lone generate_step request into the batch, keeping its KV cache."""
+        solo, self._solo = self._solo, None
+        if solo is None:
+            return
+        act = solo.act
+        if not solo.started:  # nothing ran yet: it enters the batch as it came
+            cached = solo.tokens[: len(solo.tokens) - len(solo.rest)]
+            self._insert(act, solo.rest, solo.cache, cached, act.max_tokens, solo.sampler, [])
+            return
+        solo.steps.close()
+        # generate_step has already fed the last yielded token and drawn the next one; the
+        # batch feeds that token again, so it comes off the cache and its draw is undone.
+        trim_prompt_cache(solo.cache, 1)
+        if isinstance(solo.sampler, _SeededSampler):
+            solo.sampler.rewind()
+        remaining = act.max_tokens - act.completion_tokens
+        self._insert(act, solo.tokens[-1:], solo.cache, solo.tokens[:-1], remaining, solo.sampler, [])
 
     def _add_sequential(
         self, req: p.Generate, conn: Any, prompt: list[int], parser: mk.OutputParser, extra: list[Any]
@@ -479,6 +572,10 @@ class LLMEngine:
         self._sequential[req.request_id] = act
 
     def abort(self, request_id: str) -> bool:
+        if self._solo is not None and self._solo.act.request_id == request_id:
+            self._solo.steps.close()
+            self._solo = None
+            return True
         if self._sequential.pop(request_id, None) is not None:
             self._admit_waiting()
             return True
@@ -497,6 +594,9 @@ class LLMEngine:
         """Drop every request (after a failed step); returns (request_id, conn) pairs."""
         dropped = [(a.request_id, a.conn) for a in [*self._by_uid.values(), *self._sequential.values()]]
         dropped += [(req.request_id, conn) for req, conn in self._waiting]
+        if self._solo is not None:
+            dropped.append((self._solo.act.request_id, self._solo.act.conn))
+            self._solo = None
         if self._by_uid:
             self.batch.remove(list(self._by_uid))
         self._by_uid.clear()
@@ -507,6 +607,8 @@ class LLMEngine:
 
     def owned_by(self, conn: Any) -> list[str]:
         acts = [*self._by_uid.values(), *self._sequential.values()]
+        if self._solo is not None:
+            acts.append(self._solo.act)
         return [a.request_id for a in acts if a.conn is conn] + [
             req.request_id for req, c in self._waiting if c is conn
         ]
@@ -585,6 +687,8 @@ class LLMEngine:
     def step(self) -> list[tuple[Any, p.Output]]:
         """Run one step; return (connection, output) for every request that advanced."""
         outputs: list[tuple[Any, p.Output]] = []
+        if self._solo is not None:
+            self._step_solo(self._solo, outputs)
         if self._by_uid:
             self._step_batch(outputs)
         if self._sequential:
@@ -617,6 +721,25 @@ class LLMEngine:
             for cache, tokens in self.batch.remove(stopped_early, return_prompt_caches=True).values():
                 self.prompt_cache.insert_cache(self.spec.path, list(tokens), cache)
         self.tokens_generated += len(responses)
+
+    def _step_solo(self, solo: _Solo, outputs: list[tuple[Any, p.Output]]) -> None:
+        act = solo.act
+        solo.started = True
+        token, logprobs = next(solo.steps)
+        solo.tokens.append(token)
+        self.tokens_generated += 1
+        finish = "stop" if token in self._eos_ids else None
+        if finish is None and act.completion_tokens + 1 >= act.max_tokens:
+            finish = "length"
+        out, _ = self._on_token(act, token, finish, logprobs)
+        if out is None:
+            return
+        outputs.append((act.conn, out))
+        if out.finish_reason is not None:
+            self._solo = None
+            solo.steps.close()
+            # The cache holds every token yielded: kept for the next turn's prefix.
+            self.prompt_cache.insert_cache(self.spec.path, solo.tokens, solo.cache)
 
     def _step_sequential(self, outputs: list[tuple[Any, p.Output]]) -> None:
         for rid, act in list(self._sequential.items()):

@@ -96,6 +96,43 @@ def test_request_joining_mid_batch_gets_its_own_text(sched: Scheduler, demo_mode
     assert results["long"][1].completion_tokens == 400
 
 
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 0.9, "seed": 7}])
+def test_lone_request_moving_into_the_batch_keeps_its_text(
+    sched: Scheduler, demo_models: dict[str, Path], sampling: dict[str, Any]
+) -> None:
+    """A lone request decodes on generate_step; when a second one arrives it joins the batch
+    mid-stream, KV cache, sampler and all: its text is what it would have been alone."""
+    path = demo_models["tiny-random"]
+    alone = run_one(sched, gen("first-alone", path, "the first one", max_tokens=120, **sampling))[0]
+    late_alone = run_one(sched, gen("late-alone", path, "the second one", max_tokens=40))[0]
+    conn = Conn()
+    sched.submit(conn, gen("first", path, "the first one", max_tokens=120, **sampling))
+    early: list[str] = []
+    while len(early) < 5:  # a few outputs in: it is decoding alone
+        item = conn.inbox.get(timeout=30)
+        assert item.request_id == "first" and item.finish_reason is None
+        early.append(item.text)
+    sched.submit(conn, gen("late", path, "the second one", max_tokens=40))
+    results = collect(conn, {"first", "late"})
+    assert "".join(early) + results["first"][0] == alone
+    assert results["first"][1].completion_tokens == 120
+    assert results["late"][0] == late_alone
+
+
+def test_aborting_a_lone_request(sched: Scheduler, demo_models: dict[str, Path]) -> None:
+    path = demo_models["tiny-random"]
+    conn = Conn()
+    sched.submit(conn, gen("gone", path, "stop me", max_tokens=100_000))
+    assert conn.inbox.get(timeout=30).request_id == "gone"
+    sched.submit(conn, p.Abort(request_id="gone"))
+    deadline = time.monotonic() + 10
+    while sched.snapshot["active_requests"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sched.snapshot["active_requests"] == 0
+    text, final = run_one(sched, gen("after", path, "next one", max_tokens=8))
+    assert final.finish_reason == "length" and final.completion_tokens == 8
+
+
 def test_cancelling_one_leaves_the_others_intact(sched: Scheduler, demo_models: dict[str, Path]) -> None:
     path = demo_models["tiny-random"]
     expected = run_one(sched, gen("keep-solo", path, "keep me", max_tokens=64))[0]
