@@ -101,7 +101,7 @@ class WorkerServer:
         self.scheduler = Scheduler(self._emit_threadsafe, preload=preload, replicator=replicator)
         self.started = time.time()
         self.drain_seconds = float(os.environ.get("MLXM_DRAIN_SECONDS", "30"))
-        self.stream_interval = float(os.environ.get("MLXM_STREAM_INTERVAL_MS", "2")) / 1000
+        self.stream_interval = float(os.environ.get("MLXM_STREAM_INTERVAL_MS", "10")) / 1000
 
     def _emit_threadsafe(self, conn: Connection, items: list[Any]) -> None:
         assert self.loop is not None

@@ -24,7 +24,6 @@ from mlx.utils import tree_flatten
 from mlx_lm import load as mlx_load
 from mlx_lm.generate import BatchGenerator, StopSequences, generate_step, speculative_generate_step
 from mlx_lm.models.cache import (
-    LRUPromptCache,
     can_trim_prompt_cache,
     make_prompt_cache,
     trim_prompt_cache,
@@ -41,6 +40,7 @@ from mlx_lm.utils import dequantize_model
 from inference import protocol as p
 from inference.worker import markup as mk
 from inference.worker import structured
+from inference.worker.prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class LLMEngine:
         )
         self._eos = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
         self._eos_ids = set(self.tokenizer.eos_token_ids)
-        self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
+        self.prompt_cache = PromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
         self._by_uid: dict[int, _Active] = {}
         self._uid_by_request: dict[str, int] = {}
         self._sequential: dict[str, _Active] = {}

@@ -45,7 +45,7 @@ from typing import Any, cast
 
 import mlx.core as mx
 from mlx_lm.generate import StopSequences
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
 from inference import protocol as p
 from inference.worker import markup as mk
@@ -59,6 +59,7 @@ from inference.worker.adapters.llm import (
     make_request_processors,
     make_request_sampler,
 )
+from inference.worker.prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ class VisionEngine(LLMEngine):
         self.weight_bytes = _nbytes(self.model)
         self._eos = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
         self._eos_ids = set(self.tokenizer.eos_token_ids)
-        self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
+        self.prompt_cache = PromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
         self._by_uid = {}
         self._uid_by_request = {}
         self._sequential = {}
