@@ -1034,6 +1034,10 @@ def render_report(summary: dict[str, Any], meta: dict[str, Any], cfg: Config, sv
         f"- mlx_lm.server: `{meta['mlx_args']}` (decode/prompt concurrency matched to the worker's "
         "BatchGenerator; prefill step 2048 and a 10-entry prompt cache are its defaults, the worker uses 512 "
         "and 32 entries / 512 MiB)",
+        "- Streaming: the gateway's worker writes at most one frame per 10 ms per web connection "
+        "(`MLXM_STREAM_INTERVAL_MS`, its default): tokens made within it reach the client as one SSE event, "
+        "a request's first token and its end at once; mlx_lm.server sends one event per token. Rates count "
+        "tokens from `usage`, not events.",
         f"- Runs: {cfg.runs} per scenario, servers' order alternating per run; medians; each ratio is the median "
         "of per-run ratios. Client: openai `AsyncOpenAI`, streaming, temperature 0, usage in the last chunk; "
         "token times are chunk arrival times.",
