@@ -47,9 +47,15 @@ log = logging.getLogger(__name__)
 # Prompt-cache budget per model; a cached prefix is reused by any later prompt sharing it.
 PROMPT_CACHE_ENTRIES = 32
 PROMPT_CACHE_BYTES = 512 * 1024 * 1024
+# Prompt tokens prefilled per step (chunked prefill). While other requests decode, a chunk is
+# cut so that it takes about PREFILL_SLICE_S at the model's measured prefill rate (at least
+# PREFILL_MIN_STEP tokens): a long prompt then freezes the others for about that long at a time.
+PREFILL_STEP = 512
+PREFILL_MIN_STEP = 64
+PREFILL_SLICE_S = float(os.environ.get("MLXM_PREFILL_SLICE_MS", "1000")) / 1000
 # A lone request whose uncached prompt is at most this long decodes on mlx-lm's
 # generate_step (less work per token than a batch of one) until a second request arrives.
-SOLO_MAX_PREFILL = 512
+SOLO_MAX_PREFILL = PREFILL_STEP
 
 
 class BadRequest(Exception):
@@ -223,8 +229,9 @@ class LLMEngine:
             completion_batch_size=max_batch,
             prefill_batch_size=min(8, max_batch),
             # Chunked prefill: a long prompt advances this many tokens per step.
-            prefill_step_size=512,
+            prefill_step_size=PREFILL_STEP,
         )
+        self._prefill_rate = 0.0  # prompt tokens/s, measured on this model's prefill chunks
         self._eos = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
         self._eos_ids = set(self.tokenizer.eos_token_ids)
         self.prompt_cache = PromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
@@ -480,7 +487,7 @@ class LLMEngine:
                     max_tokens=params.max_tokens,
                     sampler=sampler,
                     prompt_cache=cache,
-                    prefill_step_size=self.batch.prefill_step_size,
+                    prefill_step_size=PREFILL_STEP,
                 )
                 self._solo = _Solo(act, steps, cache, list(prompt), rest, sampler)
                 return
@@ -697,8 +704,28 @@ class LLMEngine:
             self.last_used = time.time()
         return outputs
 
+    def _prefill_step(self) -> int:
+        """Prompt tokens per prefill chunk: PREFILL_STEP, or fewer while other requests decode,
+        so that one step of a long prompt's prefill takes about PREFILL_SLICE_S."""
+        if not PREFILL_SLICE_S or not self._prefill_rate:
+            return PREFILL_STEP
+        prefilling = sum(1 for a in self._by_uid.values() if not a.completion_tokens)
+        if not prefilling or prefilling == len(self._by_uid):
+            return PREFILL_STEP  # nobody is waiting for tokens meanwhile
+        step = int(self._prefill_rate * PREFILL_SLICE_S / prefilling)
+        return max(PREFILL_MIN_STEP, min(PREFILL_STEP, step))
+
     def _step_batch(self, outputs: list[tuple[Any, p.Output]]) -> None:
+        # BatchGenerator counts its prompt tokens and prompt time (mlx-lm 0.32.2, pinned).
+        counters = self.batch._counters
+        tokens0, time0 = counters.prompt_tokens, counters.prompt_time
+        self.batch.prefill_step_size = self._prefill_step()
         _, responses = self.batch.next()
+        done, spent = counters.prompt_tokens - tokens0, counters.prompt_time - time0
+        if done >= PREFILL_MIN_STEP and spent > 0:
+            # The latest chunk's rate alone: a slice too long (its rate measured on bigger
+            # chunks, or earlier in the prompt) is corrected at the next one.
+            self._prefill_rate = done / spent
         stopped_early: list[int] = []
         for r in responses:
             act = self._by_uid.get(r.uid)

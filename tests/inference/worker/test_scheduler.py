@@ -119,6 +119,37 @@ def test_lone_request_moving_into_the_batch_keeps_its_text(
     assert results["late"][0] == late_alone
 
 
+def test_long_prompt_in_short_slices_while_another_decodes(
+    sched: Scheduler, demo_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a tiny prefill slice the long prompt advances 64 tokens per step next to a decoding
+    request; both texts are what they are alone."""
+    from inference.worker.adapters import llm
+    from inference.worker.prompt_cache import PromptCache
+
+    path = demo_models["tiny-random"]
+    long_text = "a long prompt about many things " * 60
+    long_alone = run_one(sched, gen("long-alone", path, long_text, max_tokens=24))[0]
+    short_alone = run_one(sched, gen("short-alone", path, "keep talking", max_tokens=200))[0]
+    monkeypatch.setattr(llm, "PREFILL_SLICE_S", 1e-6)
+    engine = next(iter(sched.pool))
+    engine.prompt_cache = PromptCache()  # the long prompt is prefilled again, not found
+    steps: list[int] = []
+    step = engine._prefill_step
+    monkeypatch.setattr(engine, "_prefill_step", lambda: steps.append(step()) or steps[-1])
+    conn = Conn()
+    sched.submit(conn, gen("short", path, "keep talking", max_tokens=200))
+    first = conn.inbox.get(timeout=30)
+    assert first.request_id == "short"  # decoding
+    sched.submit(conn, gen("long", path, long_text, max_tokens=24))
+    results = collect(conn, {"short", "long"})
+    assert results["long"][0] == long_alone and first.text + results["short"][0] == short_alone
+    long_final = results["long"][1]
+    assert isinstance(long_final, p.Output) and long_final.cached_tokens == 0
+    assert long_final.prompt_tokens > llm.PREFILL_STEP  # batched (and its prefill rate measured) alone
+    assert llm.PREFILL_MIN_STEP in steps  # the long prompt was cut into minimal slices
+
+
 def test_aborting_a_lone_request(sched: Scheduler, demo_models: dict[str, Path]) -> None:
     path = demo_models["tiny-random"]
     conn = Conn()
