@@ -126,7 +126,7 @@ UNMET = (
     "in 15-30 ms. **(d) tiny-random**: the worker prefills the long prompt in 512-token chunks between "
     "decode steps: the running streams' longest freeze is 0.23x mlx_lm.server's (which prefills 2,048 "
     "tokens at once) and the long prompt's first token comes in 0.21x the time, but each chunk is one "
-    "~0.06 s gap, and between chunks the gateway writes every 10 ms (`MLXM_STREAM_INTERVAL_MS`), while "
+    "~0.05 s gap, and between chunks the gateway writes every 10 ms (`MLXM_STREAM_INTERVAL_MS`), while "
     "mlx_lm.server's p95 (3-4 ms) is its per-token cadence, its one freeze being a single gap among many. "
     "Half of that would need per-token frames and prefill chunks under 2 ms."
 )
