@@ -124,7 +124,7 @@ _KNOWN_BLOCKS = {"text", "image", "tool_use", "tool_result", "thinking", "redact
 
 def _block_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in _KNOWN_BLOCKS else "other"
+    return kind if isinstance(kind, str) and kind in _KNOWN_BLOCKS else "other"  # "type": [] too
 
 
 ContentBlock = Annotated[

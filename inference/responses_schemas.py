@@ -363,7 +363,7 @@ def _parts_text(
     for j, raw in enumerate(parts):
         param = f"{where}.{field}[{j}]"
         kind = raw.get("type")
-        if kind not in allowed:
+        if not isinstance(kind, str) or kind not in allowed:
             reason = _UNSUPPORTED_PARTS.get(str(kind)) or (
                 f"content parts of type '{str(kind)[:40]}' are not allowed here (expected {', '.join(sorted(allowed))})"
             )

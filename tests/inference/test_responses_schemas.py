@@ -115,6 +115,9 @@ def test_text_format_and_reasoning() -> None:
             {"input": [{"role": "user", "content": [{"type": "output_text", "text": "x"}]}]},
             "input[0].content[0].type",
         ),
+        # Found by the fuzzer: a non-string part type raised TypeError (a 500).
+        ({"input": [{"role": "user", "content": [{"type": [], "text": "x"}]}]}, "input[0].content[0].type"),
+        ({"input": [{"role": "user", "content": [{"type": {}, "text": "x"}]}]}, "input[0].content[0].type"),
         ({"input": [{"role": "user", "content": "x", "colour": 1}]}, "input[0].colour"),
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
         ({"input": [{"role": "assistant", "content": "only me"}]}, "input"),

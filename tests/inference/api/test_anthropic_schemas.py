@@ -389,3 +389,11 @@ def test_thinking_and_output_config_map_to_template_kwargs_budget_and_constraint
     out = generate(output_config={"format": {"type": "json_schema", "schema": schema}, "effort": "low"})
     assert out.response_format == {"type": "json_schema", "schema": schema}
     assert out.chat_template_kwargs == {"reasoning_effort": "low"}
+
+
+@pytest.mark.parametrize("kind", [[], {}, 3, None])
+def test_a_block_whose_type_is_not_a_string_is_a_validation_error(kind: Any) -> None:
+    """Found by the fuzzer: `"type": []` raised TypeError (a 500) instead of a 400."""
+    messages = [{"role": "user", "content": [{"type": kind, "text": "hi"}]}]
+    with pytest.raises(ValidationError):
+        MessagesRequest.model_validate({"model": "p", "max_tokens": 16, "messages": messages})
