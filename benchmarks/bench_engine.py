@@ -108,6 +108,8 @@ UNMET = (
     "earlier; per run, mlx_lm.server made 0.71-0.89x the in-process rate and the gateway 0.85-1.15x (the "
     "worker alone, read over its socket by a bare protocol client, matches in-process `generate_step`: "
     "~1,580 vs ~1,600 tok/s), so 1.3x holds only in runs where mlx_lm.server falls to ~0.75x in-process. "
+    "A nine-run (a) at 18:07 (`--models tiny-random --scenarios a,b,e --levels 1 --runs 9`): 1.31x "
+    "mlx_lm.server (runs 1.23-1.45x), the gateway 0.95x and mlx_lm.server 0.73x in-process. "
     "SmolLM2: 1.03x in-process here, 0.96x and 0.95x in two other runs the same day (mlx_lm.server 0.96x "
     "there): both decode on mlx-lm's `generate_step`, a token reads 540 MB of float32 weights, and an "
     "HTTP client and web process on the same two cores cost both servers alike. "
