@@ -749,16 +749,20 @@ class LLMEngine:
                 self.prompt_cache.insert_cache(self.spec.path, list(tokens), cache)
         self.tokens_generated += len(responses)
 
+    def _finish_of(self, act: _Active, token: int) -> str | None:
+        """How `token` ends a request the engine stops itself (outside the batch's own
+        criteria): an EOS token, or the last token `max_tokens` allows."""
+        if token in self._eos_ids:
+            return "stop"
+        return "length" if act.completion_tokens + 1 >= act.max_tokens else None
+
     def _step_solo(self, solo: _Solo, outputs: list[tuple[Any, p.Output]]) -> None:
         act = solo.act
         solo.started = True
         token, logprobs = next(solo.steps)
         solo.tokens.append(token)
         self.tokens_generated += 1
-        finish = "stop" if token in self._eos_ids else None
-        if finish is None and act.completion_tokens + 1 >= act.max_tokens:
-            finish = "length"
-        out, _ = self._on_token(act, token, finish, logprobs)
+        out, _ = self._on_token(act, token, self._finish_of(act, token), logprobs)
         if out is None:
             return
         outputs.append((act.conn, out))
@@ -771,21 +775,15 @@ class LLMEngine:
     def _step_sequential(self, outputs: list[tuple[Any, p.Output]]) -> None:
         for rid, act in list(self._sequential.items()):
             assert act.sequential is not None
-            finish: str | None
+            out: p.Output | None
             try:
                 token, logprobs = next(act.sequential)
             except StopIteration:  # generate_step stops at max_tokens
-                token, logprobs, finish = None, None, "length"
-            else:
-                finish = "stop" if token in self._eos_ids else None
-                if finish is None and act.completion_tokens + 1 >= act.max_tokens:
-                    finish = "length"
-            if token is None:
                 act.detokenizer.finalize()
                 text, _ = act.feed(act.detokenizer.last_segment)
-                out: p.Output | None = self._final(act, act.parser.feed(text), "length", flush=True)
+                out = self._final(act, act.parser.feed(text), "length", flush=True)
             else:
-                out, _ = self._on_token(act, token, finish, logprobs)
+                out, _ = self._on_token(act, token, self._finish_of(act, token), logprobs)
                 self.tokens_generated += 1
             if out is not None:
                 outputs.append((act.conn, out))

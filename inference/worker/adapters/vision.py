@@ -443,10 +443,7 @@ class VisionEngine(LLMEngine):
             if running is not None:
                 running.generated.append(token)
             # The engine ends rows (the batch's own criteria never do): as the sequential lane.
-            finish = "stop" if token in self._eos_ids else None
-            if finish is None and act.completion_tokens + 1 >= act.max_tokens:
-                finish = "length"
-            out, _ = self._on_token(act, token, finish)
+            out, _ = self._on_token(act, token, self._finish_of(act, token))
             self.tokens_generated += 1
             if out is None:
                 continue
