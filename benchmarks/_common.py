@@ -304,7 +304,7 @@ def start_gateway_env(data_dir: Path, models: dict[str, Path], env: Mapping[str,
     from tests.conftest import start_gateway
 
     with patched_environ(env or {}):
-        return start_gateway(data_dir, models)
+        return start_gateway(data_dir, models, stream_interval_ms=None)
 
 
 def register_profile(gw: Any, name: str, model_path: Path, description: str) -> None:

@@ -375,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gw_dir = Path(tempfile.mkdtemp(prefix="gateway-", dir=base_dir))
     load_before = os.getloadavg()
     print("starting the gateway ...", flush=True)
-    gw = start_gateway(gw_dir, paths)
+    gw = start_gateway(gw_dir, paths, stream_interval_ms=None)
     results: dict[str, list[tuple[Sample, Sample]]] = {}
     try:
         client = gw.openai()

@@ -96,9 +96,16 @@ def manage(*args: str, env: dict[str, str], stdin: str | None = None) -> str:
     return out.stdout
 
 
-def start_gateway(data_dir: Path, demo_models: dict[str, Path]) -> Gateway:
+def start_gateway(
+    data_dir: Path, demo_models: dict[str, Path], *, stream_interval_ms: str | None = "0"
+) -> Gateway:
+    """`manage.py serve` on a free port. Tests stream a frame per scheduler step
+    (`stream_interval_ms="0"`): they check that text and tool arguments arrive in pieces,
+    which a tiny model's 1,000+ tokens/s would pack into a few 10 ms frames; the interval itself
+    is tested in tests/inference/worker/test_server.py. Benchmarks pass None: the product's default."""
     port = free_port()
     env = {
+        **({"MLXM_STREAM_INTERVAL_MS": stream_interval_ms} if stream_interval_ms is not None else {}),
         **os.environ,
         "MLXM_DATA_DIR": str(data_dir),
         "MLXM_PORT": str(port),
