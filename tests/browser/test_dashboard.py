@@ -233,5 +233,7 @@ def test_playground_shows_tool_calls_from_the_live_model(gateway, page) -> None:
     arguments = json.loads(text[len("get_weather(") : -1])
     assert set(arguments) == {"city"} and len(arguments["city"]) <= 12
 
+    # The page moves to the saved chat's address once the save's answer is read: reload that.
+    expect(page).to_have_url(re.compile(r"/playground/\d+/$"))
     page.reload()  # saved with the chat
     expect(page.locator(".msg.assistant .tool-calls li code").first).to_have_text(text)
