@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,9 @@ class EngineClient:
         self._queues: dict[str, asyncio.Queue[Any]] = {}
         self._lock: asyncio.Lock | None = None
         self.worker_pid: int | None = None
+        # MLXM_STREAM_INTERVAL_MS=0: no coalescing on this side either, a list (an SSE event)
+        # per token even when the web process falls behind the worker.
+        self.per_token = float(os.environ.get("MLXM_STREAM_INTERVAL_MS", "10")) == 0
 
     @property
     def connected(self) -> bool:
@@ -199,7 +203,11 @@ class EngineClient:
                     outs.append(item)
                     if item.finish_reason is not None:
                         finished = True
-                yield outs
+                if self.per_token:
+                    for out in outs:
+                        yield [out]
+                else:
+                    yield outs
         finally:
             self._queues.pop(req.request_id, None)
             # Synchronous write: this runs while the task is being cancelled.
