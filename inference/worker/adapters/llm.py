@@ -120,6 +120,8 @@ class _Active:
     # Set for requests served one at a time (draft model or quantized KV): a token iterator.
     sequential: Iterator[tuple[int, Any]] | None = None
     top_logprobs: int | None = None  # None: no logprobs asked
+    # Its first token went out ahead of the batch's report of it (LLMEngine._emit_first_tokens).
+    primed: bool = False
     logprobs: list[p.TokenLogprob] = field(default_factory=list)  # not yet sent
     started: float = field(default_factory=time.perf_counter)
 
@@ -727,11 +729,20 @@ class LLMEngine:
             # chunks, or earlier in the prompt) is corrected at the next one.
             self._prefill_rate = done / spent
         stopped_early: list[int] = []
+        reported = len(responses)
         for r in responses:
             act = self._by_uid.get(r.uid)
             if act is None:
                 continue
-            out, stopped = self._on_token(act, r.token, r.finish_reason, r.logprobs)
+            if act.primed:  # this token went out a step ago
+                act.primed = False
+                reported -= 1
+                if r.finish_reason is None:
+                    continue
+                # Not expected (`_finish_of` ends it where the batch would): end it all the same.
+                out, stopped = self._final(act, mk.Delta(), r.finish_reason, flush=True), False
+            else:
+                out, stopped = self._on_token(act, r.token, r.finish_reason, r.logprobs)
             if out is None:
                 continue
             outputs.append((act.conn, out))
@@ -743,11 +754,46 @@ class LLMEngine:
                 self.prompt_cache.insert_cache(self.spec.path, list(r.all_tokens), r.prompt_cache)
             self._by_uid.pop(r.uid, None)
             self._uid_by_request.pop(act.request_id, None)
+        self.tokens_generated += reported
+        stopped_early += self._emit_first_tokens(outputs)
         if stopped_early:
-            # Stopped by a stop string: keep their KV for the next turn's prefix.
+            # Ended outside the batch's criteria: keep their KV for the next turn's prefix.
             for cache, tokens in self.batch.remove(stopped_early, return_prompt_caches=True).values():
                 self.prompt_cache.insert_cache(self.spec.path, list(tokens), cache)
-        self.tokens_generated += len(responses)
+
+    def _emit_first_tokens(self, outputs: list[tuple[Any, p.Output]]) -> list[int]:
+        """Send the first token of the rows that left prefill in this step.
+
+        mlx-lm's BatchGenerator computes it (a forward of the new rows) in the step that ends
+        their prefill, but reports it only at the next step, after one more forward of the
+        whole batch: under load, a batch step of waiting added to every TTFT. Here it is read
+        at once (mlx-lm 0.32.2's GenerationBatch, pinned) and the batch's later report of it
+        is skipped. Returns the rows this token ended (EOS, max_tokens 1, a stop string),
+        still in the batch."""
+        gen = self.batch._generation_batch
+        fresh = [
+            (i, act)
+            for i, uid in enumerate(gen.uids)
+            if (act := self._by_uid.get(uid)) is not None and not act.completion_tokens
+        ]
+        if not fresh:
+            return []
+        tokens = cast(list[int], gen._next_tokens.tolist())  # waits for the new rows' forward
+        ended: list[int] = []
+        for i, act in fresh:
+            act.primed = True
+            token = tokens[i]
+            out, _ = self._on_token(act, token, self._finish_of(act, token), gen._next_logprobs[i])
+            self.tokens_generated += 1
+            if out is None:
+                continue
+            outputs.append((act.conn, out))
+            if out.finish_reason is not None:
+                uid = gen.uids[i]
+                ended.append(uid)
+                self._by_uid.pop(uid, None)
+                self._uid_by_request.pop(act.request_id, None)
+        return ended
 
     def _finish_of(self, act: _Active, token: int) -> str | None:
         """How `token` ends a request the engine stops itself (outside the batch's own

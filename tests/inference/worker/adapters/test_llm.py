@@ -1,4 +1,5 @@
-"""LLMEngine's prefill slicing: how many prompt tokens one step may take while others decode."""
+"""LLMEngine on the tiny model: prefill slicing (how many prompt tokens one step may take while
+others decode) and when a batched request's first token goes out."""
 
 from __future__ import annotations
 
@@ -51,3 +52,59 @@ def test_a_slice_takes_about_the_budget_shared_by_the_prompts_prefilling(
     monkeypatch.setattr(llm, "PREFILL_SLICE_S", 0.0)  # MLXM_PREFILL_SLICE_MS=0: always full chunks
     engine._prefill_rate = 10.0
     assert engine._prefill_step() == llm.PREFILL_STEP
+
+
+def _gen(engine: Any, rid: str, content: str, max_tokens: int = 8) -> p.Generate:
+    return p.Generate(
+        request_id=rid,
+        model=engine.spec,
+        sampling=p.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        messages=[{"role": "user", "content": content}],
+    )
+
+
+def _until_done(engine: Any, rids: set[str]) -> dict[str, list[p.Output]]:
+    got: dict[str, list[p.Output]] = {r: [] for r in rids}
+    for _ in range(200):
+        for _conn, out in engine.step():
+            got[out.request_id].append(out)
+        if all(outs and outs[-1].finish_reason for outs in got.values()):
+            return got
+    raise AssertionError(f"not finished: {got}")
+
+
+def test_first_token_goes_out_in_the_step_that_ends_the_prefill(engine: Any) -> None:
+    """Not one batch step later, when mlx-lm's BatchGenerator would report it; and the
+    batch's own later report of that token is not sent twice."""
+    prompts = {"a": "the first one", "b": "and the second one"}
+    alone = {}
+    for rid, content in prompts.items():
+        engine.add(_gen(engine, rid, content), conn=None)
+        alone[rid] = _until_done(engine, {rid})[rid]
+        assert alone[rid][0].completion_tokens == 1  # its first token makes text
+    for rid, content in prompts.items():  # the first alone, the second moves it into the batch
+        engine.add(_gen(engine, rid + "2", content), conn=None)
+    for _ in range(20):
+        outputs = [out for _conn, out in engine.step()]
+        if engine.batch._generation_batch.uids:  # their prefill ended in this step
+            assert sorted(o.request_id for o in outputs) == ["a2", "b2"]
+            assert all(o.completion_tokens == 1 for o in outputs)
+            break
+        assert not outputs
+    else:
+        raise AssertionError("the prefill never ended")
+    rest = _until_done(engine, {"a2", "b2"})
+    for rid in ("a", "b"):
+        together = outputs[[o.request_id for o in outputs].index(rid + "2")], *rest[rid + "2"]
+        assert [o.completion_tokens for o in together] == [o.completion_tokens for o in alone[rid]]
+        assert "".join(o.text for o in together) == "".join(o.text for o in alone[rid])
+    assert engine.active == 0
+
+
+def test_a_request_ended_by_its_first_token_leaves_the_batch(engine: Any) -> None:
+    engine.add(_gen(engine, "long", "a long one", max_tokens=30), conn=None)
+    engine.add(_gen(engine, "one", "just one token", max_tokens=1), conn=None)
+    got = _until_done(engine, {"long", "one"})
+    assert [(o.completion_tokens, o.finish_reason) for o in got["one"]] == [(1, "length")]
+    assert got["long"][-1].completion_tokens == 30
+    assert engine.active == 0 and not engine.batch._generation_batch.uids
