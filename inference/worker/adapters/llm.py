@@ -730,6 +730,7 @@ class LLMEngine:
             self._prefill_rate = done / spent
         stopped_early: list[int] = []
         reported = len(responses)
+        out: p.Output | None
         for r in responses:
             act = self._by_uid.get(r.uid)
             if act is None:
