@@ -38,8 +38,8 @@ from mlx_lm.sample_utils import (
 from mlx_lm.utils import dequantize_model
 
 from inference import protocol as p
+from inference.worker import cpu_attention, structured
 from inference.worker import markup as mk
-from inference.worker import structured
 from inference.worker.prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,8 @@ class LLMEngine:
             self.model = _to_float32(self.model)
             if self.draft_model is not None:
                 self.draft_model = _to_float32(self.draft_model)
+        if cpu_attention.enabled():
+            cpu_attention.use_for(self.model)
         self.kv_group_size = _kv_group_size(self.model, spec.kv_bits)
         vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
         self.grammars = structured.Grammars(
