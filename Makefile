@@ -55,11 +55,13 @@ test: install-dev browser lint
 test-team: install-dev
 	MLXM_DATA_DIR=$(CURDIR)/.data/test-team scripts/with_team_services.sh $(PY) -m pytest -m "not slow or team"
 
-# Engine (gateway vs mlx_lm.server vs in-process) then single-stream gateway vs in-process; both
+# Engine (gateway vs mlx_lm.server vs in-process), single-stream gateway vs in-process, decode
+# attention (worker vs mlx-lm); each
 # rewrite their own sections of docs/benchmarks.md. BENCH_ARGS=--quick for a smoke run.
 bench: install-dev
 	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_engine.py --write docs/benchmarks.md $(BENCH_ARGS)
 	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_gateway.py --write docs/benchmarks.md
+	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_attention.py --write docs/benchmarks.md
 
 # 32 streaming clients for 10 minutes on the tiny model (loopback only): zero failed requests
 # and flat memory, or it exits 1. Writes its section of docs/benchmarks.md. SOAK_ARGS to vary.
