@@ -46,7 +46,7 @@ def grouped_decode_attention(
         else:
             scores = scores + mask
     probs = mx.softmax(scores, axis=-1, precise=True)
-    return (probs @ values).reshape(batch, heads, length, dim)
+    return (probs @ values).reshape(batch, heads, length, values.shape[-1])
 
 
 def attention(

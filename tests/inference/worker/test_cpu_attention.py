@@ -37,7 +37,17 @@ def test_same_results_as_mlx(heads: int, groups: int) -> None:
         assert mx.allclose(ours, theirs, atol=1e-5).item()
 
 
-def test_taken_only_for_a_batched_decode_step(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_values_narrower_than_keys() -> None:
+    """Some architectures (e.g. DeepSeek's latent attention) have value heads of another size."""
+    q, k, _ = qkv(2, 4, 2, 12)
+    v = mx.random.normal((2, 2, 12, 8))
+    ours = cpu_attention.grouped_decode_attention(q, k, v, 0.25, None)
+    theirs = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=None)
+    assert ours.shape == theirs.shape == (2, 4, 1, 8)
+    assert mx.allclose(ours, theirs, atol=1e-5).item()
+
+
+def test_taken_only_for_a_decode_step(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
     def ours(q: mx.array, *args: Any) -> mx.array:
