@@ -758,11 +758,34 @@ class LLMEngine:
             self._by_uid.pop(r.uid, None)
             self._uid_by_request.pop(act.request_id, None)
         self.tokens_generated += reported
+        self._start_decoding()
         stopped_early += self._emit_first_tokens(outputs)
         if stopped_early:
             # Ended outside the batch's criteria: keep their KV for the next turn's prefix.
             for cache, tokens in self.batch.remove(stopped_early, return_prompt_caches=True).values():
                 self.prompt_cache.insert_cache(self.spec.path, list(tokens), cache)
+
+    def _start_decoding(self) -> None:
+        """Move the rows whose prefill ended in this step into the generation batch now.
+
+        mlx-lm's BatchGenerator does it at the start of its next step, after that step's
+        forward of every decoding row: a new row's first token would wait for it. Here the
+        same split (mlx-lm 0.32.2's, pinned: the rows left with their last prompt token get
+        their first forward and join the decoding ones) runs at the end of this step. With
+        nothing decoding, the next step starts them first thing anyway."""
+        batch = self.batch
+        if not len(batch._generation_batch):
+            return
+        pending = batch._currently_processing  # [segments, processed, total] per prompt row
+        ready = [
+            i for i, (segments, *_) in enumerate(pending) if len(segments) == 1 and len(segments[0]) == 1
+        ]
+        if not ready:
+            return
+        last = [pending[i][0][0] for i in ready]
+        batch._currently_processing = [seq for i, seq in enumerate(pending) if i not in ready]
+        with mx.stream(batch._stream):
+            batch._generation_batch.extend(batch._prompt_batch.split(ready).generate(last))
 
     def _emit_first_tokens(self, outputs: list[tuple[Any, p.Output]]) -> list[int]:
         """Send the first token of the rows that left prefill in this step.

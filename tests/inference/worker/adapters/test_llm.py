@@ -67,7 +67,8 @@ def _until_done(engine: Any, rids: set[str]) -> dict[str, list[p.Output]]:
     got: dict[str, list[p.Output]] = {r: [] for r in rids}
     for _ in range(200):
         for _conn, out in engine.step():
-            got[out.request_id].append(out)
+            if out.request_id in got:  # others may still be running
+                got[out.request_id].append(out)
         if all(outs and outs[-1].finish_reason for outs in got.values()):
             return got
     raise AssertionError(f"not finished: {got}")
@@ -108,3 +109,22 @@ def test_a_request_ended_by_its_first_token_leaves_the_batch(engine: Any) -> Non
     assert [(o.completion_tokens, o.finish_reason) for o in got["one"]] == [(1, "length")]
     assert got["long"][-1].completion_tokens == 30
     assert engine.active == 0 and not engine.batch._generation_batch.uids
+
+
+def test_a_request_joining_decoding_ones_gets_its_first_token_in_its_first_step(engine: Any) -> None:
+    """Its prefill (a short prompt: one chunk) and its first token in one step, not two: it
+    joins the decoding rows at the end of the step that prefilled it."""
+    engine.add(_gen(engine, "a", "first", max_tokens=40), conn=None)
+    engine.add(_gen(engine, "b", "second", max_tokens=40), conn=None)
+    for _ in range(20):  # until both decode
+        if {o.request_id for _c, o in engine.step()} == {"a", "b"}:
+            break
+    content = "a late one, never seen before"
+    engine.add(_gen(engine, "late", content), conn=None)
+    first = [o for _c, o in engine.step() if o.request_id == "late"]
+    assert [o.completion_tokens for o in first] == [1]
+    late = first + _until_done(engine, {"late"})["late"]
+    _until_done(engine, {"a", "b"})
+    engine.add(_gen(engine, "alone", content), conn=None)  # the same prompt, alone
+    alone = _until_done(engine, {"alone"})["alone"]
+    assert "".join(o.text for o in late) == "".join(o.text for o in alone)
