@@ -11,9 +11,13 @@ Server messages: `{"type": "delta", "id", "text"}` as tokens arrive (with `reaso
 `{"type": "done", "id", "finish_reason", "usage"}`, or `{"type": "error", "id", "error": {...}}`
 (OpenAI's error object). "stop" and closing the socket abort the generation in the worker.
 
-Each "chat" message is audited like a /v1 request: one request-log row per generation
-(endpoint `/v1/ws/chat`, the user, client IP, model, tokens, TTFT, duration, tokens/s),
-refused ones included; a stopped or abandoned generation is logged as 499 "cancelled".
+Each "chat" message is a call of the request pipeline (`inference.pipeline`), like any /v1
+request: the user's limits, routing rules and fallbacks apply (a rule may send it to a cloud
+upstream, whose answer is decoded into the same events), and it is audited: one request-log
+row per generation (endpoint `/v1/ws/chat`, the user, client IP, model, backend, tokens,
+TTFT, duration, tokens/s), refused ones included; a stopped or abandoned generation is
+logged as 499 "cancelled". The user is checked again for every message: a deactivated user's
+socket is refused and closed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -29,10 +32,11 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth import get_user_model
 from pydantic import ValidationError
 
-from inference import gateway
-from inference.api.openai import _engine_error_status
-from inference.client import EngineDeadError, EngineRequestError, get_engine_client
+from inference import encoders, pipeline
+from inference.api.openai import chat_prompt
+from inference.events import Failure, Stream, failure_of, unexpected
 from inference.schemas import ChatCompletionRequest
+from mlxmanager import request_ids
 from mlxmanager.accounts.tokens import InvalidToken, token_verify
 from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError
@@ -61,11 +65,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         for task in getattr(self, "tasks", {}).values():
             task.cancel()
 
+    async def _send_failure(self, rid: Any, f: Failure, request_id: str = "") -> None:
+        await self.send_json(encoders.ws_error(rid, f, request_id))
+
     async def _error(
         self, rid: Any, message: str, *, param: str | None = None, code: str | None = None
     ) -> None:
-        err = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
-        await self.send_json({"type": "error", "id": rid, "error": err})
+        await self._send_failure(rid, Failure(400, message, code, "invalid_request_error", param))
 
     def _audit(self, content: dict[str, Any]) -> rec.RequestAudit:
         """The audit record of one generation (the model as asked for, even if invalid)."""
@@ -79,12 +85,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             user_id=self.user.pk,
             username=self.user.get_username(),
             requested_model=model,
-            backend=f"local:{model}" if model else "",
             stream=True,
-            attempts=1,
         )
 
+    async def _still_active(self) -> bool:
+        return await get_user_model().objects.filter(pk=self.user.pk, is_active=True).aexists()
+
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not await self._still_active():
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
         if not isinstance(content, dict):
             await self._error(None, "messages must be JSON objects")
             return
@@ -113,7 +123,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             body.refuse_unsupported()
             if body.logprobs:  # deltas here carry text only
                 raise DomainError("logprobs are served by POST /v1/chat/completions only", param="logprobs")
-            target = await gateway.resolve(body.model)
+            raw = dict(content["body"])
+            raw["stream"] = True
+            call = pipeline.Call(surface="ws", model=body.model, stream=True, prompt=chat_prompt(body), raw=raw,
+                                 audit=audit, user=self.user)  # fmt: skip
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(x) for x in first.get("loc", ())) or None
@@ -121,11 +134,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await self._error(rid, f"Invalid value for '{param}': {first.get('msg')}", param=param)
             return
         except DomainError as exc:
-            code = "model_not_found" if exc.status == 404 and exc.param == "model" else exc.code
-            self._refused(audit, exc.status, code or "invalid_request_error")
-            await self._error(rid, exc.message, param=exc.param, code=exc.code)
+            f = failure_of(exc) or unexpected()
+            self._refused(audit, f.status, f.code or "invalid_request_error")
+            await self._send_failure(rid, f)
             return
-        task = asyncio.create_task(self._generate(rid, gateway.chat_request(body, target), audit))
+        task = asyncio.create_task(self._generate(rid, call))
         self.tasks[rid] = task
         task.add_done_callback(lambda _t: self.tasks.pop(rid, None))
 
@@ -134,54 +147,34 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if audit.finish(status, error):
             rec.record(audit)
 
-    async def _generate(self, rid: str, req: Any, audit: rec.RequestAudit) -> None:
-        rec.activate(audit)  # this task's own context: track_outputs sees the record
+    async def _generate(self, rid: str, call: pipeline.Call) -> None:
+        audit = call.audit
+        assert audit is not None
+        rec.activate(audit)  # this task's own context
         status, error = 200, ""
-        try:
-            async with aclosing(rec.track_outputs(get_engine_client().generate(req))) as outputs:
-                async for batch in outputs:
-                    text = "".join(o.text for o in batch)
-                    reasoning = "".join(o.reasoning for o in batch)
-                    calls = [
-                        {"index": c.index, "id": c.id, "name": c.name, "arguments": c.arguments}
-                        for o in batch
-                        for c in o.tool_calls
-                    ]
-                    if text or reasoning or calls:
-                        delta: dict[str, Any] = {"type": "delta", "id": rid, "text": text}
-                        if reasoning:
-                            delta["reasoning"] = reasoning
-                        if calls:
-                            delta["tool_calls"] = calls
-                        await self.send_json(delta)
-                    final = batch[-1] if batch[-1].finish_reason else None
-                    if final is not None:
-                        usage = {
-                            "prompt_tokens": final.prompt_tokens,
-                            "completion_tokens": final.completion_tokens,
-                            "total_tokens": final.prompt_tokens + final.completion_tokens,
-                            "prompt_tokens_details": {"cached_tokens": final.cached_tokens},
-                        }
-                        await self.send_json(
-                            {"type": "done", "id": rid, "finish_reason": final.finish_reason, "usage": usage}
-                        )
-        except asyncio.CancelledError:
-            status, error = rec.CLIENT_CLOSED, "cancelled"
-            with contextlib.suppress(Exception):
-                await self.send_json({"type": "done", "id": rid, "finish_reason": "cancelled", "usage": None})
-            raise
-        except EngineDeadError as exc:
-            status, error = 503, "worker_unavailable"
-            await self._error(rid, str(exc), code="worker_unavailable")
-        except EngineRequestError as exc:
-            status, error = _engine_error_status(exc), exc.code
-            await self._error(rid, exc.message, code=exc.code)
-        except Exception:
-            status, error = 500, "internal"
-            log.exception("chat socket generation failed")
-            await self._error(
-                rid, "The server had an error while processing your request.", code="server_error"
-            )
-        finally:
-            if audit.finish(status, error):
-                rec.record(audit)
+        with request_ids.bound(call.request_id):
+            try:
+                answer = await pipeline.serve(call)
+                assert isinstance(answer, Stream)
+                try:
+                    async for message in encoders.ws_messages(answer, rid):
+                        await self.send_json(message)
+                finally:
+                    await answer.aclose()
+            except asyncio.CancelledError:
+                status, error = rec.CLIENT_CLOSED, "cancelled"
+                with contextlib.suppress(Exception):
+                    await self.send_json(
+                        {"type": "done", "id": rid, "finish_reason": "cancelled", "usage": None}
+                    )
+                raise
+            except Exception as exc:
+                f = failure_of(exc)
+                if f is None:
+                    log.exception("chat socket generation failed")
+                    f = unexpected()
+                status, error = f.status, f.code or f.type_
+                await self._send_failure(rid, f, call.request_id)
+            finally:
+                if audit.finish(status, error):
+                    rec.record(audit)

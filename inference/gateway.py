@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from inference import protocol as p
-from inference.anthropic_schemas import CountTokensRequest, MessagesRequest
-from inference.responses_schemas import ResponsesRequest
-from inference.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from mlxmanager.errors import DomainError
 from mlxmanager.profiles.models import Profile
 from mlxmanager.profiles.selectors import profile_resolve
 
-DEFAULT_MAX_TOKENS = 512
-_SAMPLING_KEYS = (
+SAMPLING_KEYS = (
     "temperature",
     "top_p",
     "top_k",
@@ -86,11 +82,32 @@ def require_kind(target: Target, kinds: tuple[str, ...], *, model: str) -> None:
 TEXT_KINDS = (Profile.KIND_LLM, Profile.KIND_VISION)
 
 
-def sampling_for(body: SamplingFields, profile: Profile, *, max_tokens: int | None) -> p.SamplingParams:
-    requested = {key: getattr(body, key) for key in _SAMPLING_KEYS}
-    if body.logit_bias:
-        requested["logit_bias"] = {int(k): float(v) for k, v in body.logit_bias.items()}
-    return merge_sampling(profile, requested, max_tokens=max_tokens, stop=body.stop_list())
+def worker_id(prefix: str) -> str:
+    """A fresh id for a worker request (the worker's key: never a client's own id)."""
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+@dataclass(kw_only=True)
+class Prompt:
+    """The neutral generation request every text surface builds from its schema: what the
+    client asked, before any profile is applied (`worker_request` merges the profile)."""
+
+    id_prefix: str
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str = "auto"
+    tool_name: str | None = None
+    parallel_tool_calls: bool = True
+    sampling: dict[str, Any] = field(default_factory=dict)  # the client's values (None: not given)
+    max_tokens: int | None = None
+    max_tokens_param: str = "max_tokens"
+    stop: list[str] = field(default_factory=list)
+    response_format: dict[str, Any] | None = None
+    thinking_budget: int | None = None
+    logprobs: int | None = None
+    image_sources: list[Any] = field(default_factory=list)
 
 
 def merge_sampling(
@@ -104,7 +121,7 @@ def merge_sampling(
     """Request values win; the profile's defaults fill the gaps; then the protocol defaults."""
     defaults: dict[str, Any] = profile.defaults or {}
     values: dict[str, Any] = {}
-    for key in _SAMPLING_KEYS:
+    for key in SAMPLING_KEYS:
         value = requested.get(key)
         if value is None:
             value = defaults.get(key)
@@ -116,7 +133,7 @@ def merge_sampling(
             f"{max_tokens_param} is {max_tokens}, but '{profile.name}' answers with at most {cap} tokens",
             param=max_tokens_param,
         )
-    values["max_tokens"] = max_tokens or defaults.get("max_tokens") or DEFAULT_MAX_TOKENS
+    values["max_tokens"] = max_tokens or defaults.get("max_tokens") or p.DEFAULT_MAX_TOKENS
     if cap is not None:
         values["max_tokens"] = min(values["max_tokens"], cap)
     stop = stop or list(defaults.get("stop") or [])
@@ -134,108 +151,46 @@ def _with_profile_system(messages: list[dict[str, Any]], profile: Profile) -> li
     return messages
 
 
-def chat_request(
-    body: ChatCompletionRequest, target: Target, images: list[bytes] | None = None
-) -> p.Generate:
-    messages = _with_profile_system(body.template_messages(images=bool(images)), target.profile)
-    tool_choice, tool_name = body.tool_choice_values()
+def worker_request(prompt: Prompt, target: Target, images: list[bytes], *, request_id: str) -> p.Generate:
+    """The one place a profile's defaults meet what the client asked."""
+    profile = target.profile
+    messages = None if prompt.messages is None else _with_profile_system(list(prompt.messages), profile)
     return p.Generate(
-        request_id=f"chatcmpl-{uuid.uuid4().hex}",
+        request_id=request_id,
         model=target.spec,
-        sampling=sampling_for(body, target.profile, max_tokens=body.max_completion_tokens or body.max_tokens),
+        sampling=merge_sampling(
+            profile,
+            prompt.sampling,
+            max_tokens=prompt.max_tokens,
+            stop=prompt.stop,
+            max_tokens_param=prompt.max_tokens_param,
+        ),  # fmt: skip
         messages=messages,
-        chat_template_kwargs={
-            **(target.profile.chat_template_kwargs or {}),
-            **body.reasoning_kwargs(),
-            **(body.chat_template_kwargs or {}),
-        },
-        tools=body.tool_dicts(),
-        tool_choice=tool_choice,
-        tool_name=tool_name,
-        parallel_tool_calls=body.parallel_tool_calls is not False,
-        response_format=body.constraint(),
+        prompt=prompt.prompt,
+        chat_template_kwargs={**(profile.chat_template_kwargs or {}), **prompt.template_kwargs},
+        tools=prompt.tools,
+        tool_choice=prompt.tool_choice,
+        tool_name=prompt.tool_name,
+        parallel_tool_calls=prompt.parallel_tool_calls,
+        response_format=prompt.response_format,
+        thinking_budget=prompt.thinking_budget,
         # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
-        tool_parser=target.profile.tool_parser or "",
-        reasoning_parser=target.profile.reasoning_parser or "",
-        logprobs=body.logprobs_count(),
-        images=images or [],
+        tool_parser=profile.tool_parser or "",
+        reasoning_parser=profile.reasoning_parser or "",
+        logprobs=prompt.logprobs,
+        images=images,
     )
 
 
-def completion_request(body: CompletionRequest, target: Target) -> p.Generate:
-    return p.Generate(
-        request_id=f"cmpl-{uuid.uuid4().hex}",
-        model=target.spec,
-        sampling=sampling_for(body, target.profile, max_tokens=body.max_tokens),
-        prompt=body.prompt_text(),
-        logprobs=body.logprobs,
-    )
-
-
-def messages_request(body: MessagesRequest, target: Target, images: list[bytes] | None = None) -> p.Generate:
-    """An Anthropic Messages request as a chat generation."""
-    messages, template_kwargs = body.chat_prompt(images=bool(images))
-    tool_choice, tool_name, parallel = body.tool_choice_values()
-    return p.Generate(
-        request_id=f"msg_{uuid.uuid4().hex}",
-        model=target.spec,
-        sampling=merge_sampling(
-            target.profile, body.sampling_values(), max_tokens=body.max_tokens, stop=body.stop_list()
-        ),
-        messages=_with_profile_system(messages, target.profile),
-        chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **template_kwargs},
-        tools=body.tool_dicts(),
-        tool_choice=tool_choice,
-        tool_name=tool_name,
-        parallel_tool_calls=parallel,
-        response_format=body.constraint(),
-        thinking_budget=body.thinking_budget(),
-        # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
-        tool_parser=target.profile.tool_parser or "",
-        reasoning_parser=target.profile.reasoning_parser or "",
-        images=images or [],
-    )
-
-
-def responses_request(body: ResponsesRequest, target: Target) -> p.Generate:
-    """An OpenAI Responses request as a chat generation."""
-    tool_choice, tool_name = body.tool_choice_values()
-    requested = {"temperature": body.temperature, "top_p": body.top_p}
-    return p.Generate(
-        request_id=f"resp_{uuid.uuid4().hex}",
-        model=target.spec,
-        sampling=merge_sampling(
-            target.profile,
-            requested,
-            max_tokens=body.max_output_tokens,
-            stop=[],
-            max_tokens_param="max_output_tokens",
-        ),
-        messages=_with_profile_system(body.chat_messages(), target.profile),
-        chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **body.reasoning_kwargs()},
-        tools=body.tool_dicts(),
-        tool_choice=tool_choice,
-        tool_name=tool_name,
-        parallel_tool_calls=body.parallel_tool_calls is not False,
-        response_format=body.constraint(),
-        # The profile's overrides of the tool-call and reasoning formats mlx-lm infers.
-        tool_parser=target.profile.tool_parser or "",
-        reasoning_parser=target.profile.reasoning_parser or "",
-    )
-
-
-def count_tokens_request(
-    body: CountTokensRequest, target: Target, images: list[bytes] | None = None
-) -> p.CountTokens:
-    """The prompt `messages_request` would build for the same body, to be tokenized only."""
-    messages, template_kwargs = body.chat_prompt(images=bool(images))
-    tool_choice, _, _ = body.tool_choice_values()
+def count_request(prompt: Prompt, target: Target, images: list[bytes], *, request_id: str) -> p.CountTokens:
+    """The prompt `worker_request` would build, to be tokenized only."""
+    profile = target.profile
     return p.CountTokens(
-        request_id=f"count_{uuid.uuid4().hex}",
+        request_id=request_id,
         model=target.spec,
-        messages=_with_profile_system(messages, target.profile),
-        chat_template_kwargs={**(target.profile.chat_template_kwargs or {}), **template_kwargs},
-        tools=body.tool_dicts() if tool_choice != "none" else None,
-        tool_parser=target.profile.tool_parser or "",
-        images=images or [],
+        messages=_with_profile_system(list(prompt.messages or []), profile),
+        chat_template_kwargs={**(profile.chat_template_kwargs or {}), **prompt.template_kwargs},
+        tools=prompt.tools if prompt.tool_choice != "none" else None,
+        tool_parser=profile.tool_parser or "",
+        images=images,
     )

@@ -25,10 +25,14 @@ MAX_HANDSHAKE_BYTES = 4096
 _LEN = struct.Struct(">I")
 
 
+# The one default answer length, wherever a client leaves it out (local or relayed).
+DEFAULT_MAX_TOKENS = 512
+
+
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     """Everything that shapes token selection; defaults mean "off"."""
 
-    max_tokens: int = 256
+    max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0

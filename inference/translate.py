@@ -1,11 +1,9 @@
 """Protocol translation between OpenAI Chat Completions and Anthropic Messages.
 
-Requests, whole answers and streams, both ways, tools included:
-
-- an Anthropic client routed to an OpenAI-compatible upstream: `messages_to_chat` (request),
-  `chat_to_message` (answer), `ChatToMessageStream` (SSE chunks → Anthropic events);
-- an OpenAI client routed to an Anthropic upstream: `chat_to_messages` (request),
-  `message_to_chat` (answer), `MessageToChatStream` (Anthropic events → SSE chunks).
+Requests go up translated (`messages_to_chat`, `chat_to_messages`); answers come back
+decoded into the gateway's neutral events (`protocol.Output`), whole (`chat_outputs`,
+`message_outputs`) or streamed (`ChatChunkDecoder`, `MessageEventDecoder`), and the
+client's own encoder (`inference.encoders`) writes them, as it does for local answers.
 
 What one protocol can say and the other can't is refused with a 400 that names it
 (`TranslationError`), never dropped silently.
@@ -14,16 +12,16 @@ What one protocol can say and the other can't is refused with a 400 that names i
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
 import msgspec
 
+from inference import protocol as p
+from inference.events import UpstreamStreamError
 from mlxmanager.errors import DomainError
 
 _json = msgspec.json.Encoder()
-DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
 
 
 class TranslationError(DomainError):
@@ -227,119 +225,6 @@ def messages_to_chat(body: dict[str, Any], *, model: str, provider: str) -> dict
     return out
 
 
-def _message_id(upstream_id: str | None) -> str:
-    rest = (upstream_id or uuid.uuid4().hex).removeprefix("chatcmpl-")
-    return f"msg_{rest}"
-
-
-def chat_to_message(resp: dict[str, Any], *, model: str) -> dict[str, Any]:
-    """An OpenAI chat completion as an Anthropic message."""
-    choice = (resp.get("choices") or [{}])[0]
-    msg = choice.get("message") or {}
-    content: list[dict[str, Any]] = []
-    if msg.get("content"):
-        content.append({"type": "text", "text": msg["content"]})
-    for tc in msg.get("tool_calls") or []:
-        fn = tc.get("function") or {}
-        content.append({"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""),
-                        "input": _args(fn.get("arguments"))})  # fmt: skip
-    return {
-        "id": _message_id(resp.get("id")),
-        "type": "message",
-        "role": "assistant",
-        "model": resp.get("model") or model,
-        "content": content or [{"type": "text", "text": ""}],
-        "stop_reason": _TO_ANTHROPIC_STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
-        "stop_sequence": None,
-        "usage": anthropic_usage(resp.get("usage")),
-    }
-
-
-def _event(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: %b\ndata: %b\n\n" % (name.encode(), _json.encode(data))
-
-
-class ChatToMessageStream:
-    """OpenAI chat.completion.chunk events → Anthropic's message event sequence."""
-
-    def __init__(self, *, model: str) -> None:
-        self.model = model
-        self.started = False
-        self.index = -1
-        self.kind: str | None = None
-        self.tools: dict[int, int] = {}  # OpenAI tool-call index → content block index
-        self.finish: str | None = None
-        self.usage: dict[str, Any] | None = None
-        self.done = False
-
-    def _start(self, chunk: dict[str, Any]) -> list[bytes]:
-        self.started = True
-        message: dict[str, Any] = {"id": _message_id(chunk.get("id")), "type": "message", "role": "assistant",
-                   "model": chunk.get("model") or self.model, "content": [], "stop_reason": None,
-                   "stop_sequence": None, "usage": anthropic_usage(None)}  # fmt: skip
-        return [_event("message_start", {"type": "message_start", "message": message}),
-                _event("ping", {"type": "ping"})]  # fmt: skip
-
-    def _close(self) -> list[bytes]:
-        if self.kind is None:
-            return []
-        self.kind = None
-        return [_event("content_block_stop", {"type": "content_block_stop", "index": self.index})]
-
-    def _open(self, block: dict[str, Any]) -> list[bytes]:
-        events = self._close()
-        self.index += 1
-        self.kind = block["type"]
-        events.append(_event("content_block_start",
-                             {"type": "content_block_start", "index": self.index, "content_block": block}))  # fmt: skip
-        return events
-
-    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
-        events = [] if self.started else self._start(chunk)
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if self.kind != "text":
-                    events += self._open({"type": "text", "text": ""})
-                events.append(_event("content_block_delta", {"type": "content_block_delta", "index": self.index,
-                                     "delta": {"type": "text_delta", "text": delta["content"]}}))  # fmt: skip
-            for tc in delta.get("tool_calls") or []:
-                i = tc.get("index", 0)
-                fn = tc.get("function") or {}
-                if i not in self.tools:
-                    events += self._open({"type": "tool_use", "id": tc.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
-                                          "name": fn.get("name", ""), "input": {}})  # fmt: skip
-                    self.tools[i] = self.index
-                if fn.get("arguments"):
-                    events.append(_event("content_block_delta", {"type": "content_block_delta",
-                                         "index": self.tools[i], "delta": {"type": "input_json_delta",
-                                         "partial_json": fn["arguments"]}}))  # fmt: skip
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-        return events
-
-    def error(self, message: str, type_: str = "api_error") -> bytes:
-        self.done = True
-        return _event("error", {"type": "error", "error": {"type": type_, "message": message}})
-
-    def end(self) -> list[bytes]:
-        if self.done:
-            return []
-        self.done = True
-        events = [] if self.started else self._start({})
-        if self.index < 0:
-            events += self._open({"type": "text", "text": ""})
-        events += self._close()
-        usage = anthropic_usage(self.usage)
-        delta = {"type": "message_delta",
-                 "delta": {"stop_reason": _TO_ANTHROPIC_STOP.get(self.finish or "stop", "end_turn"),
-                           "stop_sequence": None},
-                 "usage": usage}  # fmt: skip
-        return events + [_event("message_delta", delta), _event("message_stop", {"type": "message_stop"})]
-
-
 # ---- OpenAI client → Anthropic upstream -----------------------------------------------
 
 _CHAT_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
@@ -410,9 +295,7 @@ def chat_to_messages(body: dict[str, Any], *, model: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": model,
         "messages": msgs,
-        "max_tokens": body.get("max_completion_tokens")
-        or body.get("max_tokens")
-        or DEFAULT_ANTHROPIC_MAX_TOKENS,
+        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or p.DEFAULT_MAX_TOKENS,
     }
     if system:
         out["system"] = "\n\n".join(s for s in system if s)
@@ -460,103 +343,148 @@ def chat_to_messages(body: dict[str, Any], *, model: str) -> dict[str, Any]:
     return out
 
 
-def message_to_chat(msg: dict[str, Any], *, model: str, created: int | None = None) -> dict[str, Any]:
-    """An Anthropic message as an OpenAI chat completion."""
-    text = []
-    calls = []
-    reasoning = []
+# ---- upstream answers → neutral events --------------------------------------------------------
+
+
+def _output(**fields: Any) -> p.Output:
+    return p.Output(request_id="", completion_tokens=fields.pop("completion_tokens", 0), text=fields.pop("text", ""),
+                    **fields)  # fmt: skip
+
+
+def message_id(upstream_id: str | None) -> str:
+    """An OpenAI upstream's answer id as an Anthropic message id."""
+    return "msg_" + (upstream_id or uuid.uuid4().hex).removeprefix("chatcmpl-")
+
+
+def chat_id(upstream_id: str | None) -> str:
+    """An Anthropic upstream's message id as an OpenAI chat completion id."""
+    return "chatcmpl-" + (upstream_id or uuid.uuid4().hex).removeprefix("msg_")
+
+
+def _finish(reason: str | None) -> str:
+    return reason if reason in ("stop", "length", "tool_calls", "content_filter") else "stop"
+
+
+def chat_outputs(resp: dict[str, Any]) -> list[p.Output]:
+    """An OpenAI chat completion as one final output."""
+    choice = (resp.get("choices") or [{}])[0]
+    msg = choice.get("message") or {}
+    calls = [
+        p.ToolCallDelta(i, tc.get("id") or f"call_{uuid.uuid4().hex[:24]}", (tc.get("function") or {}).get("name", ""),
+                        (tc.get("function") or {}).get("arguments") or "{}")
+        for i, tc in enumerate(msg.get("tool_calls") or [])
+    ]  # fmt: skip
+    prompt, completion, cached = tokens_of_openai_usage(resp.get("usage") or {})
+    return [_output(text=msg.get("content") or "", reasoning=msg.get("reasoning_content") or "", tool_calls=calls,
+                    finish_reason=_finish(choice.get("finish_reason")), prompt_tokens=prompt,
+                    completion_tokens=completion, cached_tokens=cached)]  # fmt: skip
+
+
+def message_outputs(msg: dict[str, Any]) -> list[p.Output]:
+    """An Anthropic message as outputs in block order, the last one final."""
+    outs: list[p.Output] = []
+    calls = 0
     for b in msg.get("content") or []:
         kind = b.get("type")
         if kind == "text":
-            text.append(b.get("text", ""))
-        elif kind == "tool_use":
-            calls.append({"id": b.get("id", ""), "type": "function",
-                          "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})}})  # fmt: skip
+            outs.append(_output(text=b.get("text", "")))
         elif kind == "thinking":
-            reasoning.append(b.get("thinking", ""))
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None,
-                               "refusal": None}  # fmt: skip
-    if reasoning:
-        message["reasoning_content"] = "".join(reasoning)
-    if calls:
-        message["tool_calls"] = calls
-    rest = (msg.get("id") or uuid.uuid4().hex).removeprefix("msg_")
-    return {
-        "id": f"chatcmpl-{rest}",
-        "object": "chat.completion",
-        "created": created or int(time.time()),
-        "model": msg.get("model") or model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": _TO_OPENAI_FINISH.get(msg.get("stop_reason") or "end_turn", "stop"),
-            }
-        ],  # fmt: skip
-        "usage": openai_usage(msg.get("usage")),
-        "system_fingerprint": None,
-    }
+            outs.append(_output(reasoning=b.get("thinking", "")))
+        elif kind == "tool_use":
+            call = p.ToolCallDelta(
+                calls, b.get("id", ""), b.get("name", ""), json.dumps(b.get("input") or {})
+            )
+            outs.append(_output(tool_calls=[call]))
+            calls += 1
+    prompt, completion, cached = tokens_of_anthropic_usage(msg.get("usage") or {})
+    outs.append(_output(finish_reason=_TO_OPENAI_FINISH.get(msg.get("stop_reason") or "end_turn", "stop"),
+                        stop_sequence=msg.get("stop_sequence"), prompt_tokens=prompt, completion_tokens=completion,
+                        cached_tokens=cached))  # fmt: skip
+    return outs
 
 
-class MessageToChatStream:
-    """Anthropic message events → OpenAI chat.completion.chunk events (and the final [DONE])."""
+class ChatChunkDecoder:
+    """An OpenAI upstream's chat.completion.chunk events as outputs; the final one comes with
+    `end()` (after the usage chunk that follows the finish reason)."""
 
-    def __init__(self, *, model: str, include_usage: bool, created: int | None = None) -> None:
-        self.model = model
-        self.include_usage = include_usage
-        self.created = created or int(time.time())
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.model: str | None = None
+        self.finish: str | None = None
+        self.usage: dict[str, Any] = {}
+
+    def feed(self, chunk: dict[str, Any]) -> list[p.Output]:
+        if chunk.get("error"):
+            err = chunk["error"]
+            message = err.get("message", "upstream error") if isinstance(err, dict) else str(err)
+            raise UpstreamStreamError(f"upstream: {message}")
+        self.id = self.id or chunk.get("id")
+        self.model = self.model or chunk.get("model")
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        outs: list[p.Output] = []
+        for choice in (chunk.get("choices") or [])[:1]:
+            delta = choice.get("delta") or {}
+            calls = []
+            for tc in delta.get("tool_calls") or []:
+                fn = tc.get("function") or {}
+                calls.append(p.ToolCallDelta(int(tc.get("index") or 0), tc.get("id"),
+                                             fn.get("name") if tc.get("id") else None, fn.get("arguments") or ""))  # fmt: skip
+            text, reasoning = delta.get("content") or "", delta.get("reasoning_content") or ""
+            if text or reasoning or calls:
+                outs.append(_output(text=text, reasoning=reasoning, tool_calls=calls))
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return outs
+
+    def end(self) -> list[p.Output]:
+        prompt, completion, cached = tokens_of_openai_usage(self.usage)
+        return [_output(finish_reason=_finish(self.finish), prompt_tokens=prompt, completion_tokens=completion,
+                        cached_tokens=cached)]  # fmt: skip
+
+
+class MessageEventDecoder:
+    """An Anthropic upstream's message events as outputs; `message_stop` gives the final one."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.model: str | None = None
         self.tools: dict[int, int] = {}  # content block index → tool-call index
         self.usage: dict[str, Any] = {}
-        self.finish: str | None = None
+        self.stop: dict[str, Any] = {}
         self.done = False
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": choices, **extra}  # fmt: skip
-        return b"data: " + _json.encode(body) + b"\n\n"
-
-    def _delta(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
-
-    def feed(self, name: str, data: dict[str, Any]) -> list[bytes]:
+    def feed(self, name: str, data: dict[str, Any]) -> list[p.Output]:
         kind = data.get("type") or name
         if kind == "message_start":
             msg = data.get("message") or {}
-            self.id = "chatcmpl-" + (msg.get("id") or uuid.uuid4().hex).removeprefix("msg_")
-            self.model = msg.get("model") or self.model
+            self.id, self.model = msg.get("id"), msg.get("model")
             self.usage.update(msg.get("usage") or {})
-            return [self._delta({"role": "assistant", "content": ""})]
+            prompt, _, cached = tokens_of_anthropic_usage(self.usage)
+            return [_output(prompt_tokens=prompt, cached_tokens=cached)]
         if kind == "content_block_start":
             block = data.get("content_block") or {}
             if block.get("type") == "tool_use":
-                i = len(self.tools)
-                self.tools[data.get("index", 0)] = i
-                return [self._delta({"tool_calls": [{"index": i, "id": block.get("id", ""), "type": "function",
-                                                     "function": {"name": block.get("name", ""), "arguments": ""}}]})]  # fmt: skip
+                i = self.tools[data.get("index", 0)] = len(self.tools)
+                return [
+                    _output(tool_calls=[p.ToolCallDelta(i, block.get("id", ""), block.get("name", ""), "")])
+                ]
             if block.get("type") == "text" and block.get("text"):
-                return [self._delta({"content": block["text"]})]
+                return [_output(text=block["text"])]
             return []
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
             dt = delta.get("type")
-            if dt == "text_delta":
-                return [self._delta({"content": delta.get("text", "")})]
+            if dt == "text_delta" and delta.get("text"):
+                return [_output(text=delta["text"])]
+            if dt == "thinking_delta" and delta.get("thinking"):
+                return [_output(reasoning=delta["thinking"])]
             if dt == "input_json_delta" and delta.get("partial_json"):
                 i = self.tools.get(data.get("index", 0), 0)
-                return [
-                    self._delta(
-                        {"tool_calls": [{"index": i, "function": {"arguments": delta["partial_json"]}}]}
-                    )
-                ]
-            if dt == "thinking_delta" and delta.get("thinking"):
-                return [self._delta({"reasoning_content": delta["thinking"]})]
+                return [_output(tool_calls=[p.ToolCallDelta(i, None, None, delta["partial_json"])])]
             return []
         if kind == "message_delta":
-            self.finish = _TO_OPENAI_FINISH.get(
-                (data.get("delta") or {}).get("stop_reason") or "end_turn", "stop"
-            )
+            self.stop = data.get("delta") or {}
             self.usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
             return []
         if kind == "message_stop":
@@ -564,21 +492,14 @@ class MessageToChatStream:
         if kind == "error":
             self.done = True
             err = data.get("error") or {}
-            body = {"error": {"message": err.get("message", "upstream error"), "type": err.get("type", "api_error"),
-                              "param": None, "code": None}}  # fmt: skip
-            return [b"data: " + _json.encode(body) + b"\n\n"]
+            raise UpstreamStreamError(f"upstream: {err.get('message', 'upstream error')}")
         return []  # ping and unknown events
 
-    def error(self, message: str, type_: str = "server_error") -> bytes:
-        self.done = True
-        body = {"error": {"message": message, "type": type_, "param": None, "code": "upstream_error"}}
-        return b"data: " + _json.encode(body) + b"\n\n"
-
-    def end(self) -> list[bytes]:
+    def end(self) -> list[p.Output]:
         if self.done:
             return []
         self.done = True
-        out = [self._delta({}, self.finish or "stop")]
-        if self.include_usage:
-            out.append(self._chunk([], usage=openai_usage(self.usage)))
-        return out
+        prompt, completion, cached = tokens_of_anthropic_usage(self.usage)
+        reason = _TO_OPENAI_FINISH.get(self.stop.get("stop_reason") or "end_turn", "stop")
+        return [_output(finish_reason=reason, stop_sequence=self.stop.get("stop_sequence"), prompt_tokens=prompt,
+                        completion_tokens=completion, cached_tokens=cached)]  # fmt: skip

@@ -10,7 +10,9 @@
   opens, and the upstream is skipped (the route falls back) for `MLXM_BREAKER_COOLDOWN`
   seconds; then one trial call decides whether it closes again.
 - Same protocol: the client's body goes up with the upstream model name, and the upstream's
-  events come back byte for byte. Otherwise `inference.translate` converts both ways.
+  events come back byte for byte (`Relayed`: the provider's own fields survive, and the relay
+  adds no encoding work). Otherwise `inference.translate` translates the request and decodes
+  the answer into neutral events (`Stream`) for the client's encoder, as a local answer is.
 - Every event is decoded once for the audit (first token time, token usage); prompts and
   answers are never logged. The credential's key only ever goes into request headers.
 """
@@ -22,17 +24,20 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import msgspec
 from django.conf import settings
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from django.http.response import HttpResponseBase
 
-from inference import translate
+from inference import encoders, translate
+from inference import protocol as p
+from inference.events import Stream, UpstreamStreamError, failure_of
 from inference.sse import SSEDecoder
 from mlxmanager.audit.recorder import RequestAudit
 from mlxmanager.credentials.selectors import UpstreamConfig
@@ -187,7 +192,9 @@ class Call:
     body: dict[str, Any]
     headers: dict[str, str]
     stream: bool
-    mode: str  # "openai", "anthropic", "responses" (same protocol) or "a2o", "o2a" (translated)
+    # "openai", "anthropic", "responses": the client speaks the upstream's protocol and its
+    # answer is relayed as is; "decode": it is decoded into neutral events for the client's encoder.
+    mode: str
     model: str
     client_wants_usage: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -198,9 +205,11 @@ class Call:
 
 
 def _headers(
-    cfg: UpstreamConfig, client_headers: Mapping[str, str], *, same_protocol: bool
+    cfg: UpstreamConfig, client_headers: Mapping[str, str], *, same_protocol: bool, request_id: str = ""
 ) -> dict[str, str]:
     headers = {"content-type": "application/json", "accept": "application/json"}
+    if request_id:
+        headers["x-request-id"] = request_id
     if cfg.protocol == "anthropic":
         headers["anthropic-version"] = (
             same_protocol and client_headers.get("anthropic-version")
@@ -216,53 +225,47 @@ def _headers(
 
 
 def build_call(
-    cfg: UpstreamConfig, *, surface: str, body: dict[str, Any], model: str, client_headers: Mapping[str, str]
+    cfg: UpstreamConfig,
+    *,
+    surface: str,
+    body: dict[str, Any],
+    model: str,
+    client_headers: Mapping[str, str],
+    request_id: str = "",
 ) -> Call:
     """The upstream request for a client request on `surface` ("chat", "completions", "messages",
-    "count_tokens", "responses")."""
+    "count_tokens", "responses", or "ws": a chat body whose answer is always decoded)."""
     stream = bool(body.get("stream"))
+
+    def headers(same: bool) -> dict[str, str]:
+        return _headers(cfg, client_headers, same_protocol=same, request_id=request_id)
+
+    wants = bool((body.get("stream_options") or {}).get("include_usage"))
     if surface == "responses":
         if cfg.protocol != "openai":
             raise DomainError("the Responses API cannot be routed to an Anthropic upstream", param="model")
-        up = {**body, "model": model}
-        headers = _headers(cfg, client_headers, same_protocol=True)
-        return Call(cfg, "/responses", up, headers, stream, "responses", model)
+        return Call(cfg, "/responses", {**body, "model": model}, headers(True), stream, "responses", model)
     if cfg.protocol == "openai":
-        if surface in ("chat", "completions"):
+        if surface in ("chat", "completions", "ws"):
             up = {**body, "model": model}
-            wants = bool((body.get("stream_options") or {}).get("include_usage"))
             if stream:  # always ask for usage (the audit needs it); dropped again if the client didn't
                 up["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            path = "/chat/completions" if surface == "chat" else "/completions"
-            return Call(
-                cfg,
-                path,
-                up,
-                _headers(cfg, client_headers, same_protocol=True),
-                stream,
-                "openai",
-                model,
-                wants,
-            )
+            path = "/completions" if surface == "completions" else "/chat/completions"
+            mode = "decode" if surface == "ws" else "openai"
+            return Call(cfg, path, up, headers(surface != "ws"), stream, mode, model, wants)
         if surface == "messages":
             up = translate.messages_to_chat(body, model=model, provider=cfg.provider)
-            return Call(cfg, "/chat/completions", up, _headers(cfg, client_headers, same_protocol=False), stream,
-                        "a2o", model)  # fmt: skip
+            return Call(cfg, "/chat/completions", up, headers(False), stream, "decode", model)
         raise DomainError(
             "count_tokens is not available for models served by an OpenAI-style upstream", param="model"
         )
     # Anthropic-style upstream
     if surface in ("messages", "count_tokens"):
-        up = {**body, "model": model}
         path = "/v1/messages" if surface == "messages" else "/v1/messages/count_tokens"
-        return Call(
-            cfg, path, up, _headers(cfg, client_headers, same_protocol=True), stream, "anthropic", model
-        )
-    if surface == "chat":
+        return Call(cfg, path, {**body, "model": model}, headers(True), stream, "anthropic", model)
+    if surface in ("chat", "ws"):
         up = translate.chat_to_messages(body, model=model)
-        wants = bool((body.get("stream_options") or {}).get("include_usage"))
-        return Call(cfg, "/v1/messages", up, _headers(cfg, client_headers, same_protocol=False), stream, "o2a",
-                    model, wants)  # fmt: skip
+        return Call(cfg, "/v1/messages", up, headers(False), stream, "decode", model, wants)
     raise DomainError(
         "text completions cannot be routed to an Anthropic upstream; use chat completions", param="model"
     )
@@ -355,18 +358,16 @@ def _note_usage(audit: RequestAudit | None, mode: str, data: dict[str, Any]) -> 
     if mode == "responses":
         if data.get("usage"):
             audit.usage(*_responses_usage(data["usage"]))
-    elif mode in ("openai", "a2o"):
+    elif mode == "openai":
         if data.get("usage"):
             audit.usage(*translate.tokens_of_openai_usage(data["usage"]))
     elif data.get("usage"):
         audit.usage(*translate.tokens_of_anthropic_usage(data["usage"]))
 
 
-async def _whole(
-    call: Call, resp: aiohttp.ClientResponse, audit: RequestAudit | None, timeout: float
-) -> HttpResponse:
+async def _read(call: Call, resp: aiohttp.ClientResponse, timeout: float) -> bytes:
     try:
-        raw = await resp.read()
+        return await resp.read()
     except TimeoutError as exc:
         raise _timed_out(call, timeout) from exc
     except aiohttp.ClientError as exc:  # nothing reached the client yet: the route may fall back
@@ -374,19 +375,27 @@ async def _whole(
                               kind="connection_error") from exc  # fmt: skip
     finally:
         resp.close()
-    if audit is not None:
-        audit.content()
+
+
+def _json_body(call: Call, raw: bytes) -> dict[str, Any]:
     try:
         data = _decode.decode(raw)
     except msgspec.DecodeError as exc:
         raise UpstreamFailure(
             f"upstream '{call.cfg.name}' sent a body that is not JSON", kind="upstream_error"
         ) from exc
-    _note_usage(audit, call.mode, data)
-    if call.mode == "a2o":
-        raw = _encode.encode(translate.chat_to_message(data, model=call.model))
-    elif call.mode == "o2a":
-        raw = _encode.encode(translate.message_to_chat(data, model=call.model))
+    if not isinstance(data, dict):
+        raise UpstreamFailure(f"upstream '{call.cfg.name}' sent an unexpected body", kind="upstream_error")
+    return data
+
+
+async def _whole(
+    call: Call, resp: aiohttp.ClientResponse, audit: RequestAudit | None, timeout: float
+) -> HttpResponse:
+    raw = await _read(call, resp, timeout)
+    if audit is not None:
+        audit.content()
+    _note_usage(audit, call.mode, _json_body(call, raw))
     return HttpResponse(raw, content_type="application/json")
 
 
@@ -457,90 +466,46 @@ def _decode_event(data: str) -> dict[str, Any] | None:
 
 
 async def _relay(
-    call: Call, resp: aiohttp.ClientResponse, audit: RequestAudit | None
+    call: Call, resp: aiohttp.ClientResponse, audit: RequestAudit | None, request_id: str
 ) -> AsyncIterator[bytes]:
-    """Relay the upstream's events as they arrive (translated if needed)."""
+    """Relay a same-protocol upstream's events as they arrive, byte for byte."""
     decoder = SSEDecoder()
     book = _Audited(audit, call.mode)
-    a2o = translate.ChatToMessageStream(model=call.model) if call.mode == "a2o" else None
-    o2a = (
-        translate.MessageToChatStream(model=call.model, include_usage=call.client_wants_usage)
-        if call.mode == "o2a"
-        else None
-    )
     saw_done = False
     try:
         try:
             async for chunk in resp.content.iter_any():
                 out: list[bytes] = []
                 for ev in decoder.feed(chunk):
-                    if call.mode == "responses":  # relayed as is; no [DONE] in this protocol
-                        data = _decode_event(ev.data)
+                    if call.mode == "openai" and ev.data.strip() == "[DONE]":
+                        saw_done = True
+                        out.append(ev.raw)
+                        continue
+                    data = _decode_event(ev.data)
+                    if call.mode == "responses":  # no [DONE] in this protocol
                         if data is not None:
                             book.responses_event(data)
-                        out.append(ev.raw)
-                    elif call.mode in ("openai", "a2o"):
-                        if ev.data.strip() == "[DONE]":
-                            saw_done = True
-                            if a2o is None:
-                                out.append(ev.raw)
-                            continue
-                        data = _decode_event(ev.data)
-                        if data is None:
-                            continue
+                    elif data is None:
+                        continue
+                    elif call.mode == "openai":
                         book.openai_chunk(data)
-                        if a2o is not None:
-                            out += (
-                                [a2o.error(str((data.get("error") or {}).get("message", "upstream error")))]
-                                if data.get("error")
-                                else a2o.feed(data)
-                            )
-                        elif data.get("choices") == [] and data.get("usage") and not call.client_wants_usage:
+                        if data.get("choices") == [] and data.get("usage") and not call.client_wants_usage:
                             continue  # we asked for usage for the audit; the client didn't
-                        else:
-                            out.append(ev.raw)
                     else:
-                        data = _decode_event(ev.data)
-                        if data is None:
-                            continue
                         book.anthropic_event(data)
-                        if o2a is not None:
-                            out += o2a.feed(ev.event, data)
-                        else:
-                            out.append(ev.raw)
+                    out.append(ev.raw)
                 if out:
                     yield b"".join(out)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # After the first byte there is no retry: the client gets an error event.
-            message = f"upstream '{call.cfg.name}' failed mid-stream ({type(exc).__name__})"
             if audit is not None:
                 audit.error_type = "upstream_stream_error"
-            if a2o is not None:
-                yield a2o.error(message)
-            elif o2a is not None:
-                yield o2a.error(message) + b"data: [DONE]\n\n"
-            elif call.mode == "responses":
-                err = {"type": "error", "code": "upstream_error", "message": message, "param": None}
-                yield b"event: error\ndata: " + _encode.encode(err) + b"\n\n"
-            elif call.mode == "openai":
-                err = {"message": message, "type": "server_error", "param": None, "code": "upstream_error"}
-                yield b"data: " + _encode.encode({"error": err}) + b"\n\n" + b"data: [DONE]\n\n"
-            else:
-                yield (
-                    b"event: error\ndata: "
-                    + _encode.encode({"type": "error", "error": {"type": "api_error", "message": message}})
-                    + b"\n\n"
-                )
+            failure = failure_of(_stream_failed(call, exc))
+            assert failure is not None
+            yield encoders.stream_error(call.mode, failure, request_id)
             return
-        tail: list[bytes] = []
-        if a2o is not None:
-            tail += a2o.end()
-        elif o2a is not None:
-            tail += o2a.end() + [b"data: [DONE]\n\n"]
-        elif call.mode == "openai" and not saw_done:
-            tail.append(b"data: [DONE]\n\n")
-        if tail:
-            yield b"".join(tail)
+        if call.mode == "openai" and not saw_done:
+            yield encoders.DONE
     finally:
         # Back to the pool when the body was read to its end; closed otherwise (a client that
         # went away mid-stream), so no half-read connection is reused.
@@ -550,27 +515,135 @@ async def _relay(
             resp.close()
 
 
+def _stream_failed(call: Call, exc: BaseException) -> UpstreamStreamError:
+    return UpstreamStreamError(f"upstream '{call.cfg.name}' failed mid-stream ({type(exc).__name__})")
+
+
+async def _decoded(
+    call: Call,
+    resp: aiohttp.ClientResponse,
+    audit: RequestAudit | None,
+    chat: translate.ChatChunkDecoder | None,
+    message: translate.MessageEventDecoder | None,
+) -> AsyncGenerator[list[p.Output], None]:
+    """An upstream stream in another protocol than the client's, as neutral output batches."""
+    sse = SSEDecoder()
+    try:
+        try:
+            async for chunk in resp.content.iter_any():
+                batch: list[p.Output] = []
+                for ev in sse.feed(chunk):
+                    if chat is not None and ev.data.strip() == "[DONE]":
+                        batch += chat.end()
+                        chat = None
+                        continue
+                    data = _decode_event(ev.data)
+                    if data is None:
+                        continue
+                    if chat is not None:
+                        batch += chat.feed(data)
+                    elif message is not None:
+                        batch += message.feed(ev.event, data)
+                if batch:
+                    _note_outputs(audit, batch)
+                    yield batch
+                    if batch[-1].finish_reason is not None:
+                        return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if audit is not None:
+                audit.error_type = "upstream_stream_error"
+            raise _stream_failed(call, exc) from exc
+        # The stream ended without its last event: end the answer with what was said.
+        tail = chat.end() if chat is not None else message.end() if message is not None else []
+        if tail:
+            _note_outputs(audit, tail)
+            yield tail
+    finally:
+        if resp.content.at_eof():
+            resp.release()
+        else:
+            resp.close()
+
+
+def _note_outputs(audit: RequestAudit | None, batch: list[p.Output]) -> None:
+    if audit is None:
+        return
+    if any(o.text or o.reasoning or o.tool_calls for o in batch):
+        audit.content()
+    last = batch[-1]
+    if last.finish_reason is not None:
+        audit.usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
+
+
+def _answer_id(call: Call, upstream_id: str | None, client: str) -> str:
+    if call.cfg.protocol == "openai":
+        return (
+            translate.message_id(upstream_id)
+            if client == "anthropic"
+            else upstream_id or f"chatcmpl-{uuid.uuid4().hex}"
+        )
+    return translate.chat_id(upstream_id)
+
+
+@dataclass
+class Relayed:
+    """A same-protocol upstream's answer, as the bytes it sent."""
+
+    response: HttpResponseBase
+
+
 async def serve(
     cfg: UpstreamConfig,
     *,
     surface: str,
+    client: str,
     body: dict[str, Any],
     model: str,
     client_headers: Mapping[str, str],
     timeout: float,
     audit: RequestAudit | None = None,
-) -> HttpResponseBase:
-    """Answer one client request from this upstream (raises UpstreamFailure to fall back)."""
-    call = build_call(cfg, surface=surface, body=body, model=model, client_headers=client_headers)
+    request_id: str = "",
+) -> Relayed | Stream:
+    """Answer one client request from this upstream (raises UpstreamFailure to fall back):
+    relayed as is when `client` speaks the upstream's protocol, else as neutral events."""
+    call = build_call(cfg, surface=surface, body=body, model=model, client_headers=client_headers,
+                      request_id=request_id)  # fmt: skip
     if audit is not None:
         audit.upstream_model = model
     resp = await open_response(call, timeout=timeout)
+    if call.mode != "decode":
+        if not call.stream:
+            return Relayed(await _whole(call, resp, audit, timeout))
+        headers = {"X-Request-ID": request_id} if request_id else None
+        return Relayed(encoders.event_stream(_relay(call, resp, audit, request_id), headers=headers))
     if not call.stream:
-        return await _whole(call, resp, audit, timeout)
-    response = StreamingHttpResponse(_relay(call, resp, audit), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+        data = _json_body(call, await _read(call, resp, timeout))
+        outputs = (
+            translate.chat_outputs(data) if cfg.protocol == "openai" else translate.message_outputs(data)
+        )
+        _note_outputs(audit, outputs)
+        return Stream(
+            id=_answer_id(call, data.get("id"), client), model=data.get("model") or model, first=outputs
+        )
+    chat = translate.ChatChunkDecoder() if cfg.protocol == "openai" else None
+    message = translate.MessageEventDecoder() if chat is None else None
+    batches = _decoded(call, resp, audit, chat, message)
+    try:
+        first = await batches.__anext__()
+    except StopAsyncIteration:
+        first = []
+    except (UpstreamStreamError, TimeoutError) as exc:  # nothing reached the client: fall back
+        await batches.aclose()
+        raise UpstreamFailure(str(exc), kind="upstream_error") from exc
+    except BaseException:
+        await batches.aclose()
+        raise
+    # The decoders know the upstream's id and model once their first event is in.
+    decoder = chat or message
+    assert decoder is not None
+    return Stream(
+        id=_answer_id(call, decoder.id, client), model=decoder.model or model, first=first, rest=batches
+    )
 
 
 async def aclose_clients() -> None:

@@ -69,10 +69,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "mlxmanager.request_ids.request_id_middleware",
     "mlxmanager.audit.middleware.audit_middleware",
 ]
 # /v1/ (API-key clients) runs through its own handler with only these (mlxmanager/gateway_asgi.py).
-MLXM_GATEWAY_MIDDLEWARE = ["mlxmanager.audit.middleware.audit_middleware"]
+MLXM_GATEWAY_MIDDLEWARE = [
+    "mlxmanager.request_ids.request_id_middleware",
+    "mlxmanager.audit.middleware.audit_middleware",
+]
 
 ROOT_URLCONF = "mlxmanager.urls"
 ASGI_APPLICATION = "mlxmanager.asgi.application"
@@ -232,8 +236,11 @@ MLXM_BREAKER_COOLDOWN = float(os.environ.get("MLXM_BREAKER_COOLDOWN", "30"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "mlxmanager.request_ids.RequestIdFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("MLXM_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

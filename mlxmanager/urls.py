@@ -1,7 +1,7 @@
 from django.urls import include, path, re_path
 
-from inference.api.openai import api as v1_api
-from inference.api.openai import not_found as v1_not_found
+from inference.api.v1 import api as v1_api
+from inference.api.v1 import not_found as v1_not_found
 from inference.views import healthz
 from mlxmanager.api import api
 

@@ -8,14 +8,14 @@
   and pcm stream as they are made, and `stream_format: "sse"` sends
   `speech.audio.delta` events.
 
-Both are local only: routing rules don't apply (as for embeddings).
+Both are local only: routing rules don't apply (as for embeddings); limits and audit are
+the pipeline's (`inference.pipeline.serve` with each route's own local step).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, Literal
@@ -28,10 +28,10 @@ from django.http.response import HttpResponseBase
 from ninja import Router
 from pydantic import BaseModel, ConfigDict, Field
 
-from inference import gateway, media
+from inference import encoders, gateway, media, pipeline
 from inference import protocol as p
+from inference.api.common import call_for
 from inference.client import EngineDeadError, EngineRequestError, get_engine_client
-from mlxmanager.accounts import limits
 from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError
 from mlxmanager.profiles.models import Profile
@@ -47,15 +47,6 @@ _FIELDS = {"model", "language", "prompt", "response_format", "temperature", "tim
 class TooLarge(DomainError):
     status = 413
     code = "request_too_large"
-
-
-def _audit(model: str) -> rec.RequestAudit | None:
-    audit = rec.current()
-    if audit is not None:
-        audit.requested_model = model
-        audit.backend = f"local:{model}"
-        audit.attempts = 1
-    return audit
 
 
 def _token_cap(profile: Profile) -> int | None:
@@ -191,26 +182,28 @@ def _verbose(reply: p.TranscriptionReply, task: str, opts: dict[str, Any]) -> di
 async def _transcribe(request: HttpRequest, task: str) -> HttpResponseBase:
     fields, raw = _form(request)
     opts = _options(fields)
-    audit = _audit(opts["model"])
-    limits.check_model(getattr(request, "api_key", None), opts["model"])
-    target = await gateway.resolve(opts["model"])
-    gateway.require_kind(target, (Profile.KIND_STT,), model=opts["model"])
-    pcm, _seconds = await asyncio.to_thread(media.decode_audio, raw)
-    reply = await get_engine_client().transcribe(
-        p.Transcribe(
-            request_id=uuid.uuid4().hex,
-            model=target.spec,
-            audio=pcm,
-            language=opts["language"] if task == "transcribe" else None,
-            prompt=opts["prompt"],
-            temperature=opts["temperature"],
-            task=task,
-            word_timestamps=opts["words"],
-            max_tokens=_token_cap(target.profile),
+
+    async def run(call: pipeline.Call, target: gateway.Target) -> p.TranscriptionReply:
+        gateway.require_kind(target, (Profile.KIND_STT,), model=opts["model"])
+        pcm, _seconds = await asyncio.to_thread(media.decode_audio, raw)
+        reply = await get_engine_client().transcribe(
+            p.Transcribe(
+                request_id=gateway.worker_id("stt-"),
+                model=target.spec,
+                audio=pcm,
+                language=opts["language"] if task == "transcribe" else None,
+                prompt=opts["prompt"],
+                temperature=opts["temperature"],
+                task=task,
+                word_timestamps=opts["words"],
+                max_tokens=_token_cap(target.profile),
+            )
         )
-    )
-    if audit is not None:
-        audit.first_output()
+        if call.audit is not None:
+            call.audit.first_output()
+        return reply
+
+    reply = await pipeline.serve(call_for(request, "transcriptions", opts["model"]), local=run)
     fmt = opts["format"]
     if fmt == "text":
         return HttpResponse(reply.text + "\n", content_type="text/plain; charset=utf-8")
@@ -223,7 +216,7 @@ async def _transcribe(request: HttpRequest, task: str) -> HttpResponseBase:
         body = _verbose(reply, "translate" if task == "translate" else "transcribe", opts)
     else:
         body = {"text": reply.text, "usage": {"type": "duration", "seconds": round(reply.duration, 3)}}
-    return HttpResponse(_json.encode(body), content_type="application/json")
+    return encoders.json_response(body)
 
 
 @router.post("/audio/transcriptions")
@@ -285,21 +278,24 @@ def _samples(chunk: p.AudioChunk) -> np.ndarray:
 async def speech(request: HttpRequest, body: SpeechRequest) -> HttpResponseBase:
     """Text to speech from a text-to-speech profile."""
     body.check()
-    audit = _audit(body.model)
-    if audit is not None:
-        audit.stream = body.stream_format == "sse"
-    limits.check_model(getattr(request, "api_key", None), body.model)
-    target = await gateway.resolve(body.model)
-    gateway.require_kind(target, (Profile.KIND_TTS,), model=body.model)
-    req = p.Speak(request_id=uuid.uuid4().hex, model=target.spec, text=body.input, voice=body.voice_name,
-                  speed=body.speed, instructions=body.instructions,
-                  max_tokens=_token_cap(target.profile))  # fmt: skip
-    chunks = get_engine_client().speak(req)
-    try:
-        first = await chunks.__anext__()  # setup errors still get a proper status
-    except BaseException:
-        await chunks.aclose()
-        raise
+    sse = body.stream_format == "sse"
+
+    async def run(call: pipeline.Call, target: gateway.Target) -> tuple[p.AudioChunk, Any]:
+        gateway.require_kind(target, (Profile.KIND_TTS,), model=body.model)
+        req = p.Speak(request_id=gateway.worker_id("tts-"), model=target.spec, text=body.input,
+                      voice=body.voice_name, speed=body.speed, instructions=body.instructions,
+                      max_tokens=_token_cap(target.profile))  # fmt: skip
+        chunks = get_engine_client().speak(req)
+        try:
+            first = await chunks.__anext__()  # setup errors still get a proper status
+        except BaseException:
+            await chunks.aclose()
+            raise
+        return first, chunks
+
+    call = call_for(request, "speech", body.model, stream=sse)
+    first, chunks = await pipeline.serve(call, local=run)
+    audit = call.audit
     if audit is not None:
         audit.first_output()
     fmt = body.response_format
@@ -309,7 +305,7 @@ async def speech(request: HttpRequest, body: SpeechRequest) -> HttpResponseBase:
             audit.usage(first.input_tokens, 0, 0)
         data = media.encode_speech([(_samples(first), first.sample_rate)], fmt)
         if body.stream_format == "sse":
-            return _sse_response(_sse_events([data], first.input_tokens))
+            return encoders.event_stream(_sse_events([data], first.input_tokens))
         return HttpResponse(data, content_type=media.SPEECH_MEDIA_TYPES[fmt])
     encoder = media.SpeechEncoder(fmt)
 
@@ -328,7 +324,7 @@ async def speech(request: HttpRequest, body: SpeechRequest) -> HttpResponseBase:
                 yield tail
 
     if body.stream_format == "sse":
-        return _sse_response(_sse_events(pieces(), None, audit=audit))
+        return encoders.event_stream(_sse_events(pieces(), None, audit=audit))
     response = StreamingHttpResponse(_guarded(pieces()), content_type=media.SPEECH_MEDIA_TYPES[fmt])
     response["X-Accel-Buffering"] = "no"
     return response
@@ -349,24 +345,13 @@ async def _sse_events(
     try:
         if isinstance(pieces, list):
             for data in pieces:
-                yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+                yield encoders.frame({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         else:
             async for data in pieces:
-                yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+                yield encoders.frame({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
     except (EngineDeadError, EngineRequestError) as exc:
-        yield _event({"type": "error", "error": {"message": str(exc), "type": "server_error"}})
+        yield encoders.frame({"type": "error", "error": {"message": str(exc), "type": "server_error"}})
         return
     tokens = input_tokens if input_tokens is not None else (audit.prompt_tokens if audit else 0)
     usage = {"input_tokens": tokens, "output_tokens": 0, "total_tokens": tokens}
-    yield _event({"type": "speech.audio.done", "usage": usage})
-
-
-def _event(obj: dict[str, Any]) -> bytes:
-    return b"data: " + _json.encode(obj) + b"\n\n"
-
-
-def _sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    yield encoders.frame({"type": "speech.audio.done", "usage": usage})

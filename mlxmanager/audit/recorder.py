@@ -138,12 +138,13 @@ def deactivate(token: Any) -> None:
         _current.reset(token)
 
 
-def track_outputs(outputs: AsyncGenerator[list[Any], None]) -> AsyncGenerator[list[Any], None]:
-    """Wrap a worker output stream so the current request's audit sees its token counts.
-
-    Closing the wrapper closes the inner stream (which aborts the request in the worker).
+def track_outputs(
+    outputs: AsyncGenerator[list[Any], None], audit: RequestAudit | None = None
+) -> AsyncGenerator[list[Any], None]:
+    """Wrap a worker output stream so the request's audit (given, or the current one) sees its
+    token counts. Closing the wrapper closes the inner stream (which aborts it in the worker).
     """
-    audit = current()
+    audit = audit or current()
     if audit is None:
         return outputs
     return _tracked(outputs, audit)

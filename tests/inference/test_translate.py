@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import pytest
 
+from inference import encoders
+from inference import protocol as p
 from inference import translate as t
+from inference.events import Stream
 
 
 def _events(chunks: list[bytes]) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
@@ -66,7 +71,8 @@ def test_chat_answer_to_message() -> None:
     resp = {"id": "chatcmpl-abc", "model": "up", "choices": [{"finish_reason": "tool_calls", "message": {
         "content": "hi", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": '{"x": 2}'}}]}}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 6}}}  # fmt: skip
-    msg = t.chat_to_message(resp, model="m")
+    stream = Stream(id=t.message_id(resp["id"]), model="up", first=t.chat_outputs(resp))
+    msg = json.loads(asyncio.run(encoders.anthropic_whole(stream)).content)
     assert msg["id"] == "msg_abc" and msg["stop_reason"] == "tool_use"
     assert msg["content"] == [
         {"type": "text", "text": "hi"},
@@ -80,9 +86,23 @@ def test_chat_answer_to_message() -> None:
     }
 
 
+async def _rest(batches: list[list[p.Output]]) -> AsyncGenerator[list[p.Output], None]:
+    for batch in batches:
+        yield batch
+
+
+def _stream(id_: str, batches: list[list[p.Output]]) -> Stream:
+    return Stream(id=id_, model="m", first=batches[0], rest=_rest(batches[1:]))
+
+
+async def _bytes(events: AsyncIterator[bytes]) -> list[bytes]:
+    return [e async for e in events]
+
+
 def test_chat_stream_to_message_events() -> None:
-    s = t.ChatToMessageStream(model="m")
-    out = []
+    """An OpenAI upstream's chunks, decoded, through the Anthropic encoder local answers use."""
+    d = t.ChatChunkDecoder()
+    batches = []
     for chunk in (
         {"id": "chatcmpl-1", "choices": [{"delta": {"role": "assistant", "content": ""}}]},
         {"choices": [{"delta": {"content": "Hel"}}]},
@@ -101,11 +121,13 @@ def test_chat_stream_to_message_events() -> None:
         {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
         {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}},
     ):
-        out += s.feed(chunk)
-    out += s.end()
-    events = _events(out)
+        if outs := d.feed(chunk):
+            batches.append(outs)
+    batches.append(d.end())
+    events = _events(asyncio.run(_bytes(encoders.anthropic_events(_stream(t.message_id(d.id), batches)))))
     names = [n for n, _ in events]
-    assert names == ["message_start", "ping", "content_block_start", "content_block_delta", "content_block_delta",
+    # Anthropic's own order: the ping follows the first content_block_start.
+    assert names == ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta",
                      "content_block_stop", "content_block_start", "content_block_delta", "content_block_delta",
                      "content_block_stop", "message_delta", "message_stop"]  # fmt: skip
     assert events[0][1]["message"]["id"] == "msg_1"
@@ -117,8 +139,10 @@ def test_chat_stream_to_message_events() -> None:
     assert (
         events[10][1]["delta"]["stop_reason"] == "tool_use" and events[10][1]["usage"]["output_tokens"] == 5
     )
-    empty = _events(t.ChatToMessageStream(model="m").end())
-    assert [n for n, _ in empty] == ["message_start", "ping", "content_block_start", "content_block_stop",
+    empty = _events(
+        asyncio.run(_bytes(encoders.anthropic_events(_stream("msg_2", [t.ChatChunkDecoder().end()]))))
+    )
+    assert [n for n, _ in empty] == ["message_start", "content_block_start", "ping", "content_block_stop",
                                      "message_delta", "message_stop"]  # fmt: skip
 
 
@@ -154,7 +178,7 @@ def test_chat_to_messages_maps_everything() -> None:
         t.chat_to_messages({"model": "x", "messages": [{"role": "user", "content": "q"}]}, model="c")[
             "max_tokens"
         ]
-        == 4096
+        == p.DEFAULT_MAX_TOKENS
     )
     for bad in ({"seed": 1}, {"logprobs": True}, {"n": 2}, {"presence_penalty": 0.5}, {"temperature": 1.5},
                 {"response_format": {"type": "json_object"}}):  # fmt: skip
@@ -163,9 +187,11 @@ def test_chat_to_messages_maps_everything() -> None:
 
 
 def test_message_answer_and_stream_to_chat() -> None:
+    """An Anthropic upstream's answer and events, decoded, through the OpenAI chat encoder."""
     msg = {"id": "msg_9", "model": "c", "stop_reason": "max_tokens", "content": [{"type": "text", "text": "a"}],
            "usage": {"input_tokens": 3, "cache_read_input_tokens": 2, "output_tokens": 1}}  # fmt: skip
-    chat = t.message_to_chat(msg, model="m")
+    whole = Stream(id=t.chat_id(msg["id"]), model="m", first=t.message_outputs(msg))
+    chat = json.loads(asyncio.run(encoders.openai_whole(whole, chat=True)).content)
     assert chat["id"] == "chatcmpl-9" and chat["choices"][0]["finish_reason"] == "length"
     assert chat["usage"] == {
         "prompt_tokens": 5,
@@ -173,8 +199,8 @@ def test_message_answer_and_stream_to_chat() -> None:
         "total_tokens": 6,
         "prompt_tokens_details": {"cached_tokens": 2},
     }
-    s = t.MessageToChatStream(model="m", include_usage=True)
-    out = []
+    d = t.MessageEventDecoder()
+    batches = []
     for name, data in (
         ("message_start", {"type": "message_start", "message": {"id": "msg_9", "model": "c", "usage": {"input_tokens": 3}}}),
         ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
@@ -184,8 +210,14 @@ def test_message_answer_and_stream_to_chat() -> None:
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 4}}),
         ("message_stop", {"type": "message_stop"}),
     ):  # fmt: skip
-        out += s.feed(name, data)
-    chunks = [json.loads(c.removeprefix(b"data: ")) for c in out]
+        if outs := d.feed(name, data):
+            batches.append(outs)
+    assert d.end() == []  # message_stop gave the final output
+    out = asyncio.run(
+        _bytes(encoders.openai_events(_stream(t.chat_id(d.id), batches), chat=True, include_usage=True))
+    )
+    chunks = [json.loads(c.removeprefix(b"data: ")) for c in out if c != encoders.DONE]
+    assert out[-1] == encoders.DONE
     assert (
         chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         and chunks[0]["id"] == "chatcmpl-9"
@@ -199,4 +231,3 @@ def test_message_answer_and_stream_to_chat() -> None:
         and chunks[5]["usage"]["completion_tokens"] == 4
         and chunks[5]["usage"]["prompt_tokens"] == 3
     )
-    assert s.end() == []

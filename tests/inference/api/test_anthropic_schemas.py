@@ -9,10 +9,12 @@ import pytest
 from django.test import RequestFactory
 from pydantic import ValidationError
 
-from inference import gateway
+from inference import encoders, gateway
 from inference import protocol as p
 from inference.anthropic_schemas import CountTokensRequest, MessagesRequest
-from inference.api import anthropic
+from inference.api.anthropic import messages_prompt
+from inference.api.common import shape_of
+from inference.events import Failure
 from mlxmanager.errors import DomainError
 from mlxmanager.profiles.models import Profile
 
@@ -36,10 +38,19 @@ def target(
     return gateway.Target(profile)
 
 
+def messages_request(b: MessagesRequest, t: gateway.Target) -> p.Generate:
+    """The worker request the pipeline builds for a Messages body."""
+    return gateway.worker_request(messages_prompt(b), t, [], request_id=gateway.worker_id("msg_"))
+
+
+def count_tokens_request(b: CountTokensRequest, t: gateway.Target) -> p.CountTokens:
+    return gateway.count_request(messages_prompt(b), t, [], request_id="count")
+
+
 def generate(**kw: Any) -> p.Generate:
     b = body(**kw)
     b.refuse_unsupported()
-    return gateway.messages_request(b, target())
+    return messages_request(b, target())
 
 
 def refused(**kw: Any) -> DomainError:
@@ -105,20 +116,20 @@ def test_final_assistant_turn_is_a_prefill() -> None:
 
 def test_profile_system_prompt_applies_unless_the_client_sent_one() -> None:
     t = target(system_prompt="Be kind.")
-    req = gateway.messages_request(body(), t)
+    req = messages_request(body(), t)
     assert req.messages is not None and req.messages[0] == {"role": "system", "content": "Be kind."}
-    req = gateway.messages_request(body(system="mine"), t)
+    req = messages_request(body(system="mine"), t)
     assert req.messages is not None and req.messages[0]["content"] == "mine"
 
 
 def test_profile_template_kwargs_apply_and_a_prefill_overrides_them() -> None:
     t = target(chat_template_kwargs={"enable_thinking": False, "add_generation_prompt": True})
-    assert gateway.messages_request(body(), t).chat_template_kwargs == {
+    assert messages_request(body(), t).chat_template_kwargs == {
         "enable_thinking": False,
         "add_generation_prompt": True,
     }
     prefill = body(messages=[*HI, {"role": "assistant", "content": "Well,"}])
-    assert gateway.messages_request(prefill, t).chat_template_kwargs == {
+    assert messages_request(prefill, t).chat_template_kwargs == {
         "enable_thinking": False,
         "add_generation_prompt": False,
         "continue_final_message": True,
@@ -132,8 +143,8 @@ def test_count_tokens_builds_the_same_prompt_as_messages() -> None:
         "messages": [*HI, {"role": "assistant", "content": "Sure,"}],
     }
     t = target(system_prompt="ignored: the client sent one", chat_template_kwargs={"enable_thinking": False})
-    gen = gateway.messages_request(MessagesRequest.model_validate({**fields, "max_tokens": 5}), t)
-    count = gateway.count_tokens_request(CountTokensRequest.model_validate(fields), t)
+    gen = messages_request(MessagesRequest.model_validate({**fields, "max_tokens": 5}), t)
+    count = count_tokens_request(CountTokensRequest.model_validate(fields), t)
     assert isinstance(count, p.CountTokens)
     assert (count.model, count.messages, count.chat_template_kwargs) == (
         gen.model,
@@ -147,11 +158,11 @@ def test_count_tokens_builds_the_same_prompt_as_messages() -> None:
 
 def test_sampling_fields_and_profile_defaults_merge() -> None:
     b = body(temperature=0.3, top_k=7, stop_sequences=["END", ""])
-    s = gateway.messages_request(b, target(top_p=0.9, temperature=0.8, max_tokens=999, min_p=0.1)).sampling
+    s = messages_request(b, target(top_p=0.9, temperature=0.8, max_tokens=999, min_p=0.1)).sampling
     assert (s.temperature, s.top_k, s.top_p, s.min_p) == (0.3, 7, 0.9, 0.1)
     assert s.max_tokens == 16  # required by Anthropic: the request always wins
     assert s.stop == ["END"]
-    assert gateway.messages_request(body(), target(stop=["x"])).sampling.stop == ["x"]
+    assert messages_request(body(), target(stop=["x"])).sampling.stop == ["x"]
 
 
 def test_metadata_cache_control_and_disabled_thinking_are_accepted() -> None:
@@ -283,17 +294,19 @@ def test_unsupported_features_are_refused_by_name(fields: dict[str, Any], param:
     ],
 )
 def test_error_shape(status: int, code: str | None, want_status: int, type_: str) -> None:
-    r = anthropic.error_response(status, "boom", param="max_tokens", code=code)
+    r = encoders.error_response(
+        encoders.ANTHROPIC, Failure(status, "boom", code, "server_error", "max_tokens")
+    )
     assert r.status_code == want_status
     assert json.loads(r.content) == {"type": "error", "error": {"type": type_, "message": "max_tokens: boom"}}
 
 
 def test_only_messages_paths_get_anthropic_errors() -> None:
     rf = RequestFactory()
-    assert anthropic.owns(rf.post("/v1/messages"))
-    assert anthropic.owns(rf.post("/v1/messages/count_tokens?beta=true"))
-    assert not anthropic.owns(rf.post("/v1/chat/completions"))
-    assert not anthropic.owns(rf.post("/v1/messagesx"))
+    assert shape_of(rf.post("/v1/messages")) == encoders.ANTHROPIC
+    assert shape_of(rf.post("/v1/messages/count_tokens?beta=true")) == encoders.ANTHROPIC
+    assert shape_of(rf.post("/v1/chat/completions")) == encoders.OPENAI
+    assert shape_of(rf.post("/v1/messagesx")) == encoders.OPENAI
 
 
 # ---- tools, tool results, thinking, structured output --------------------------------------

@@ -1,0 +1,236 @@
+"""One request pipeline for every surface.
+
+    surface schema ─► Call ─► serve(call): limits ─► rules + fallbacks ─► local worker | cloud
+                                                                        ─► Stream | Relayed | result
+    surface encoder (inference.encoders) ◄─ neutral events
+
+Each surface (OpenAI chat and completions, Anthropic messages and count_tokens, Responses,
+embeddings, audio, the playground's WebSocket) parses its schema into a `Call` and encodes
+what `serve` returns. Limits, routing rules, fallbacks and the audit record live here only.
+
+Fallback: a rule's targets are tried in order. The next one is tried on connection errors,
+timeouts, 5xx, 429, an open circuit, a refused credential (401/403), local overload (worker
+`overloaded`, a model that failed to load, the worker down) and a missing local profile, all
+before the first byte reaches the client. Other errors (the client's own 400) end the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from inference import gateway, media, upstream
+from inference import protocol as p
+from inference.client import EngineDeadError, EngineRequestError, get_engine_client
+from inference.events import Stream
+from mlxmanager.accounts import limits
+from mlxmanager.audit import recorder as rec
+from mlxmanager.errors import DomainError
+from mlxmanager.rules.selectors import Route, RouteTarget, route_for
+
+log = logging.getLogger(__name__)
+
+# Surfaces whose requests follow routing rules (the others are served by local profiles only).
+ROUTED = frozenset({"chat", "completions", "messages", "count_tokens", "responses", "ws"})
+# Which protocol a surface's client speaks (a same-protocol upstream is relayed as is).
+CLIENT_PROTOCOL = {"chat": "openai", "completions": "openai", "messages": "anthropic",
+                   "count_tokens": "anthropic", "responses": "responses", "ws": "ws"}  # fmt: skip
+LOCAL_FALLBACK_CODES = {p.ERR_OVERLOADED, p.ERR_MODEL_LOAD}
+
+
+@dataclass(kw_only=True)
+class Call:
+    """One request, whatever surface it came from."""
+
+    surface: str
+    model: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stream: bool = False
+    # Text surfaces: what to generate (None for embeddings and audio, whose local step is theirs).
+    prompt: gateway.Prompt | None = None
+    kinds: tuple[str, ...] = gateway.TEXT_KINDS
+    # The client's JSON body (relayed to a cloud upstream, translated if needed).
+    raw: dict[str, Any] | None = None
+    client_headers: dict[str, str] = field(default_factory=dict)
+    key: Any = None  # the ApiKey, for API clients
+    user: Any = None  # the signed-in user, for the playground
+    audit: rec.RequestAudit | None = None
+
+
+@dataclass
+class Count:
+    """count_tokens' answer."""
+
+    input_tokens: int
+
+
+# What `serve` returns: a `Stream`, an `upstream.Relayed`, a `Count`, or a local step's own result.
+Answer = Any
+LocalStep = Callable[[Call, gateway.Target], Awaitable[Any]]
+
+
+async def serve(call: Call, local: LocalStep | None = None) -> Answer:
+    """Serve one call: limits → rules and fallbacks → local worker or cloud upstream.
+
+    `local` serves a local profile for surfaces with their own worker request (embeddings,
+    audio); text surfaces use the generation step here. A `Stream` is returned once its first
+    events are in, so failures before then still get a proper status (and a fallback)."""
+    audit = call.audit
+    if audit is not None:
+        audit.requested_model = call.model
+        audit.stream = call.stream
+    limits.check_model(call.key, call.model)
+    step = local or _local_text
+    route = await route_for(call.model) if call.surface in ROUTED else None
+    if route is None:
+        if audit is not None:
+            audit.backend = f"local:{call.model}"
+            audit.attempts = 1
+        return await step(call, await gateway.resolve(call.model))
+    return await _follow(call, route, step)
+
+
+# ---- the local step ---------------------------------------------------------------------------
+
+
+async def _local_text(call: Call, target: gateway.Target) -> Answer:
+    prompt = call.prompt
+    assert prompt is not None
+    gateway.require_kind(target, call.kinds, model=call.model)
+    from mlxmanager.profiles.models import Profile
+
+    vision = target.profile.kind == Profile.KIND_VISION
+    images = await media.load_images(prompt.image_sources, model=call.model, vision=vision)
+    rid = gateway.worker_id(prompt.id_prefix)
+    client = get_engine_client()
+    if call.surface == "count_tokens":
+        return Count(await client.count_tokens(gateway.count_request(prompt, target, images, request_id=rid)))
+    req = gateway.worker_request(prompt, target, images, request_id=rid)
+    outputs = rec.track_outputs(client.generate(req), call.audit)
+    try:
+        first = await outputs.__anext__()
+    except BaseException:
+        await outputs.aclose()
+        raise
+    return Stream(id=rid, model=target.profile.name, first=first, rest=outputs, request=req)
+
+
+# ---- rules and fallbacks ------------------------------------------------------------------------
+
+
+def _is_fallback(exc: BaseException) -> bool:
+    if isinstance(exc, upstream.UpstreamFailure | EngineDeadError | TimeoutError):
+        return True
+    if isinstance(exc, EngineRequestError):
+        return exc.code in LOCAL_FALLBACK_CODES
+    # A local target whose profile doesn't exist (or is disabled).
+    return isinstance(exc, DomainError) and exc.status == 404 and exc.param == "model"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, upstream.UpstreamFailure):
+        return exc.kind
+    if isinstance(exc, EngineRequestError):
+        return exc.code
+    if isinstance(exc, EngineDeadError):
+        return "worker_unavailable"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "model_not_found"
+
+
+class Exhausted(DomainError):
+    """Every target of a rule failed."""
+
+    def __init__(self, message: str, *, status: int, code: str) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+async def _attempt(call: Call, target: RouteTarget, timeout: float, step: LocalStep) -> Answer:
+    if target.kind == "local":
+        async with asyncio.timeout(timeout):
+            return await step(call, await gateway.resolve(target.profile))
+    assert target.upstream is not None
+    if call.raw is None:
+        raise DomainError("this request cannot be sent to a cloud upstream", param="model")
+    return await upstream.serve(
+        target.upstream,
+        surface=call.surface,
+        client=CLIENT_PROTOCOL.get(call.surface, "openai"),
+        body=call.raw,
+        model=target.upstream_model(call.model),
+        client_headers=call.client_headers,
+        timeout=timeout,
+        audit=call.audit,
+        request_id=call.request_id,
+    )
+
+
+async def _follow(call: Call, route: Route, step: LocalStep) -> Answer:
+    audit = call.audit
+    timeout = route.timeout_s or settings.MLXM_UPSTREAM_TIMEOUT
+    failures: list[tuple[str, BaseException]] = []
+    if audit is not None:
+        audit.rule = route.rule_name
+    for target in route.targets:
+        if target.unavailable:
+            failures.append((target.label, upstream.UpstreamFailure(
+                f"{target.label}: {target.unavailable}", kind="unavailable", status=503)))  # fmt: skip
+            continue
+        if (
+            call.surface == "responses"
+            and target.upstream is not None
+            and target.upstream.protocol != "openai"
+        ):
+            # The Responses API is relayed to OpenAI-style upstreams only (no translation to Anthropic's).
+            failures.append((target.label, upstream.UpstreamFailure(
+                f"{target.label}: Anthropic upstreams do not serve /v1/responses", kind="no_responses_api",
+                status=503)))  # fmt: skip
+            continue
+        if audit is not None:
+            audit.attempts += 1
+            audit.backend = target.label
+            audit.upstream_model = (
+                target.profile if target.kind == "local" else target.upstream_model(call.model)
+            )
+        try:
+            return await _attempt(call, target, timeout, step)
+        except Exception as exc:
+            if not _is_fallback(exc):
+                raise
+            failures.append((target.label, exc))
+            log.warning(
+                "rule %s: %s failed (%s); trying the next target", route.rule_name, target.label, _reason(exc)
+            )
+    raise _exhausted(call, route, failures)
+
+
+def _exhausted(call: Call, route: Route, failures: list[tuple[str, BaseException]]) -> BaseException:
+    """Every target failed: the last failure (local errors keep their own mapping)."""
+    if not failures:
+        return Exhausted(f"rule '{route.rule_name}' has no targets", status=503, code="no_backend")
+    _, last = failures[-1]
+    if not isinstance(last, upstream.UpstreamFailure | TimeoutError):
+        return last
+    tried = ", ".join(f"{label} ({_reason(exc)})" for label, exc in failures)
+    if isinstance(last, TimeoutError):
+        status, kind = 504, "timeout"
+    else:
+        status, kind = last.status, last.kind
+        if kind in ("circuit_open", "unavailable"):
+            status = 503
+        elif kind == "upstream_error" and status not in (502, 503, 504):
+            status = 502
+    if call.audit is not None:
+        call.audit.error_type = kind
+    message = f"no backend could serve '{call.model}' (rule '{route.rule_name}'; tried {tried})"
+    return Exhausted(
+        message, status=status, code="rate_limited" if kind == "rate_limited" else "upstream_unavailable"
+    )
