@@ -14,14 +14,11 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from inference import protocol as p
-
-if TYPE_CHECKING:
-    from inference.workers import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -297,24 +294,3 @@ class EngineClient:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-
-_clients: dict[int, WorkerGroup] = {}
-
-
-def get_engine_client() -> WorkerGroup:
-    """The workers for the running event loop (one connection per worker per loop): the
-    embedded one and any registered on the Workers page (inference/workers.py)."""
-    from django.conf import settings
-
-    from inference.workers import WorkerGroup
-
-    loop = asyncio.get_running_loop()
-    group = _clients.get(id(loop))
-    if group is None or group.socket_path != settings.MLXM_WORKER_SOCKET:
-        local = EngineClient(
-            settings.MLXM_WORKER_SOCKET, connect_timeout=settings.MLXM_WORKER_CONNECT_TIMEOUT
-        )
-        group = WorkerGroup(local, secret=settings.MLXM_WORKER_SECRET, tls_ca=settings.MLXM_WORKER_TLS_CA)
-        _clients[id(loop)] = group
-    return group

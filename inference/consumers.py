@@ -86,6 +86,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             username=self.user.get_username(),
             requested_model=model,
             stream=True,
+            request_id=request_ids.new(),
         )
 
     async def _still_active(self) -> bool:
@@ -126,7 +127,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             raw = dict(content["body"])
             raw["stream"] = True
             call = pipeline.Call(surface="ws", model=body.model, stream=True, prompt=chat_prompt(body), raw=raw,
-                                 audit=audit, user=self.user)  # fmt: skip
+                                 audit=audit, user=self.user, request_id=audit.request_id)  # fmt: skip
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(x) for x in first.get("loc", ())) or None

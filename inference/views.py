@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse
 
-from inference.client import EngineDeadError, get_engine_client
+from inference.client import EngineDeadError
+from inference.workers import get_engine_client
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:

@@ -189,3 +189,22 @@ class WorkerGroup:
     async def health(self, timeout: float = 2.0) -> dict[str, Any]:
         """The embedded worker's health (/healthz); remote ones are on the Workers page."""
         return await self.local.client.health(timeout)
+
+
+_clients: dict[int, WorkerGroup] = {}
+
+
+def get_engine_client() -> WorkerGroup:
+    """The workers for the running event loop (one connection per worker per loop): the
+    embedded one and any registered on the Workers page (inference/workers.py)."""
+    from django.conf import settings
+
+    loop = asyncio.get_running_loop()
+    group = _clients.get(id(loop))
+    if group is None or group.socket_path != settings.MLXM_WORKER_SOCKET:
+        local = EngineClient(
+            settings.MLXM_WORKER_SOCKET, connect_timeout=settings.MLXM_WORKER_CONNECT_TIMEOUT
+        )
+        group = WorkerGroup(local, secret=settings.MLXM_WORKER_SECRET, tls_ca=settings.MLXM_WORKER_TLS_CA)
+        _clients[id(loop)] = group
+    return group

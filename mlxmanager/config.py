@@ -9,13 +9,9 @@ import os
 import secrets
 from pathlib import Path
 
+from inference.env import data_dir, worker_socket
 
-def data_dir() -> Path:
-    """Where models, the SQLite database, sockets and secrets live."""
-    raw = os.environ.get("MLXM_DATA_DIR") or str(Path.home() / ".mlxmanager")
-    path = Path(raw).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+__all__ = ["data_dir", "read_or_create_secret", "worker_socket"]
 
 
 def read_or_create_secret(path: Path, nbytes: int = 48) -> str:
@@ -33,8 +29,3 @@ def read_or_create_secret(path: Path, nbytes: int = 48) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(value)
     return value
-
-
-def worker_socket(base: Path | None = None) -> str:
-    """The Unix socket the inference worker listens on."""
-    return os.environ.get("MLXM_WORKER_SOCKET") or str((base or data_dir()) / "worker.sock")

@@ -70,13 +70,19 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "mlxmanager.request_ids.request_id_middleware",
+    "mlxmanager.cors.cors_middleware",
     "mlxmanager.audit.middleware.audit_middleware",
 ]
 # /v1/ (API-key clients) runs through its own handler with only these (mlxmanager/gateway_asgi.py).
 MLXM_GATEWAY_MIDDLEWARE = [
     "mlxmanager.request_ids.request_id_middleware",
+    "mlxmanager.cors.cors_middleware",
     "mlxmanager.audit.middleware.audit_middleware",
 ]
+# CORS on /v1 only, for browser-based clients: comma-separated origins or "*"; empty = off.
+MLXM_CORS_ORIGINS = tuple(
+    o.strip().rstrip("/") for o in os.environ.get("MLXM_CORS_ORIGINS", "").split(",") if o.strip()
+)
 
 ROOT_URLCONF = "mlxmanager.urls"
 ASGI_APPLICATION = "mlxmanager.asgi.application"

@@ -17,9 +17,9 @@ from ninja import Router
 from inference import encoders, gateway, pipeline, upstream
 from inference import protocol as p
 from inference.api.common import call_for
-from inference.client import get_engine_client
 from inference.events import Stream
 from inference.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from inference.workers import get_engine_client
 from mlxmanager.errors import DomainError, NotFound
 from mlxmanager.profiles.models import Profile
 from mlxmanager.profiles.selectors import profile_list_served

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from mlxmanager import config
+from inference import env as config
 
 
 def main(argv: list[str] | None = None) -> None:

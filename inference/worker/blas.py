@@ -51,7 +51,7 @@ def active_blas() -> str:
 
 
 def _cache_dir() -> Path:
-    from mlxmanager import config
+    from inference import env as config
 
     path = config.data_dir() / "cache"
     path.mkdir(parents=True, exist_ok=True)

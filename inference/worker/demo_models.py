@@ -651,3 +651,26 @@ def packaged_embeddings_model() -> Path | None:
         return None
     model = Path(found.origin).parent / "model"
     return model if (model / "config.json").exists() and (model / "model.safetensors").exists() else None
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """`python -m inference.worker.demo_models --data-dir DIR`: build what is missing; progress
+    lines (skipped models always, the rest with --verbose), then the paths as one JSON line."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="inference.worker.demo_models")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    paths = prepare_demo_models(
+        args.data_dir,
+        force=args.force,
+        log=lambda msg: print(msg, flush=True) if args.verbose or msg.startswith("skipped") else None,
+    )
+    print(json.dumps({name: str(path) for name, path in paths.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    _main()

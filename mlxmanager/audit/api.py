@@ -22,6 +22,7 @@ class RequestOut(Schema):
     username: str
     key_prefix: str
     client_ip: str | None
+    request_id: str = ""
     endpoint: str
     requested_model: str
     rule: str

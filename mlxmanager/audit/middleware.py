@@ -16,6 +16,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
+from mlxmanager import request_ids
 from mlxmanager.audit import recorder as rec
 from mlxmanager.audit import signals
 
@@ -96,7 +97,9 @@ def audit_middleware(get_response: Any) -> Any:
                 return await get_response(request)  # type: ignore[no-any-return]
             finally:
                 signals.reset_actor(token)
-        audit = rec.RequestAudit(endpoint=request.path_info, client_ip=_client_ip(request))
+        audit = rec.RequestAudit(
+            endpoint=request.path_info, client_ip=_client_ip(request), request_id=request_ids.of(request)
+        )
         request.audit = audit  # type: ignore[attr-defined]
         token = rec.activate(audit)
         try:

@@ -37,6 +37,7 @@ class RequestLog(models.Model):
     )
     key_prefix = models.CharField(max_length=16, blank=True)
     client_ip = models.GenericIPAddressField(null=True, blank=True)
+    request_id = models.CharField(max_length=128, blank=True, db_index=True, help_text="X-Request-ID.")
     endpoint = models.CharField(max_length=64)
     requested_model = models.CharField(max_length=256, blank=True)
     rule = models.CharField(max_length=100, blank=True, help_text="The routing rule that matched, if any.")

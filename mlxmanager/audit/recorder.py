@@ -41,6 +41,7 @@ class RequestAudit:
     created_at: datetime = field(default_factory=timezone.now)
     started: float = field(default_factory=time.perf_counter)
     client_ip: str | None = None
+    request_id: str = ""
     user_id: int | None = None
     username: str = ""
     api_key_id: int | None = None
@@ -171,6 +172,7 @@ def row_of(a: RequestAudit) -> dict[str, Any]:
         "api_key_id": a.api_key_id,
         "key_prefix": a.key_prefix[:16],
         "client_ip": a.client_ip,
+        "request_id": a.request_id[:128],
         "endpoint": a.endpoint[:64],
         "requested_model": a.requested_model[:256],
         "rule": a.rule[:100],

@@ -25,6 +25,7 @@ EXPORT_FIELDS = (
     "username",
     "key_prefix",
     "client_ip",
+    "request_id",
     "endpoint",
     "requested_model",
     "rule",

@@ -1,3 +1,6 @@
+import os
+import sys
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
@@ -13,10 +16,17 @@ class Command(BaseCommand):
         parser.add_argument("--tls-key", default=None)
 
     def handle(self, *args: object, **opts: object) -> None:
-        from inference.worker.__main__ import main
-
-        argv = ["--socket", str(opts["socket"] or settings.MLXM_WORKER_SOCKET)]
+        # The worker is its own program (no Django, no ORM): this process becomes it.
+        argv = [
+            sys.executable,
+            "-m",
+            "inference.worker",
+            "--socket",
+            str(opts["socket"] or settings.MLXM_WORKER_SOCKET),
+        ]
         for name in ("listen", "secret_file", "tls_cert", "tls_key"):
             if opts.get(name):
                 argv += ["--" + name.replace("_", "-"), str(opts[name])]
-        main(argv)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, argv)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -29,17 +32,20 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        # Imported here so other management commands don't pay for it.
-        from inference.worker.demo_models import prepare_demo_models
-
         data_dir = opts["data_dir"] or getattr(settings, "MLXM_DATA_DIR", Path.home() / ".mlxmanager")
-        # Build progress only at -v 2; the summary below is the one line per model.
-        verbose = opts["verbosity"] >= 2
-        paths = prepare_demo_models(
-            Path(data_dir),
-            force=opts["force"],
-            log=lambda msg: self.stdout.write(msg) if verbose or msg.startswith("skipped") else None,
-        )
+        # MLX builds the models, so the worker's side does it, in a process of its own.
+        argv = [sys.executable, "-m", "inference.worker.demo_models", "--data-dir", str(data_dir)]
+        if opts["force"]:
+            argv.append("--force")
+        if opts["verbosity"] >= 2:  # build progress; the summary below is one line per model
+            argv.append("--verbose")
+        done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
+        if done.returncode != 0:
+            raise CommandError(f"building the demo models failed (exit {done.returncode})")
+        lines = done.stdout.splitlines()
+        for line in lines[:-1]:
+            self.stdout.write(line)
+        paths = {name: Path(p) for name, p in json.loads(lines[-1]).items()}
         for name, path in paths.items():
             self.stdout.write(f"{name}: {path}")
         if not opts["no_profiles"]:
