@@ -219,7 +219,7 @@ def prepare_models(shared_dir: Path) -> dict[str, Path]:
     """Build the demo models in a subprocess: building imports MLX, which must stay out of here."""
     code = (
         "import json, sys; from pathlib import Path; "
-        "from inference.worker.demo_models import prepare_demo_models; "
+        "from inference.worker.testmodels.build import prepare_demo_models; "
         "paths = prepare_demo_models(Path(sys.argv[1]), log=lambda m: print(m, file=sys.stderr)); "
         "print(json.dumps({k: str(v) for k, v in paths.items()}))"
     )

@@ -26,7 +26,7 @@ def _shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_models() -> dict[str, Path]:
-    from inference.worker.demo_models import prepare_demo_models
+    from inference.worker.testmodels.build import prepare_demo_models
 
     return prepare_demo_models(_shared_dir(), log=lambda _m: None)
 

@@ -29,4 +29,4 @@ class Command(BaseCommand):
                 argv += ["--" + name.replace("_", "-"), str(opts[name])]
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, argv)
+        os.execv(sys.executable, argv)  # noqa: S606 (our own interpreter, fixed arguments)

@@ -34,7 +34,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         data_dir = opts["data_dir"] or getattr(settings, "MLXM_DATA_DIR", Path.home() / ".mlxmanager")
         # MLX builds the models, so the worker's side does it, in a process of its own.
-        argv = [sys.executable, "-m", "inference.worker.demo_models", "--data-dir", str(data_dir)]
+        argv = [sys.executable, "-m", "inference.worker.testmodels", "--data-dir", str(data_dir)]
         if opts["force"]:
             argv.append("--force")
         if opts["verbosity"] >= 2:  # build progress; the summary below is one line per model

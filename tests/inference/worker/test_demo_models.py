@@ -12,18 +12,20 @@ import mlx_lm
 import pytest
 from mlx_lm.sample_utils import make_sampler
 
-from inference.worker.demo_models import (
+from inference.worker.testmodels.build import (
+    _build_atomically,
+    packaged_embeddings_model,
+    prepare_demo_models,
+)
+from inference.worker.testmodels.media import MEDIA_MODELS
+from inference.worker.testmodels.text import (
     READY_MARKER,
     SMOLLM2_NAME,
     TINY_RANDOM_NAME,
     TINY_TOOLS_NAME,
-    _build_atomically,
     build_smollm2,
     build_tiny_random,
-    packaged_embeddings_model,
-    prepare_demo_models,
 )
-from inference.worker.media_models import MEDIA_MODELS
 
 UNICODE_SAMPLES = [
     "Hello, world!",
@@ -274,13 +276,15 @@ def test_a_media_model_whose_asset_is_missing_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Whisper vocabulary comes from an optional package: without it `make run` still works."""
-    from inference.worker import media_models
+    from inference.worker.testmodels import media as media_models
 
     def missing(dest: Path, seed: int = 0) -> Path:
         raise FileNotFoundError("Whisper's vocabulary is missing")
 
     monkeypatch.setitem(media_models.MEDIA_MODELS, media_models.TINY_WHISPER_NAME, missing)
-    monkeypatch.setattr("inference.worker.demo_models.DEMO_MODELS", {TINY_RANDOM_NAME: build_tiny_random})
+    monkeypatch.setattr(
+        "inference.worker.testmodels.build.DEMO_MODELS", {TINY_RANDOM_NAME: build_tiny_random}
+    )
     for name in list(media_models.MEDIA_MODELS):
         if name != media_models.TINY_WHISPER_NAME:
             monkeypatch.delitem(media_models.MEDIA_MODELS, name)

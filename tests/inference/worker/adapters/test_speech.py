@@ -10,7 +10,7 @@ import pytest
 from inference import protocol as p
 from inference.worker.adapters.llm import BadRequest
 from inference.worker.adapters.speech import STTEngine, TTSEngine, language_name, sentences
-from inference.worker.media_models import TINY_TTS_NAME, TINY_WHISPER_NAME
+from inference.worker.testmodels.media import TINY_TTS_NAME, TINY_WHISPER_NAME
 
 
 def test_sentences_split_at_ends_and_cut_long_ones() -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 from inference import protocol as p
 from inference.worker.adapters.llm import BadRequest
 from inference.worker.adapters.vision import VisionEngine
-from inference.worker.media_models import NUM_IMAGE_TOKENS, TINY_LLAVA_NAME
+from inference.worker.testmodels.media import NUM_IMAGE_TOKENS, TINY_LLAVA_NAME
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@
 
 Random weights make noise and nonsense; the models exist to exercise every code path
 (loading, preprocessing, decoding, timestamps, streaming) for real in tests and demos.
-Like demo_models, no Django and no network; MLX is imported lazily.
+Like testmodels.text, no Django and no network; MLX is imported lazily.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, cast
 
-from inference.worker.demo_models import _write_json, _write_tokenizer_files
+from inference.worker.testmodels.text import _write_json, _write_tokenizer_files
 
 TINY_WHISPER_NAME = "tiny-whisper"
 TINY_TTS_NAME = "tiny-tts"
@@ -264,7 +264,7 @@ def build_tiny_tts(dest: Path, seed: int = 0) -> Path:
     import mlx.core as mx
     from mlx_audio.tts.models.soprano import Model, ModelConfig
 
-    from inference.worker.demo_models import _train_tiny_tokenizer
+    from inference.worker.testmodels.text import _train_tiny_tokenizer
 
     dest.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tiny_tokenizer(_SOPRANO_SPECIALS)
@@ -403,7 +403,7 @@ def build_tiny_llava(dest: Path, seed: int = 0) -> Path:
     import mlx.core as mx
     from mlx_vlm.models import llava
 
-    from inference.worker.demo_models import (
+    from inference.worker.testmodels.text import (
         _TINY_CONFIG,
         _TINY_VOCAB,
         _banned_ids,

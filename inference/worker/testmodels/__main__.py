@@ -1,0 +1,3 @@
+from inference.worker.testmodels.build import _main
+
+_main()
