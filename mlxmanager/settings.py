@@ -127,9 +127,17 @@ PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.ScryptPasswordHasher",
 ]
 
+# Every password set by the product (create_admin, the Users page, /api/users) goes through
+# these with its user (validate_password(password, user)): 8+ characters (12+ for admins), not a
+# common or all-digit password, not like or containing the username, 5+ different characters.
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    {"NAME": "mlxmanager.accounts.validators.UsernameInPasswordValidator"},
+    {"NAME": "mlxmanager.accounts.validators.DistinctCharactersValidator"},
+    {"NAME": "mlxmanager.accounts.validators.AdminMinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

@@ -25,6 +25,15 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _check_password(password: str, user: Any) -> None:
+    """settings.AUTH_PASSWORD_VALIDATORS with the (unsaved) user, so the rules that compare with
+    the username or need the role apply; a 400 naming every rule the password breaks."""
+    try:
+        validate_password(password, user=user)
+    except ValidationError as exc:
+        raise DomainError(" ".join(exc.messages), param="password") from exc
+
+
 def user_create_admin(*, username: str, password: str, email: str = "") -> User:
     User = get_user_model()
     username = username.strip()
@@ -32,10 +41,7 @@ def user_create_admin(*, username: str, password: str, email: str = "") -> User:
         raise DomainError("username must not be empty", param="username")
     if User.objects.filter(username=username).exists():
         raise Conflict(f"user '{username}' already exists", param="username")
-    try:
-        validate_password(password)
-    except ValidationError as exc:
-        raise DomainError(" ".join(exc.messages), param="password") from exc
+    _check_password(password, User(username=username, email=email, is_staff=True, is_superuser=True))
     return User.objects.create_superuser(username=username, email=email, password=password)
 
 
@@ -142,10 +148,7 @@ def user_create(*, username: str, password: str, role: str = "member") -> User:
     model = get_user_model()
     if model.objects.filter(username=username).exists():
         raise Conflict(f"user '{username}' already exists", param="username")
-    try:
-        validate_password(password)
-    except ValidationError as exc:
-        raise DomainError(" ".join(exc.messages), param="password") from exc
+    _check_password(password, model(username=username, is_staff=role == "admin"))
     with transaction.atomic():
         user = model.objects.create_user(username=username, password=password)
         user.is_staff = role == "admin"
