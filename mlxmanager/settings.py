@@ -180,6 +180,11 @@ if MLXM_SECURE:
     if not SECURE_HSTS_PRELOAD:
         SILENCED_SYSTEM_CHECKS = ["security.W021"]  # preload is a one-way door: opt in
 
+# /healthz answers anyone with a bare liveness status; its details (worker pid, queue, loaded
+# models) go to logged-in admins and to monitors sending `Authorization: Bearer <this>` (unset:
+# admins only).
+MLXM_METRICS_TOKEN = os.environ.get("MLXM_METRICS_TOKEN", "")
+
 MLXM_MODELS_DIR = MLXM_DATA_DIR / "models"
 MLXM_WORKER_SOCKET = config.worker_socket(MLXM_DATA_DIR)
 # Seconds the gateway waits for the worker to accept a connection before answering 503.
