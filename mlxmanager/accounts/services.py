@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -95,8 +95,18 @@ def api_key_create(
         raise DomainError("a key needs a name", param="name")
     if len(name) > 100:
         raise DomainError("the name is longer than 100 characters", param="name")
-    if expires_at is not None and expires_at <= timezone.now():
-        raise DomainError("the expiry must be in the future", param="expires_at")
+    if expires_at is not None:
+        if timezone.is_naive(expires_at):  # an ISO time without an offset: UTC, like every time here
+            expires_at = timezone.make_aware(expires_at, UTC)
+        now = timezone.now()
+        if expires_at <= now:
+            raise DomainError("the expiry must be in the future", param="expires_at")
+        # The keys page and create_api_key offer at most MAX_EXPIRY_DAYS; /api holds to the same.
+        if expires_at > now + timedelta(days=MAX_EXPIRY_DAYS):
+            raise DomainError(
+                f"a key expires at most {MAX_EXPIRY_DAYS} days from now (or never: leave the expiry out)",
+                param="expires_at",
+            )
     limits = _clean_limits(allowed_models, rpm_limit, tokens_per_day)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey.objects.create(
