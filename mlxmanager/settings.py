@@ -165,13 +165,16 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 # Behind a TLS-terminating reverse proxy (docs/deployment): secure cookies, HSTS, HTTPS
-# redirects, and the proxy's X-Forwarded-Proto trusted. `manage.py check --deploy` is clean
-# with MLXM_SECURE=1 (HSTS preload stays the operator's choice: MLXM_HSTS_PRELOAD=1).
+# redirects. `manage.py check --deploy` is clean with MLXM_SECURE=1 (HSTS preload stays the
+# operator's choice: MLXM_HSTS_PRELOAD=1).
+# The proxy's X-Forwarded-Proto is believed by the web server, not here: uvicorn
+# (--proxy-headers, mlxmanager/webserver.py) sets the request's scheme from it only when the peer
+# is one of MLXM_FORWARDED_ALLOW_IPS. SECURE_PROXY_SSL_HEADER is deliberately not set: Django
+# would read the header from any client, who could then pass a plain-HTTP request off as HTTPS.
 MLXM_SECURE = _env_bool("MLXM_SECURE")
 if MLXM_SECURE:
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = True
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = int(os.environ.get("MLXM_HSTS_SECONDS", str(365 * 24 * 3600)))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = _env_bool("MLXM_HSTS_PRELOAD")
