@@ -517,11 +517,14 @@ def _openai(base_url: str, key: str) -> Any:
 def _gateway_server(gw: Any, model: str) -> Server:
     import httpx
 
+    from tests.conftest import health_headers
+
     async def settle() -> None:
         async with httpx.AsyncClient(timeout=10) as http:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                worker = (await http.get(gw.url + "/healthz")).json().get("worker", {})
+                health = await http.get(gw.url + "/healthz", headers=health_headers())
+                worker = health.json().get("worker", {})
                 if not worker.get("active_requests") and not worker.get("queue_depth"):
                     break
                 await asyncio.sleep(0.05)

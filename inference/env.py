@@ -6,15 +6,39 @@ No Django here (the worker imports it); `mlxmanager.config` re-exports these for
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+# Files this process creates are its owner's only (0600 files, 0700 folders): the SQLite
+# database and its -wal/-shm, secrets, sockets and downloaded models.
+PRIVATE_UMASK = 0o077
 
 
 def data_dir() -> Path:
-    """Where models, the SQLite database, sockets and secrets live."""
+    """Where models, the SQLite database, sockets and secrets live: created owner-only, and
+    made owner-only if an older install left it (or the files directly in it) readable by
+    others. Sets the process's umask so that what is created later is owner-only too (child
+    processes such as the worker inherit it)."""
+    os.umask(PRIVATE_UMASK)
     raw = os.environ.get("MLXM_DATA_DIR") or str(Path.home() / ".mlxmanager")
     path = Path(raw).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(path)
     return path
+
+
+def make_private(path: Path) -> None:
+    """Take group and other permissions off `path` and off the files directly in it (an install
+    from before the umask had a 0755 folder and a 0644 database). Entries owned by someone else,
+    or gone meanwhile, are left alone."""
+    for entry in (path, *path.iterdir()):
+        try:
+            st = entry.lstat()
+            if stat.S_ISLNK(st.st_mode) or not stat.S_IMODE(st.st_mode) & 0o077:
+                continue
+            entry.chmod(stat.S_IMODE(st.st_mode) & ~0o077)
+        except OSError:
+            continue
 
 
 def worker_socket(base: Path | None = None) -> str:

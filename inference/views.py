@@ -1,21 +1,42 @@
-"""Health endpoint: web and worker state, no auth, no secrets."""
+"""Health endpoint. Anyone gets a bare liveness answer ({"status": "ok"}, 200; "degraded", 503
+while the worker is down); the details (worker pid, uptime, queue, loaded models, why the worker
+is down) are for a logged-in admin, or a monitor sending `Authorization: Bearer
+<MLXM_METRICS_TOKEN>` when that setting is set. No secrets either way."""
 
 from __future__ import annotations
 
+import hmac
+
+from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 
 from inference.client import EngineDeadError
 from inference.workers import get_engine_client
+from mlxmanager.permissions import is_admin
+
+
+async def _may_see_details(request: HttpRequest) -> bool:
+    token = str(getattr(settings, "MLXM_METRICS_TOKEN", "") or "")
+    auth = request.headers.get("Authorization", "")
+    if token and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].encode(), token.encode()):
+        return True
+    auser = getattr(request, "auser", None)  # set by AuthenticationMiddleware
+    return auser is not None and is_admin(await auser())
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
+    details = await _may_see_details(request)
     web = {"state": "up"}
     try:
         worker = await get_engine_client().health()
     except EngineDeadError as exc:
+        if not details:
+            return JsonResponse({"status": "degraded"}, status=503)
         return JsonResponse(
             {"status": "degraded", "web": web, "worker": {"state": "down", "detail": str(exc)}}, status=503
         )
+    if not details:
+        return JsonResponse({"status": "ok"})
     models = worker.get("models", [])
     hit = sum(m.get("cache_hit_tokens", 0) for m in models)
     seen = sum(m.get("prompt_tokens", 0) for m in models)

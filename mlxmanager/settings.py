@@ -137,9 +137,17 @@ PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.ScryptPasswordHasher",
 ]
 
+# Every password set by the product (create_admin, the Users page, /api/users) goes through
+# these with its user (validate_password(password, user)): 8+ characters (12+ for admins), not a
+# common or all-digit password, not like or containing the username, 5+ different characters.
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    {"NAME": "mlxmanager.accounts.validators.UsernameInPasswordValidator"},
+    {"NAME": "mlxmanager.accounts.validators.DistinctCharactersValidator"},
+    {"NAME": "mlxmanager.accounts.validators.AdminMinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -167,13 +175,16 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 # Behind a TLS-terminating reverse proxy (docs/deployment): secure cookies, HSTS, HTTPS
-# redirects, and the proxy's X-Forwarded-Proto trusted. `manage.py check --deploy` is clean
-# with MLXM_SECURE=1 (HSTS preload stays the operator's choice: MLXM_HSTS_PRELOAD=1).
+# redirects. `manage.py check --deploy` is clean with MLXM_SECURE=1 (HSTS preload stays the
+# operator's choice: MLXM_HSTS_PRELOAD=1).
+# The proxy's X-Forwarded-Proto is believed by the web server, not here: uvicorn
+# (--proxy-headers, mlxmanager/webserver.py) sets the request's scheme from it only when the peer
+# is one of MLXM_FORWARDED_ALLOW_IPS. SECURE_PROXY_SSL_HEADER is deliberately not set: Django
+# would read the header from any client, who could then pass a plain-HTTP request off as HTTPS.
 MLXM_SECURE = _env_bool("MLXM_SECURE")
 if MLXM_SECURE:
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = True
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = int(os.environ.get("MLXM_HSTS_SECONDS", str(365 * 24 * 3600)))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = _env_bool("MLXM_HSTS_PRELOAD")
@@ -181,6 +192,11 @@ if MLXM_SECURE:
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     if not SECURE_HSTS_PRELOAD:
         SILENCED_SYSTEM_CHECKS = ["security.W021"]  # preload is a one-way door: opt in
+
+# /healthz answers anyone with a bare liveness status; its details (worker pid, queue, loaded
+# models) go to logged-in admins and to monitors sending `Authorization: Bearer <this>` (unset:
+# admins only).
+MLXM_METRICS_TOKEN = os.environ.get("MLXM_METRICS_TOKEN", "")
 
 MLXM_MODELS_DIR = MLXM_DATA_DIR / "models"
 MLXM_WORKER_SOCKET = config.worker_socket(MLXM_DATA_DIR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,6 +17,13 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# /healthz gives its details (worker pid, loaded models) only to admins and to this token; the
+# servers the tests start inherit it from the environment, and `Gateway.health` sends it.
+METRICS_TOKEN = os.environ.setdefault("MLXM_METRICS_TOKEN", "tests-metrics-" + secrets.token_hex(8))
+
+
+def health_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def _shared_dir() -> Path:
@@ -50,7 +58,7 @@ class Gateway:
         return self.url + "/v1"
 
     def health(self) -> httpx.Response:
-        return httpx.get(self.url + "/healthz", timeout=10)
+        return httpx.get(self.url + "/healthz", headers=health_headers(), timeout=10)
 
     def worker_pid(self) -> int:
         return int(self.health().json()["worker"]["pid"])

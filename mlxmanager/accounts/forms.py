@@ -1,12 +1,18 @@
 """The login form, throttled: after MAX_FAILURES wrong passwords for one username from one
 address within WINDOW seconds, that pair is refused (even with the right password) until the
-window has passed since the first failure. Counts live in Django's cache."""
+window has passed since the first failure. Counts live in Django's cache.
+
+The username is keyed the way Django signs it in: NFKC-normalised (UsernameField does that, so
+`ａlice` with a full-width a is `alice`), stripped, and case-folded, so look-alike spellings of
+one account share one count. The count is taken atomically (cache.add, then cache.incr) before
+the password is checked: attempts sent at once can't all read "4 failures" and all be checked."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import time
+import unicodedata
 from typing import Any
 
 from django import forms
@@ -21,30 +27,45 @@ def _client_ip(request: Any) -> str:
     return str(getattr(request, "META", {}).get("REMOTE_ADDR") or "unknown")
 
 
+def normalize_username(username: str) -> str:
+    """The throttle's spelling of a username: NFKC (as AbstractBaseUser.normalize_username and
+    UsernameField do), surrounding spaces stripped (the form strips them), case-folded."""
+    return unicodedata.normalize("NFKC", username).strip().casefold()
+
+
 def _cache_key(ip: str, username: str) -> str:
-    digest = hashlib.sha256(f"{ip}\0{username.strip().lower()}".encode()).hexdigest()[:32]
+    digest = hashlib.sha256(f"{ip}\0{normalize_username(username)}".encode()).hexdigest()[:32]
     return f"mlxm:login-failures:{digest}"
+
+
+def _take_attempt(key: str) -> tuple[int, float]:
+    """Count this attempt (atomically) and return (attempts in the window so far, including
+    this one; when the window started)."""
+    now = time.time()
+    cache.add(key + ":first", now, WINDOW)
+    cache.add(key, 0, WINDOW)
+    try:
+        attempts = cache.incr(key)
+    except ValueError:  # expired between add and incr: this attempt starts a new window
+        cache.add(key, 1, WINDOW)
+        attempts = 1
+    first = cache.get(key + ":first", now)
+    return int(attempts), float(first)
 
 
 class ThrottledLoginForm(AuthenticationForm):
     def clean(self) -> dict[str, Any]:
         username = str(self.data.get("username", ""))
         key = _cache_key(_client_ip(self.request), username)
-        failures, first = cache.get(key, (0, 0.0))
-        now = time.time()
-        if failures >= MAX_FAILURES and now - first < WINDOW:
-            minutes = max(1, math.ceil((WINDOW - (now - first)) / 60))
+        attempts, first = _take_attempt(key)
+        if attempts > MAX_FAILURES:
+            minutes = max(1, math.ceil((WINDOW - (time.time() - first)) / 60))
             raise forms.ValidationError(
                 f"Too many failed attempts for this account from your address. Try again in {minutes} "
                 f"minute{'s' if minutes != 1 else ''}.",
                 code="throttled",
             )
-        try:
-            cleaned = super().clean()
-        except forms.ValidationError:
-            if not failures or now - first >= WINDOW:
-                failures, first = 0, now
-            cache.set(key, (failures + 1, first), WINDOW)
-            raise
-        cache.delete(key)
+        # A wrong password leaves this attempt counted; the right one clears the count.
+        cleaned = super().clean()
+        cache.delete_many([key, key + ":first"])
         return cleaned

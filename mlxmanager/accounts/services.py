@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -25,6 +25,15 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _check_password(password: str, user: Any) -> None:
+    """settings.AUTH_PASSWORD_VALIDATORS with the (unsaved) user, so the rules that compare with
+    the username or need the role apply; a 400 naming every rule the password breaks."""
+    try:
+        validate_password(password, user=user)
+    except ValidationError as exc:
+        raise DomainError(" ".join(exc.messages), param="password") from exc
+
+
 def user_create_admin(*, username: str, password: str, email: str = "") -> User:
     User = get_user_model()
     username = username.strip()
@@ -32,10 +41,7 @@ def user_create_admin(*, username: str, password: str, email: str = "") -> User:
         raise DomainError("username must not be empty", param="username")
     if User.objects.filter(username=username).exists():
         raise Conflict(f"user '{username}' already exists", param="username")
-    try:
-        validate_password(password)
-    except ValidationError as exc:
-        raise DomainError(" ".join(exc.messages), param="password") from exc
+    _check_password(password, User(username=username, email=email, is_staff=True, is_superuser=True))
     return User.objects.create_superuser(username=username, email=email, password=password)
 
 
@@ -89,8 +95,18 @@ def api_key_create(
         raise DomainError("a key needs a name", param="name")
     if len(name) > 100:
         raise DomainError("the name is longer than 100 characters", param="name")
-    if expires_at is not None and expires_at <= timezone.now():
-        raise DomainError("the expiry must be in the future", param="expires_at")
+    if expires_at is not None:
+        if timezone.is_naive(expires_at):  # an ISO time without an offset: UTC, like every time here
+            expires_at = timezone.make_aware(expires_at, UTC)
+        now = timezone.now()
+        if expires_at <= now:
+            raise DomainError("the expiry must be in the future", param="expires_at")
+        # The keys page and create_api_key offer at most MAX_EXPIRY_DAYS; /api holds to the same.
+        if expires_at > now + timedelta(days=MAX_EXPIRY_DAYS):
+            raise DomainError(
+                f"a key expires at most {MAX_EXPIRY_DAYS} days from now (or never: leave the expiry out)",
+                param="expires_at",
+            )
     limits = _clean_limits(allowed_models, rpm_limit, tokens_per_day)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey.objects.create(
@@ -142,10 +158,7 @@ def user_create(*, username: str, password: str, role: str = "member") -> User:
     model = get_user_model()
     if model.objects.filter(username=username).exists():
         raise Conflict(f"user '{username}' already exists", param="username")
-    try:
-        validate_password(password)
-    except ValidationError as exc:
-        raise DomainError(" ".join(exc.messages), param="password") from exc
+    _check_password(password, model(username=username, is_staff=role == "admin"))
     with transaction.atomic():
         user = model.objects.create_user(username=username, password=password)
         user.is_staff = role == "admin"

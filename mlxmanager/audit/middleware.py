@@ -50,6 +50,9 @@ def _model_from_body(request: HttpRequest) -> str:
     return ""
 
 
+UNKNOWN_ENDPOINT = "/v1/(unknown)"
+
+
 def _who(request: HttpRequest, audit: rec.RequestAudit) -> None:
     key = getattr(request, "api_key", None)
     if key is not None:
@@ -57,6 +60,17 @@ def _who(request: HttpRequest, audit: rec.RequestAudit) -> None:
         audit.key_prefix = key.prefix
         audit.user_id = key.user_id
         audit.username = key.user.get_username()
+
+
+def _anonymous(request: HttpRequest, audit: rec.RequestAudit) -> None:
+    """A request no valid API key vouched for (a 401, or an unknown path without a key): anyone
+    on the network can send those, so the row keeps no string the client chose (the model it
+    named, or a made-up path), only what the server knows: when, from where, which endpoint,
+    the status."""
+    audit.requested_model = audit.rule = audit.backend = audit.upstream_model = ""
+    match = getattr(request, "resolver_match", None)
+    if match is None or not match.url_name:  # the /v1 catch-all (unknown paths) has no name
+        audit.endpoint = UNKNOWN_ENDPOINT
 
 
 async def _watch(content: AsyncIterator[bytes], audit: rec.RequestAudit, status: int) -> AsyncIterator[bytes]:
@@ -106,13 +120,17 @@ def audit_middleware(get_response: Any) -> Any:
             response = await get_response(request)
         except BaseException:
             _who(request, audit)
+            if audit.api_key_id is None:
+                _anonymous(request, audit)
             if audit.finish(500, "internal"):
                 rec.record(audit)
             raise
         finally:
             rec.deactivate(token)
         _who(request, audit)
-        if response.status_code >= 400 and not audit.requested_model:
+        if audit.api_key_id is None:
+            _anonymous(request, audit)
+        elif response.status_code >= 400 and not audit.requested_model:
             audit.requested_model = _model_from_body(request)
         if response.streaming:
             response.streaming_content = _watch(response.streaming_content, audit, response.status_code)  # type: ignore[attr-defined]

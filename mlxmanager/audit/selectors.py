@@ -386,6 +386,18 @@ def _value(row: RequestLog, name: str) -> Any:
     return value
 
 
+# A spreadsheet opening the CSV runs a cell that starts with one of these as a formula
+# (=HYPERLINK(...) exfiltrates, =cmd|... runs commands in old Excel): such cells get a leading
+# single quote, which spreadsheets show as text (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 async def export_rows(filters: RequestFilter, fmt: str) -> AsyncIterator[bytes]:
     """The filtered log, newest first, streamed as CSV or JSON Lines in chunks."""
     qs = filters.apply(RequestLog.objects.all()).order_by("-created_at", "-id").only(*EXPORT_FIELDS)
@@ -397,7 +409,7 @@ async def export_rows(filters: RequestFilter, fmt: str) -> AsyncIterator[bytes]:
     async for row in qs.aiterator(chunk_size=2000):
         values = [_value(row, f) for f in EXPORT_FIELDS]
         if writer is not None:
-            writer.writerow(["" if v is None else v for v in values])
+            writer.writerow(["" if v is None else csv_safe(v) for v in values])
         else:
             buf.write(json.dumps(dict(zip(EXPORT_FIELDS, values, strict=True)), separators=(",", ":")))
             buf.write("\n")

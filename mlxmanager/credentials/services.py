@@ -60,7 +60,18 @@ def _clean_base_url(provider: str, base_url: str) -> str:
         raise DomainError("put the key in the secret, not in the URL", param="base_url")
     if len(base_url) > 300:
         raise DomainError("the base URL is longer than 300 characters", param="base_url")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as exc:
+        raise DomainError("the base URL's port must be a number from 0 to 65535", param="base_url") from exc
     return base_url
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a base URL, the default port written out: where a secret goes."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
 
 
 def _clean_secret(secret: str) -> str:
@@ -134,6 +145,16 @@ def credential_update(
             cred.name = _clean_name(name)
         if base_url is not None:
             clean = _clean_base_url(cred.provider, base_url)
+            # The stored secret is sent to the base URL (Test, and every routed request): moving
+            # it to another scheme, host or port needs the secret again, or an admin could send
+            # a write-only secret to a server of theirs and read it there.
+            new_api_base = Credential(provider=cred.provider, base_url=clean).api_base
+            if secret is None and _origin(new_api_base) != _origin(cred.api_base):
+                raise DomainError(
+                    "enter the secret again to move this credential to another scheme, host or port "
+                    "(the stored one is only sent where it was entered for)",
+                    param="secret",
+                )
             if clean != cred.base_url:
                 changed["base_url"] = [cred.base_url, clean]
                 cred.base_url = clean

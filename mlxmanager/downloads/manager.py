@@ -203,8 +203,13 @@ class Transfer:
 
     # --- the transfer (its own thread) --------------------------------------------
 
+    def _unsafe_names(self) -> list[str]:
+        return [f.name for f in self.files if not storage.is_safe_file_name(self.local_dir, f.name)]
+
     def _scan_disk(self) -> None:
         for f in self.files:
+            if not storage.is_safe_file_name(self.local_dir, f.name):
+                continue
             final = self.local_dir / f.name
             if final.is_file() and storage.file_size(final) == f.size:
                 f.done = f.size
@@ -236,6 +241,15 @@ class Transfer:
             connection.close()
 
     def _download_all(self) -> None:
+        # File names come from the hub: one that is absolute, has a `..` part or resolves
+        # outside the model folder fails the whole download before anything is written.
+        unsafe = self._unsafe_names()
+        if unsafe:
+            raise TransferError(
+                f"The hub lists an unsafe file name for {self.repo_id}: {unsafe[0]!r} (absolute, with "
+                "'..', or outside the model folder). Nothing was downloaded; this repository can't be "
+                "downloaded as it is."
+            )
         needed = self.bytes_total - self.bytes_done
         free = storage.free_bytes(self.local_dir.parent)
         if needed > free:
@@ -253,7 +267,7 @@ class Transfer:
         self.current_file = ""
 
     def _download_file(self, state: _FileState) -> None:
-        final = self.local_dir / state.name
+        final = storage.check_file_name(self.local_dir, state.name)
         if final.is_file() and storage.file_size(final) == state.size:
             self._set_done(state, state.size)
             return

@@ -42,6 +42,10 @@ def _files_with_progress(local_dir: Path, files: list[hub.HubFile]) -> list[dict
     """The file list, each with the bytes already on disk (finished or partial)."""
     out: list[dict[str, object]] = []
     for f in files:
+        if not storage.is_safe_file_name(local_dir, f.name):
+            # The download worker refuses it (and fails the download): nothing to look up on disk.
+            out.append({"name": f.name, "size": f.size, "sha256": f.sha256, "done": 0})
+            continue
         final = local_dir / f.name
         done = f.size if storage.file_size(final) == f.size and final.is_file() else 0
         if not done:

@@ -28,6 +28,35 @@ def partial_path(local_dir: Path, filename: str) -> Path:
     return local_dir / PARTIAL_DIR / (filename + PARTIAL_SUFFIX)
 
 
+class UnsafeFileName(ValueError):
+    """A file name from the hub that would land outside the model folder."""
+
+
+def check_file_name(local_dir: Path, filename: str) -> Path:
+    """`local_dir / filename` for a file name the hub listed (`rfilename`), refusing an empty or
+    absolute name, a `..` part, and anything that resolves outside the model folder (through a
+    symlink, say): the name comes from the network and is joined onto a path we write to."""
+    parts = filename.replace("\\", "/").split("/")
+    if not filename or "\0" in filename or Path(filename).is_absolute() or parts[0] == "" or ".." in parts:
+        raise UnsafeFileName(filename)
+    final = local_dir / filename
+    try:
+        inside = is_inside(final, local_dir) and is_inside(partial_path(local_dir, filename), local_dir)
+    except (OSError, RuntimeError):  # a symlink loop, a name the OS refuses
+        inside = False
+    if not inside:
+        raise UnsafeFileName(filename)
+    return final
+
+
+def is_safe_file_name(local_dir: Path, filename: str) -> bool:
+    try:
+        check_file_name(local_dir, filename)
+    except UnsafeFileName:
+        return False
+    return True
+
+
 def free_bytes(path: Path) -> int:
     """Free space on the filesystem that holds `path` (or its nearest existing parent)."""
     for candidate in (path, *path.parents):

@@ -8,7 +8,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 
-from mlxmanager.permissions import AdminSessionAuth, require_admin
+from mlxmanager.permissions import AdminSessionAuth, is_admin, require_admin
 from mlxmanager.profiles import selectors, services
 from mlxmanager.profiles.schemas import GenerationDefaults
 
@@ -16,29 +16,47 @@ router = Router(tags=["profiles"])
 
 
 class ProfileOut(Schema):
+    """A profile. Members get only the fields up to `enabled` (what choosing a model needs);
+    the rest (where the model is on disk, the system prompt, serving settings) are left out of
+    their answers: admins only."""
+
     id: int
     name: str
-    model_path: str
     kind: str
     description: str
-    defaults: dict[str, Any]
-    system_prompt: str
     context_length: int | None
     max_output_tokens: int | None
-    chat_template_kwargs: dict[str, Any]
-    tool_parser: str
-    reasoning_parser: str
-    draft_model_path: str
-    num_draft_tokens: int
-    kv_bits: int | None
-    pinned: bool
-    preload: bool
-    keep_alive_seconds: int | None
-    max_concurrent: int
     is_default: bool
-    is_test_model: bool
     enabled: bool
-    created_at: datetime
+    # Admins only.
+    model_path: str | None = None
+    defaults: dict[str, Any] | None = None
+    system_prompt: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    tool_parser: str | None = None
+    reasoning_parser: str | None = None
+    draft_model_path: str | None = None
+    num_draft_tokens: int | None = None
+    kv_bits: int | None = None
+    pinned: bool | None = None
+    preload: bool | None = None
+    keep_alive_seconds: int | None = None
+    max_concurrent: int | None = None
+    is_test_model: bool | None = None
+    created_at: datetime | None = None
+
+
+MEMBER_FIELDS = (
+    "id", "name", "kind", "description", "context_length", "max_output_tokens", "is_default", "enabled"
+)  # fmt: skip
+
+
+def _shown(request: HttpRequest, profile: Any) -> Any:
+    """The whole profile for an admin; for a member, a dict of MEMBER_FIELDS only (the response
+    is rendered with exclude_unset, so the admin-only fields are absent, not null)."""
+    if is_admin(request.user):
+        return profile
+    return {f: getattr(profile, f) for f in MEMBER_FIELDS}
 
 
 class ProfilePatch(Schema):
@@ -90,14 +108,14 @@ def _values(body: ProfilePatch) -> dict[str, Any]:
 _ADMIN = AdminSessionAuth("change profiles")
 
 
-@router.get("", response=list[ProfileOut])
+@router.get("", response=list[ProfileOut], exclude_unset=True)
 def list_profiles(request: HttpRequest) -> list[Any]:
-    return list(selectors.profile_list())
+    return [_shown(request, p) for p in selectors.profile_list()]
 
 
-@router.get("/{name}", response=ProfileOut)
+@router.get("/{name}", response=ProfileOut, exclude_unset=True)
 def get_profile(request: HttpRequest, name: str) -> Any:
-    return selectors.profile_get(name=name)
+    return _shown(request, selectors.profile_get(name=name))
 
 
 @router.post("", response={201: ProfileOut}, auth=_ADMIN)

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("live"), NEEDS_CHROMIUM]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = sync_api.expect
 
-MEMBER = ("mia", "mia-long-password-42")
+MEMBER = ("mia", "long-member-password-42")  # one containing the username is refused
 ADMIN_LINKS = ("Pool", "Discover", "Downloads", "Local models", "Routing", "Credentials", "Audit", "Users")
 
 

@@ -20,13 +20,42 @@ def no_worker(settings: Any, tmp_path: Path) -> None:
     settings.MLXM_WORKER_CONNECT_TIMEOUT = 0.5
 
 
-async def test_healthz_is_503_while_the_worker_is_down(no_worker: None) -> None:
-    r = await AsyncClient().get("/healthz")
+async def test_healthz_is_503_while_the_worker_is_down(no_worker: None, django_user_model: Any) -> None:
+    anonymous = await AsyncClient().get("/healthz")
+    assert anonymous.status_code == 503 and anonymous.json() == {"status": "degraded"}
+    boss = await django_user_model.objects.acreate(username="boss", is_staff=True)
+    admin = AsyncClient()
+    await admin.aforce_login(boss)
+    r = await admin.get("/healthz")
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "degraded"
     assert body["web"]["state"] == "up"
     assert body["worker"]["state"] == "down"
+
+
+async def test_healthz_details_are_for_admins_and_the_metrics_token(
+    no_worker: None, django_user_model: Any, settings: Any
+) -> None:
+    """Anyone may ask whether it is alive; the worker's state (pid, models, socket errors) is
+    for an admin's session or `Authorization: Bearer <MLXM_METRICS_TOKEN>`."""
+    settings.MLXM_METRICS_TOKEN = "metrics-token-for-tests"
+    member = await django_user_model.objects.acreate(username="member")
+    as_member = AsyncClient()
+    await as_member.aforce_login(member)
+    for client, headers in (
+        (AsyncClient(), {}),
+        (as_member, {}),
+        (AsyncClient(), {"Authorization": "Bearer wrong-token"}),
+        (AsyncClient(), {"Authorization": "metrics-token-for-tests"}),
+    ):
+        r = await client.get("/healthz", headers=headers)
+        assert r.status_code == 503 and r.json() == {"status": "degraded"}, headers
+    r = await AsyncClient().get("/healthz", headers={"Authorization": "Bearer metrics-token-for-tests"})
+    assert r.status_code == 503 and r.json()["worker"]["state"] == "down"
+    settings.MLXM_METRICS_TOKEN = ""  # unset: no token opens the details
+    r = await AsyncClient().get("/healthz", headers={"Authorization": "Bearer "})
+    assert r.json() == {"status": "degraded"}
 
 
 async def test_requests_get_a_clear_503_in_openai_shape(no_worker: None, django_user_model: Any) -> None:
@@ -81,3 +110,13 @@ async def test_max_tokens_over_the_profile_cap_is_a_400_in_each_shape(
     body = r.json()
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     assert "at most 16 tokens" in body["error"]["message"]
+
+
+@pytest.mark.slow
+async def test_healthz_of_a_running_gateway_tells_strangers_only_that_it_is_up(gateway: Any) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(gateway.url + "/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert gateway.health().json()["worker"]["pid"] > 0  # the tests' client sends the metrics token

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from django.test import Client
 
@@ -44,3 +48,50 @@ def test_check_deploy_is_clean_in_secure_mode(tmp_path: Path) -> None:
     # The local default (plain HTTP on 127.0.0.1) is what the check warns about.
     plain = _check_deploy(tmp_path, MLXM_SECURE="0")
     assert plain.returncode != 0 and "SECURE_HSTS_SECONDS" in plain.stderr + plain.stdout
+
+
+@contextlib.contextmanager
+def _web_server(tmp_path: Path, **extra: str) -> Iterator[str]:
+    """The product's web server command (uvicorn, as `manage.py serve` runs it) in secure mode."""
+    from mlxmanager import webserver
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "MLXM_DATA_DIR": str(tmp_path), "MLXM_SECURE": "1",
+           "DJANGO_SETTINGS_MODULE": "mlxmanager.settings", **extra}  # fmt: skip
+    env.pop("DATABASE_URL", None)
+    cmd = webserver.command(
+        "127.0.0.1", port, forwarded_allow_ips=env.get("MLXM_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+    )
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "no output") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_x_forwarded_proto_is_believed_only_from_the_allowed_proxies(tmp_path: Path) -> None:
+    """In secure mode a plain-HTTP request is redirected to HTTPS. A client that is not one of
+    MLXM_FORWARDED_ALLOW_IPS must not be able to say "it was HTTPS" with X-Forwarded-Proto
+    (and so be served over plain HTTP, with cookies marked secure sent back over it)."""
+    https = {"X-Forwarded-Proto": "https"}
+    with _web_server(tmp_path, MLXM_FORWARDED_ALLOW_IPS="10.255.255.1") as url:
+        spoofed = httpx.get(url + "/login/", headers=https, timeout=10)
+        assert spoofed.status_code == 301 and spoofed.headers["location"].startswith("https://")
+    # From an allowed proxy the header is believed: the page is served, as behind a TLS proxy.
+    with _web_server(tmp_path, MLXM_FORWARDED_ALLOW_IPS="127.0.0.1") as url:
+        proxied = httpx.get(url + "/login/", headers=https, timeout=10)
+        assert proxied.status_code == 200 and "Strict-Transport-Security" in proxied.headers
+        assert httpx.get(url + "/login/", timeout=10).status_code == 301  # and without it: HTTP

@@ -175,14 +175,29 @@ def test_malformed_json_is_a_400_problem(api: ApiClient) -> None:
         ({"name": "  "}, "name"),
         ({"name": "x" * 101}, "name"),
         ({"name": "old", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+        ({"name": "forever", "expires_at": "9999-12-31T23:59:59Z"}, "expires_at"),
+        ({"name": "naive", "expires_at": "9999-12-31T23:59:59"}, "expires_at"),
     ],
-    ids=["blank-name", "long-name", "past-expiry"],
+    ids=["blank-name", "long-name", "past-expiry", "expiry-year-9999", "naive-expiry-year-9999"],
 )
 def test_domain_errors_are_400_problems_with_the_param(api: ApiClient, body: dict, param: str) -> None:
     problem = assert_problem(api.post("/api/keys/", body), 400)
     assert problem["param"] == param
     assert problem["detail"]
     assert not ApiKey.objects.exists()
+
+
+def test_expiry_is_capped_like_on_the_keys_page(api: ApiClient) -> None:
+    """The keys page caps the expiry at MAX_EXPIRY_DAYS (3,650) days; /api holds to the same."""
+    problem = assert_problem(
+        api.post("/api/keys/", {"name": "far", "expires_at": "9999-01-01T00:00:00Z"}), 400
+    )
+    assert "3650 days" in problem["detail"]
+    near = timezone.now() + timedelta(days=3649)
+    assert api.post("/api/keys/", {"name": "near", "expires_at": near.isoformat()}).status_code == 201
+    # An expiry without a time zone is read as UTC (not a 500 comparing naive and aware times).
+    naive = (timezone.now() + timedelta(days=7)).replace(tzinfo=None).isoformat()
+    assert api.post("/api/keys/", {"name": "naive", "expires_at": naive}).status_code == 201
 
 
 def test_revoke_unknown_is_a_404_problem(api: ApiClient) -> None:

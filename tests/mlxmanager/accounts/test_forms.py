@@ -47,3 +47,60 @@ def test_a_success_clears_the_count() -> None:
     for _ in range(forms.MAX_FAILURES - 1):
         login(c, "wrong")
     assert login(c, "right-password-123").status_code == 302
+
+
+def test_a_look_alike_spelling_shares_the_lock() -> None:
+    """Django signs in the NFKC-normalised username, so `ａlice` (full-width a) and `ALICE`
+    are the same account as `alice`: they must count against, and be refused by, one lock."""
+    c = Client()
+    for _ in range(forms.MAX_FAILURES):
+        login(c, "wrong")
+    for spelling in ("\uff41lice", "ALICE", " alice ", "Alice"):
+        resp = login(c, "right-password-123", username=spelling)
+        assert resp.status_code == 200, spelling
+        assert "Too many failed attempts" in resp.content.decode(), spelling
+
+
+def test_failures_under_other_spellings_count_too() -> None:
+    c = Client()
+    spellings = ["\uff41lice", "ALICE", "alice", "\uff21LICE", "Alice"]
+    for spelling in spellings[: forms.MAX_FAILURES]:
+        login(c, "wrong", username=spelling)
+    assert "Too many failed attempts" in login(c, "right-password-123").content.decode()
+
+
+def test_concurrent_attempts_never_check_more_than_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wrong passwords sent at once: the count is taken atomically before the password is
+    checked, so at most MAX_FAILURES of them reach the password check."""
+    import threading
+
+    from django.contrib.auth.forms import AuthenticationForm
+    from django.test import RequestFactory
+
+    checked = 0
+    lock = threading.Lock()
+    barrier = threading.Barrier(20)
+    original = AuthenticationForm.clean
+
+    def counting_clean(self):  # type: ignore[no-untyped-def]
+        nonlocal checked
+        with lock:
+            checked += 1
+        return original(self)
+
+    monkeypatch.setattr(AuthenticationForm, "clean", counting_clean)
+    results: list[bool] = []
+
+    def attempt() -> None:
+        request = RequestFactory().post("/login/", REMOTE_ADDR="10.0.0.9")
+        form = forms.ThrottledLoginForm(request, data={"username": "alice", "password": "wrong"})
+        barrier.wait()
+        results.append(form.is_valid())
+
+    threads = [threading.Thread(target=attempt) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [False] * 20
+    assert checked <= forms.MAX_FAILURES

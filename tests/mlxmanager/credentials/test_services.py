@@ -127,3 +127,41 @@ def test_rotate_key_command_reencrypts_everything(key_file: Path, capsys: Any) -
     assert len(key_file.read_text().split()) == 1
     assert crypto.decrypt(Credential.objects.first().secret_jwe).startswith(SECRET)  # type: ignore[union-attr]
     assert "re-encrypted 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "new_url",
+    [
+        "https://attacker.example/v1",  # host
+        "http://api.openai.com/v1",  # scheme
+        "https://api.openai.com:8443/v1",  # port
+        "https://API.openai.com.evil.example/v1",  # look-alike host
+    ],
+)
+def test_moving_the_base_url_to_another_origin_needs_the_secret_again(boss: Any, new_url: str) -> None:
+    """Otherwise an admin could point a stored key at a server of theirs and press Test: the
+    secret would be sent there in `Authorization: Bearer …` (write-only secrets read back)."""
+    cred = services.credential_create(name="team", provider="openai", secret=SECRET)
+    with pytest.raises(DomainError, match="secret") as err:
+        services.credential_update(credential_id=cred.pk, base_url=new_url, user=boss)
+    assert err.value.param == "secret"
+    cred.refresh_from_db()
+    assert cred.base_url == "" and crypto.decrypt(cred.secret_jwe) == SECRET
+    # With the secret given again, the move is fine: that secret is the one sent there.
+    services.credential_update(credential_id=cred.pk, base_url=new_url, secret="sk-for-the-new-host")
+    cred.refresh_from_db()
+    assert cred.base_url == new_url.rstrip("/") and crypto.decrypt(cred.secret_jwe) == "sk-for-the-new-host"
+
+
+def test_a_path_only_change_keeps_the_secret(boss: Any) -> None:
+    cred = services.credential_create(
+        name="proxy", provider="openai_compatible", base_url="https://llm.example:8443/v1", secret=SECRET
+    )
+    services.credential_update(credential_id=cred.pk, base_url="https://LLM.example:8443/openai/v1/")
+    cred.refresh_from_db()
+    assert cred.base_url == "https://LLM.example:8443/openai/v1" and crypto.decrypt(cred.secret_jwe) == SECRET
+    # The provider's default, written out, is the same origin as a blank base URL.
+    other = services.credential_create(name="plain", provider="openai", secret=SECRET)
+    services.credential_update(credential_id=other.pk, base_url="https://api.openai.com:443/v1")
+    other.refresh_from_db()
+    assert other.base_url == "https://api.openai.com:443/v1"

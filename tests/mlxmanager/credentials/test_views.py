@@ -59,3 +59,22 @@ def test_api_is_write_only(boss_client: Client) -> None:
         "/api/credentials/", {"name": "x", "provider": "nope", "secret": "s"}, content_type="application/json"
     )
     assert r.status_code == 400 and r.json()["param"] == "provider"
+
+
+def test_api_refuses_a_new_host_without_the_secret(boss_client: Client) -> None:
+    r = boss_client.post("/api/credentials/", {"name": "api", "provider": "openai", "secret": SECRET},
+                         content_type="application/json")  # fmt: skip
+    cid = r.json()["id"]
+    r = boss_client.patch(
+        f"/api/credentials/{cid}",
+        {"base_url": "https://attacker.example/v1"},
+        content_type="application/json",
+    )
+    assert r.status_code == 400 and r.json()["param"] == "secret"
+    assert Credential.objects.get(pk=cid).base_url == ""
+    r = boss_client.patch(
+        f"/api/credentials/{cid}",
+        {"base_url": "https://attacker.example/v1", "secret": "sk-theirs"},
+        content_type="application/json",
+    )
+    assert r.status_code == 200 and r.json()["base_url"] == "https://attacker.example/v1"

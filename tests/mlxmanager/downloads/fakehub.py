@@ -11,10 +11,10 @@ It serves what huggingface_hub 2.4 asks for:
   and drops the token on GET
 - `GET /cdn/{sha256}`: the bytes, with `Range` requests (206 + `Content-Range`)
 
-Knobs for tests: `throttle` (bytes/s per response), `inject()` an HTTP status for matching
-requests, `drop()` a connection after some body bytes, `kill_connections()` to cut every
-transfer in flight, `stop()`/`start()` to take the whole hub down and up again on the same
-port. Every request is logged in `requests` (method, path, Range header, token seen).
+Knobs for tests: `raw` (path -> bytes answered to any request for that path), `throttle`
+(bytes/s per response), `inject()` an HTTP status for matching requests, `drop()` a connection
+after some body bytes, `kill_connections()` to cut every transfer in flight, `stop()`/`start()`
+to take the whole hub down and up again on the same port. Every request is logged in `requests` (method, path, Range header, token seen).
 """
 
 from __future__ import annotations
@@ -134,6 +134,9 @@ class FakeHub:
         self.requests: list[Seen] = []
         self.throttle: int | None = None  # bytes per second per response
         self.tokens: set[str] = set()  # tokens that may read gated repos
+        # Paths answered as-is, whatever they are (a hostile hub serves anything it is asked for,
+        # e.g. the path a client reaches for a file it lists as `../../evil.txt`).
+        self.raw: dict[str, bytes] = {}
         self._rules: list[_Rule] = []
         self._drops: list[_Drop] = []
         self._lock = threading.Lock()
@@ -312,7 +315,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(rule.status, "Injected failure", rule.headers)
             return
         try:
-            if path == "/api/models":
+            if path in self.fake.raw:
+                data = self.fake.raw[path]
+                self._body(method, data, {"ETag": f'"{git_oid(data)}"', "X-Repo-Commit": "0" * 40}, path)
+            elif path == "/api/models":
                 self._search(query)
             elif path.startswith("/api/models/"):
                 self._info(path[len("/api/models/") :], query)

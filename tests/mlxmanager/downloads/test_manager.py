@@ -282,3 +282,36 @@ def test_pause_and_resume_at_once_still_resumes_from_the_partial_bytes(fakehub, 
     done = wait_status(d.pk, Status.COMPLETED)
     assert file_bytes(Path(done.local_dir)) == expected_files(fakehub, BIG)
     assert any(start > 100_000 for start in cdn_ranges(fakehub, BIG))
+
+
+EVIL = "acme/evil-names"
+
+
+@pytest.mark.parametrize("name", ["../../evil.txt", "sub/../../../evil.txt", "ABSOLUTE"])
+def test_a_hub_file_name_outside_the_model_folder_fails_the_download(
+    fakehub, manager_factory, hub_settings, tmp_path: Path, name: str
+) -> None:
+    """The worker joins the hub's file names onto the model folder: a hostile hub (or endpoint)
+    listing `../../evil.txt` or an absolute path must not get a file written outside it."""
+    outside = tmp_path / "outside" / "evil.txt"
+    outside.parent.mkdir()
+    if name == "ABSOLUTE":
+        name = str(outside)
+    repo = fakehub.add_repo(
+        EVIL,
+        {"config.json": {"model_type": "llama"}, "model.safetensors": b"w" * 1000, name: b"pwned"},
+        tags=["mlx"],
+        library_name="mlx",
+    )
+    # What the client asks for when it joins that name into a resolve URL (dot segments are
+    # collapsed by the HTTP client): a hostile hub answers it.
+    for path in (f"/{EVIL}/evil.txt", f"/{EVIL}/resolve/{repo.sha}/evil.txt", f"/{EVIL}/resolve/evil.txt"):
+        fakehub.raw[path] = b"pwned"
+    d = services.download_create(repo_id=EVIL)
+    manager_factory()
+    failed = wait_status(d.pk, Status.FAILED, Status.COMPLETED)
+    assert failed.status == Status.FAILED
+    assert "unsafe file name" in failed.error and repr(name) in failed.error
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.read_bytes() == b"pwned"]
+    assert written == []
+    assert not any(r.path.endswith("evil.txt") for r in fakehub.requests)

@@ -101,3 +101,30 @@ def test_writes_need_csrf_and_login(admin_api: ApiClient, model: Path, client) -
     assert resp.status_code == 403
     assert_problem(client.get("/api/profiles"), 401)
     assert not Profile.objects.exists()
+
+
+MEMBER_FIELDS = {
+    "id", "name", "kind", "description", "context_length", "max_output_tokens", "is_default", "enabled"
+}  # fmt: skip
+
+
+def test_members_see_only_what_they_need_to_pick_a_model(
+    member_api: ApiClient, admin_api: ApiClient, model: Path
+) -> None:
+    """The model's path on disk and the system prompt are the admin's business: a member sees
+    the name, kind and description (what the playground's model picker shows)."""
+    Profile.objects.create(
+        name="shared", model_path=str(model), system_prompt="SECRET-SYSTEM-PROMPT", description="Qwen"
+    )
+    for url in ("/api/profiles", "/api/profiles/shared"):
+        resp = member_api.get(url)
+        assert resp.status_code == 200
+        body = resp.json()
+        (item,) = body if isinstance(body, list) else [body]
+        assert set(item) == MEMBER_FIELDS, url
+        assert item["name"] == "shared" and item["description"] == "Qwen"
+        assert str(model) not in resp.content.decode() and "SECRET-SYSTEM-PROMPT" not in resp.content.decode()
+        full = admin_api.get(url).json()
+        (full,) = full if isinstance(full, list) else [full]
+        assert full["model_path"] == str(model) and full["system_prompt"] == "SECRET-SYSTEM-PROMPT"
+        assert full["kv_bits"] is None and "keep_alive_seconds" in full

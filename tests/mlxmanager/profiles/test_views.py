@@ -184,3 +184,16 @@ def test_list_queries_do_not_grow_with_the_number_of_profiles(
     for i in range(1, 25):
         Profile.objects.create(name=f"p{i}", model_path=str(model), pinned=i % 2 == 0, defaults={"top_k": i})
     assert count() == one
+
+
+def test_members_are_not_shown_the_model_path_or_system_prompt(
+    member_client: Client,
+    admin,
+    model: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    Profile.objects.create(name="tiny", model_path=str(model), system_prompt="SECRET-SYSTEM-PROMPT")
+    html = member_client.get("/profiles/").content.decode()
+    assert "tiny" in html and str(model) not in html and "SECRET-SYSTEM-PROMPT" not in html
+    boss = Client()
+    boss.force_login(admin)
+    assert str(model) in boss.get("/profiles/").content.decode()
