@@ -77,7 +77,8 @@ LocalStep = Callable[[Call, gateway.Target], Awaitable[Any]]
 
 
 async def serve(call: Call, local: LocalStep | None = None) -> Answer:
-    """Serve one call: limits → rules and fallbacks → local worker or cloud upstream.
+    """Serve one call: limits (the key's, checked at auth; the model; the user's) → rules and
+    fallbacks → local worker or cloud upstream.
 
     `local` serves a local profile for surfaces with their own worker request (embeddings,
     audio); text surfaces use the generation step here. A `Stream` is returned once its first
@@ -87,6 +88,8 @@ async def serve(call: Call, local: LocalStep | None = None) -> Answer:
         audit.requested_model = call.model
         audit.stream = call.stream
     limits.check_model(call.key, call.model)
+    # The user's own limits cover all their traffic: every key and the playground.
+    await limits.check_user(call.key.user_id if call.key is not None else getattr(call.user, "pk", None))
     step = local or _local_text
     route = await route_for(call.model) if call.surface in ROUTED else None
     if route is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
@@ -90,10 +91,31 @@ class UserOut(Schema):
     is_active: bool
     date_joined: datetime
     last_login: datetime | None
+    rpm_limit: int | None = None
+    tokens_per_day: int | None = None
 
     @staticmethod
     def resolve_role(obj: object) -> str:
         return services.role_of(obj)
+
+    @staticmethod
+    def resolve_rpm_limit(obj: Any) -> int | None:
+        row = getattr(obj, "limits", None) if _has_limits(obj) else None
+        return row.rpm_limit if row is not None else None
+
+    @staticmethod
+    def resolve_tokens_per_day(obj: Any) -> int | None:
+        row = getattr(obj, "limits", None) if _has_limits(obj) else None
+        return row.tokens_per_day if row is not None else None
+
+
+def _has_limits(user: Any) -> bool:
+    from mlxmanager.accounts.models import UserLimits
+
+    try:
+        return user.limits is not None
+    except UserLimits.DoesNotExist:
+        return False
 
 
 class UserIn(Schema):
@@ -105,6 +127,13 @@ class UserIn(Schema):
 class UserPatch(Schema):
     role: str | None = None
     is_active: bool | None = None
+
+
+class UserLimitsIn(Schema):
+    """A user's own limits over all their traffic (every key and the playground); 0 or null: none."""
+
+    rpm_limit: int | None = None
+    tokens_per_day: int | None = None
 
 
 @users_router.get("/", response=list[UserOut])
@@ -127,3 +156,12 @@ def update_user(request: HttpRequest, user_id: int, body: UserPatch) -> object:
     """Change a role or (de)activate; you cannot demote yourself or remove the last admin."""
     require_admin(request, "change users")
     return services.user_update(user_id=user_id, role=body.role, is_active=body.is_active, actor=request.user)
+
+
+@users_router.put("/{user_id}/limits", response=UserOut)
+def set_user_limits(request: HttpRequest, user_id: int, body: UserLimitsIn) -> object:
+    """A user's own limits (requests per minute, tokens per UTC day) over every key and the
+    playground: past one, requests get a 429 with Retry-After."""
+    require_admin(request, "change users")
+    services.user_limits_set(user_id=user_id, rpm_limit=body.rpm_limit, tokens_per_day=body.tokens_per_day)
+    return services.user_list_one(user_id)

@@ -41,3 +41,16 @@ class ApiKey(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > now  # type: ignore[operator]
+
+
+class UserLimits(models.Model):
+    """A user's own limits, over all their traffic (every key and the playground); empty: none."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limits")
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute.")
+    tokens_per_day = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Prompt + completion tokens per UTC day."
+    )
+
+    def __str__(self) -> str:
+        return f"limits of user {self.user_id}"

@@ -14,7 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from mlxmanager.accounts.models import ApiKey
+from mlxmanager.accounts import limits
+from mlxmanager.accounts.models import ApiKey, UserLimits
 from mlxmanager.errors import Conflict, DomainError, NotFound
 from mlxmanager.permissions import is_admin
 
@@ -197,4 +198,25 @@ def user_update(
 
 
 def user_list() -> list[User]:
-    return list(get_user_model().objects.order_by("username"))
+    return list(get_user_model().objects.select_related("limits").order_by("username"))
+
+
+def user_limits_set(*, user_id: int, rpm_limit: int | None, tokens_per_day: int | None) -> UserLimits:
+    """Set a user's own limits (over every key and the playground); 0 or None removes one."""
+    for name, value in (("rpm_limit", rpm_limit), ("tokens_per_day", tokens_per_day)):
+        if value is not None and value < 0:
+            raise DomainError(f"{name} must be 0 (no limit) or more", param=name)
+    if not get_user_model().objects.filter(pk=user_id).exists():
+        raise NotFound("no such user")
+    limits_row, _ = UserLimits.objects.update_or_create(
+        user_id=user_id, defaults={"rpm_limit": rpm_limit or None, "tokens_per_day": tokens_per_day or None}
+    )
+    transaction.on_commit(lambda: limits.forget_user_limits(user_id))
+    return limits_row
+
+
+def user_list_one(user_id: int) -> User:
+    user = get_user_model().objects.select_related("limits").filter(pk=user_id).first()
+    if user is None:
+        raise NotFound("no such user")
+    return user

@@ -352,7 +352,7 @@ def record(audit: RequestAudit) -> None:
     recorder.add(audit)
     from mlxmanager.accounts import limits
 
-    limits.add_tokens(audit.api_key_id, audit.prompt_tokens + audit.completion_tokens)
+    limits.add_tokens(audit.api_key_id, audit.prompt_tokens + audit.completion_tokens, user_id=audit.user_id)
 
 
 def cutoff_for(days: int, *, now: datetime | None = None) -> datetime:

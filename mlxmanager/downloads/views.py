@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from inference import encoders
 from mlxmanager.downloads import analysis, hub, selectors, services
 from mlxmanager.downloads.models import HubToken
 from mlxmanager.errors import DomainError
@@ -197,11 +198,6 @@ def download_action(request: HttpRequest, download_id: int, action: str) -> Http
     return redirect("downloads")
 
 
-def _sse(event: str, html: str) -> str:
-    data = "".join(f"data: {line}\n" for line in html.splitlines() or [""])
-    return f"event: {event}\n{data}\n"
-
-
 @admin_required
 async def download_events(request: HttpRequest) -> StreamingHttpResponse:
     """Server-sent events: the downloads panel, re-rendered whenever a download changes."""
@@ -211,8 +207,8 @@ async def download_events(request: HttpRequest) -> StreamingHttpResponse:
             "downloads/downloads.html#downloads-panel", _downloads_context(), request=request
         )
 
-    async def stream() -> AsyncIterator[str]:
-        yield "retry: 2000\n\n"
+    async def stream() -> AsyncIterator[bytes]:
+        yield encoders.retry_frame(2000)
         started = last_sent = time.monotonic()
         last: tuple[Any, ...] | None = None
         while time.monotonic() - started < SSE_MAX_SECONDS:
@@ -220,16 +216,13 @@ async def download_events(request: HttpRequest) -> StreamingHttpResponse:
             if fingerprint != last:
                 last = fingerprint
                 last_sent = time.monotonic()
-                yield _sse("downloads", await sync_to_async(render_panel)())
+                yield encoders.html_frame("downloads", await sync_to_async(render_panel)())
             elif time.monotonic() - last_sent > SSE_KEEPALIVE_SECONDS:
                 last_sent = time.monotonic()
-                yield ": keep-alive\n\n"
+                yield encoders.KEEPALIVE
             await asyncio.sleep(SSE_POLL_SECONDS)
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx: don't buffer the stream
-    return response
+    return encoders.event_stream(stream())
 
 
 # --- the Hugging Face token ------------------------------------------------------

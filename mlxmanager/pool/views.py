@@ -11,6 +11,7 @@ from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
+from inference import encoders
 from mlxmanager.errors import DomainError
 from mlxmanager.permissions import admin_required
 from mlxmanager.pool import services
@@ -50,11 +51,6 @@ async def pool_action(request: HttpRequest, name: str, action: str) -> HttpRespo
     return render(request, "pool/pool.html", _context(state, message=message, error=error), status=status)
 
 
-def _event(html: str) -> bytes:
-    data = "\n".join(f"data: {line}" for line in html.strip().splitlines())
-    return f"event: pool\n{data}\n\n".encode()
-
-
 @admin_required
 @require_GET
 async def pool_events(request: HttpRequest) -> StreamingHttpResponse:
@@ -62,14 +58,13 @@ async def pool_events(request: HttpRequest) -> StreamingHttpResponse:
 
     async def stream() -> AsyncIterator[bytes]:
         deadline = time.monotonic() + STREAM_MAX_S
-        yield b"retry: 3000\n\n"
+        yield encoders.retry_frame(3000)
         # A client disconnect cancels this generator at its next await: nothing else to stop.
         while time.monotonic() < deadline:
             state = await pool_state()
-            yield _event(render_to_string(LIVE_PARTIAL, _context(state), request=request))
+            yield encoders.html_frame(
+                "pool", render_to_string(LIVE_PARTIAL, _context(state), request=request)
+            )
             await asyncio.sleep(EVENT_EVERY_S)
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return encoders.event_stream(stream())

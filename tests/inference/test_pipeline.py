@@ -143,3 +143,18 @@ def test_anthropic_sdk_still_streams_from_the_local_profile(routed_gateway: Gate
     with client.messages.stream(model=TINY, max_tokens=4, messages=[{"role": "user", "content": "hi"}]) as s:
         final = s.get_final_message()
     assert final.usage.output_tokens > 0 and final.id.startswith("msg_")
+
+
+def test_a_member_over_their_limit_is_refused_in_the_playground(routed_gateway: Gateway, admin: Admin) -> None:
+    name, password = uid("member"), "Quiet-Harbor-7721"
+    user = admin.ok("POST", "/users/", json={"username": name, "password": password, "role": "member"})
+    limited = admin.ok("PUT", f"/users/{user['id']}/limits", json={"rpm_limit": 1})
+    assert limited["rpm_limit"] == 1
+    member = Admin(routed_gateway, username=name, password=password)
+    chat = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert _ws_chat(routed_gateway, member, chat)[-1]["type"] == "done"
+    refused = _ws_chat(routed_gateway, member, chat)[-1]
+    assert refused["type"] == "error" and refused["error"]["code"] == "rate_limit_exceeded"
+    assert "per minute" in refused["error"]["message"]
+    rows = admin.wait_rows(lambda rows: len(rows) == 2, user=name)
+    assert sorted(row["status"] for row in rows) == [200, 429]
