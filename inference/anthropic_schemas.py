@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from inference.media import ImageSource
 from inference.schemas import MAX_INT32
 from mlxmanager.errors import DomainError
+from mlxmanager.validtext import ValidUnicode
 
 # Between text blocks of one message or of `system`, and between consecutive turns of the
 # same role, which Anthropic combines into one turn.
@@ -209,7 +210,7 @@ def _join(blocks: list[TextBlock]) -> str:
     return BLOCK_SEPARATOR.join(b.text for b in blocks)
 
 
-class CountTokensRequest(_Strict):
+class CountTokensRequest(_Strict, ValidUnicode):
     """The prompt-shaping fields, shared by `/v1/messages` and its `count_tokens`."""
 
     model: str = Field(min_length=1, max_length=256)

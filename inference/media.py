@@ -23,13 +23,16 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
 
 from inference import protocol as p
 from mlxmanager.errors import DomainError
+
+if TYPE_CHECKING:
+    import httpx
 
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
 _DATA_URL = re.compile(
@@ -106,17 +109,68 @@ def _data_url(url: str, param: str) -> bytes:
     return _b64(url[match.end() :], param)
 
 
-def _private(host: str) -> bool:
-    """Whether `host` resolves to a loopback, private, link-local or otherwise internal address."""
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False  # the fetch itself reports it
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if not addr.is_global or addr.is_multicast:
+# IPv6 ranges that carry an IPv4 address in their last 32 bits: IPv4-compatible (::a.b.c.d,
+# deprecated) and NAT64's well-known prefix (RFC 6052). NAT64's local-use prefix (RFC 8215)
+# is refused outright: where it routes is up to the local network.
+_IPV4_IN_LOW_BITS = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a mapping, translator or tunnel:
+    IPv4-mapped, IPv4-compatible, NAT64, 6to4 (2002::/16) and Teredo (server and client)."""
+    out = [a for a in (addr.ipv4_mapped, addr.sixtofour) if a is not None]
+    if addr.teredo is not None:
+        out.extend(addr.teredo)
+    if any(addr in net for net in _IPV4_IN_LOW_BITS):
+        out.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return out
+
+
+def internal_address(addr: Address) -> bool:
+    """Whether `addr` is (or leads to) a loopback, private, link-local, reserved or multicast
+    address; an IPv6 address is judged by every IPv4 address it embeds too (Python 3.11 calls
+    ::7f00:1, 64:ff9b::a9fe:a9fe and 2002:7f00:1:: global)."""
+    if not addr.is_global or addr.is_multicast:
+        return True
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr in _NAT64_LOCAL:
             return True
+        return any(not v4.is_global or v4.is_multicast for v4 in _embedded_ipv4(addr))
     return False
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    """The addresses of `host`, each one checked (unless MLXM_IMAGE_FETCH_PRIVATE): the fetch
+    connects to one of these, never resolving the name again (no DNS rebinding between the
+    check and the connection)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise OSError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
+    addresses: list[str] = []
+    for info in infos:
+        ip = str(info[4][0]).split("%", 1)[0]  # no IPv6 zone: link-local is refused anyway
+        if ip not in addresses:
+            addresses.append(ip)
+    if not settings.MLXM_IMAGE_FETCH_PRIVATE and any(
+        internal_address(ipaddress.ip_address(ip)) for ip in addresses
+    ):
+        raise PermissionError(host)
+    return addresses
+
+
+def pinned_request(client: httpx.AsyncClient, url: httpx.URL, ip: str) -> httpx.Request:
+    """A GET of `url` sent to `ip`: the Host header and the TLS server name (SNI, and the name
+    the certificate is checked against) stay the URL's host."""
+    return client.build_request(
+        "GET",
+        url.copy_with(host=ip),
+        headers={"accept": "image/*", "host": url.netloc.decode("ascii")},
+        extensions={"sni_hostname": url.raw_host.decode("ascii")},
+    )
 
 
 async def _fetch(url: str, param: str) -> bytes:
@@ -125,22 +179,28 @@ async def _fetch(url: str, param: str) -> bytes:
     limit = settings.MLXM_IMAGE_MAX_BYTES
     timeout = settings.MLXM_IMAGE_FETCH_TIMEOUT
     try:
-        async with asyncio.timeout(timeout), httpx.AsyncClient(timeout=timeout) as client:
+        # trust_env=False: a proxy from the environment would resolve the name again itself.
+        async with asyncio.timeout(timeout), httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
             for _ in range(_MAX_REDIRECTS + 1):
-                parts = urlsplit(url)
-                if parts.scheme not in ("http", "https") or not parts.hostname:
+                target = httpx.URL(url)
+                if target.scheme not in ("http", "https") or not target.host:
                     raise _bad("an image URL must be http(s) or a data URL", param)
-                if not settings.MLXM_IMAGE_FETCH_PRIVATE and await asyncio.to_thread(
-                    _private, parts.hostname
-                ):
+                host = target.raw_host.decode("ascii")  # IDNA-encoded, IPv6 without brackets
+                port = target.port or (443 if target.scheme == "https" else 80)
+                try:
+                    addresses = await asyncio.to_thread(_resolve, host, port)
+                except PermissionError:
                     raise _bad(
-                        f"the image URL points at an internal address ({parts.hostname}); "
+                        f"the image URL points at an internal address ({target.host}); "
                         "send the image as base64 instead",
                         param,
-                    )
-                async with client.stream("GET", url, headers={"accept": "image/*"}) as response:
+                    ) from None
+                except OSError as exc:
+                    raise _bad(f"the image URL could not be fetched: {exc}", param) from exc
+                response = await _connect(client, target, addresses)
+                try:
                     if response.is_redirect and "location" in response.headers:
-                        url = str(response.url.join(response.headers["location"]))
+                        url = str(target.join(response.headers["location"]))
                         continue
                     if response.status_code != 200:
                         raise _bad(f"fetching the image URL gave HTTP {response.status_code}", param)
@@ -153,11 +213,25 @@ async def _fetch(url: str, param: str) -> bytes:
                         if len(body) > limit:
                             raise _bad(f"the image at the URL is larger than {limit >> 20} MB", param)
                     return bytes(body)
+                finally:
+                    await response.aclose()
             raise _bad("the image URL redirects too many times", param)
     except TimeoutError as exc:
         raise _bad(f"fetching the image URL took longer than {timeout:g} s", param) from exc
     except httpx.HTTPError as exc:
         raise _bad(f"the image URL could not be fetched: {exc}", param) from exc
+
+
+async def _connect(client: httpx.AsyncClient, url: httpx.URL, addresses: list[str]) -> httpx.Response:
+    """The streamed response of `url` from the first of `addresses` that accepts a connection."""
+    import httpx
+
+    for ip in addresses[:-1]:
+        try:
+            return await client.send(pinned_request(client, url, ip), stream=True)
+        except httpx.ConnectError:
+            continue  # e.g. an IPv6 address where this host has no IPv6 route: the next one
+    return await client.send(pinned_request(client, url, addresses[-1]), stream=True)
 
 
 async def load_image(source: ImageSource) -> bytes:

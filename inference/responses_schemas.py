@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inference.schemas import MAX_INT32, REASONING_EFFORTS
 from mlxmanager.errors import DomainError
+from mlxmanager.validtext import ValidUnicode, find_invalid_unicode
 
 _TOOL_NAME = r"^[a-zA-Z0-9_.-]{1,64}$"
 NOT_STORED = (
@@ -135,10 +136,13 @@ def _arguments(text: str, where: str) -> Any:
         value = None
     if not isinstance(value, dict):
         raise DomainError("arguments must be a JSON object", param=f"{where}.arguments")
+    # A "\ud800" escape inside the JSON string decodes to a lone surrogate.
+    if (bad := find_invalid_unicode(value)) is not None:
+        raise DomainError(f"arguments hold invalid Unicode: {bad[1]}", param=f"{where}.arguments")
     return value
 
 
-class ResponsesRequest(_Strict):
+class ResponsesRequest(_Strict, ValidUnicode):
     model: str = Field(min_length=1, max_length=256)
     input: str | Annotated[list[dict[str, Any]], Field(max_length=100_000)]
     instructions: str | None = None

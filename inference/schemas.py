@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inference.media import ImageSource
 from mlxmanager.errors import DomainError
+from mlxmanager.validtext import ValidUnicode, find_invalid_unicode
 
 # Upper bound of counts and ids: past it the worker protocol (msgpack) cannot carry them.
 MAX_INT32 = 2**31 - 1
@@ -82,8 +83,9 @@ class ChatMessage(_Strict):
     refusal: str | None = None
 
 
-class SamplingFields(_Strict):
-    """Parameters shared by chat and text completions."""
+class SamplingFields(_Strict, ValidUnicode):
+    """Parameters shared by chat and text completions (a request body: invalid Unicode anywhere
+    in it is refused with the field's location)."""
 
     model: str = Field(min_length=1, max_length=256)
     stream: bool = False
@@ -162,11 +164,13 @@ class ChatCompletionRequest(SamplingFields):
                     "only assistant messages carry tool_calls", param=f"messages[{i}].tool_calls"
                 )
             for j, call in enumerate(m.tool_calls or []):
-                if not isinstance(_json_object(call.function.arguments), dict):
-                    raise DomainError(
-                        "arguments must be a JSON object",
-                        param=f"messages[{i}].tool_calls[{j}].function.arguments",
-                    )
+                where = f"messages[{i}].tool_calls[{j}].function.arguments"
+                arguments = _json_object(call.function.arguments)
+                if not isinstance(arguments, dict):
+                    raise DomainError("arguments must be a JSON object", param=where)
+                # A "\ud800" escape inside the JSON string decodes to a lone surrogate.
+                if (bad := find_invalid_unicode(arguments)) is not None:
+                    raise DomainError(f"arguments hold invalid Unicode: {bad[1]}", param=where)
             if isinstance(m.content, list) and m.role != "user":
                 for j, part in enumerate(m.content):
                     if isinstance(part, ImagePart):
@@ -320,7 +324,7 @@ class CompletionRequest(SamplingFields):
 TokenId = Annotated[int, Field(ge=0, le=MAX_INT32)]
 
 
-class EmbeddingRequest(_Strict):
+class EmbeddingRequest(_Strict, ValidUnicode):
     """`POST /v1/embeddings`: `input` is a string, a list of strings, token ids, or lists of them."""
 
     model: str

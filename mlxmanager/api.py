@@ -8,7 +8,9 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
 from ninja.security import django_auth
+from ninja.types import DictStrAny
 
 from mlxmanager.accounts.api import router as keys_router
 from mlxmanager.accounts.api import tokens_router, users_router
@@ -21,10 +23,24 @@ from mlxmanager.playground.api import router as conversations_router
 from mlxmanager.pool.api import router as pool_router
 from mlxmanager.profiles.api import router as profiles_router
 from mlxmanager.rules.api import router as rules_router
+from mlxmanager.validtext import InvalidUnicode, find_invalid_unicode
 
 log = logging.getLogger(__name__)
 
-api = NinjaAPI(title="MLX Manager API", version="1", urls_namespace="api", auth=django_auth)
+
+class _Parser(Parser):
+    """JSON bodies as ninja parses them, refused when a string holds invalid Unicode (a lone
+    surrogate, which no database column can store): a 400 naming the field, for every body."""
+
+    def parse_body(self, request: HttpRequest) -> DictStrAny:
+        data = super().parse_body(request)
+        found = find_invalid_unicode(data)
+        if found is not None:
+            raise InvalidUnicode(*found)  # ninja re-raises it as HttpError(400) "from" this
+        return data
+
+
+api = NinjaAPI(title="MLX Manager API", version="1", urls_namespace="api", auth=django_auth, parser=_Parser())
 
 
 def problem(request: HttpRequest, status: int, title: str, detail: str, **extra: object) -> HttpResponse:
@@ -53,6 +69,16 @@ def _validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
 
 @api.exception_handler(HttpError)
 def _http(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if isinstance(exc.__cause__, InvalidUnicode):  # from _Parser: shaped like a ValidationError
+        bad = exc.__cause__
+        return problem(
+            request,
+            400,
+            "Invalid request",
+            f"Invalid value for '{bad.param}': {bad.message}" if bad.param else bad.message,
+            param=bad.param,
+            errors=[{"type": "invalid_unicode", "loc": ["body", *bad.loc], "msg": bad.message}],
+        )
     return problem(request, exc.status_code, "Bad request" if exc.status_code == 400 else "Error", str(exc))
 
 

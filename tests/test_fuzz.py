@@ -1,11 +1,18 @@
 """Schemathesis against the live server: every operation of `/api` (as a logged-in admin) and
 of `/v1` (with an API key), fed schema-generated and schema-breaking input. No answer may be a
-5xx. Derandomized, so a run is repeatable; a handful of examples per operation keeps it quick."""
+5xx. Derandomized, so a run is repeatable; a handful of examples per operation keeps it quick.
+
+Schemathesis never generates invalid Unicode (it leaves lone surrogates out on purpose: they
+cannot be encoded as UTF-8), yet JSON carries them as `"\\ud800"`. A second pass takes valid
+bodies of each JSON operation and sets each of their string fields in turn to a string with a
+lone surrogate: every such body must be refused with a 400."""
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable, Iterator
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,13 @@ FUZZ = settings(
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
 )
+# Positive examples whose string fields the invalid-Unicode pass breaks, one field at a time.
+EXAMPLES = settings(FUZZ, max_examples=8, phases=[Phase.generate])
+SURROGATE = "ok\ud800ok"  # sent as the JSON escape `"ok\\ud800ok"`
+# Operations whose request schema lives where this change could not reach (inference/api/
+# audio.py): its body model lacks the invalid-Unicode check (`response_format: "\ud800"` is
+# still a 500). Remove it from here once SpeechRequest derives from mlxmanager.validtext.ValidUnicode.
+INVALID_UNICODE_GAPS = {"POST /v1/audio/speech"}
 # Bodies that name a served model reach the worker instead of stopping at "no such model".
 SERVED = {"/v1/embeddings": "all-minilm-l6-v2"}
 CHAT = "tiny-random"
@@ -128,3 +142,98 @@ def test_v1_never_answers_5xx(live: Gateway) -> None:
         )
 
     assert fuzz(f"{live.url}/v1/openapi.json", call) >= 7
+
+
+Loc = tuple[str | int, ...]
+
+
+def string_fields(value: Any, loc: Loc = ()) -> Iterator[Loc]:
+    """The location of each string in a JSON value."""
+    if isinstance(value, str):
+        yield loc
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from string_fields(v, (*loc, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from string_fields(v, (*loc, i))
+
+
+def with_value(body: Any, loc: Loc, value: Any) -> Any:
+    out = deepcopy(body)
+    *parent, last = loc
+    target = out
+    for key in parent:
+        target = target[key]
+    target[last] = value
+    return out
+
+
+def bad_bodies(cases: list[Any]) -> Iterator[tuple[Any, Any]]:
+    """(case, body): each distinct string field of the cases' bodies (list items count once)
+    set to a string with a lone surrogate, and one object key that holds one."""
+    seen: set[Loc] = set()
+    for case in cases:
+        body = case.body
+        if isinstance(body, dict) and not seen:
+            yield case, {**body, SURROGATE: 1}
+        for loc in string_fields(body):
+            shape = tuple("*" if isinstance(x, int) else x for x in loc)
+            if shape not in seen:
+                seen.add(shape)
+                yield case, with_value(body, loc, SURROGATE)
+
+
+def json_examples(operation: Any) -> list[Any]:
+    """A few schema-valid cases of an operation whose body is JSON (none otherwise)."""
+    cases: list[Any] = []
+
+    @EXAMPLES
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    def collect(case: Any) -> None:
+        if case.media_type == "application/json" and isinstance(case.body, dict | list):
+            cases.append(case)
+
+    try:
+        collect()
+    except Unsatisfiable:
+        return []
+    return cases
+
+
+def sweep_invalid_unicode(
+    base_url: str, schema_path: str, session: requests.Session, headers: dict[str, str]
+) -> int:
+    """For each operation with a JSON body: a few valid bodies, broken by `bad_bodies`, each
+    sent (by hand: schemathesis re-validates a changed body, which cannot be encoded) and
+    answered with a 400 that says the text is invalid Unicode. Returns how many were sent."""
+    schema = schemathesis.openapi.from_url(base_url + schema_path)
+    failures, sent = [], 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.label in INVALID_UNICODE_GAPS:
+            continue
+        for case, bad in bad_bodies(json_examples(operation)):
+            query = case.query if isinstance(case.query, dict) else None
+            url = base_url + case.formatted_path
+            response = session.request(case.method, url, params=query, json=bad, headers=headers, timeout=60)
+            sent += 1
+            if response.status_code != 400 or "invalid Unicode" not in response.text:
+                failures.append(
+                    f"{operation.label}: {response.status_code} {response.text[:300]}\n"
+                    f"  body: {json.dumps(bad)[:300]}"
+                )
+                break  # one report per operation
+    assert not failures, "\n\n".join(failures)
+    return sent
+
+
+def test_api_refuses_invalid_unicode_in_every_string_field(live: Gateway) -> None:
+    admin = admin_session(live)
+    headers = {"X-CSRFToken": admin.cookies["csrftoken"]}
+    assert sweep_invalid_unicode(live.url, "/api/openapi.json", admin, headers) > 20
+
+
+def test_v1_refuses_invalid_unicode_in_every_string_field(live: Gateway) -> None:
+    headers = {"Authorization": f"Bearer {live.key}", "x-api-key": live.key}
+    assert sweep_invalid_unicode(live.url, "/v1/openapi.json", requests.Session(), headers) > 20

@@ -27,6 +27,8 @@ from django.conf import settings
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
+from mlxmanager.validtext import scrub
+
 log = logging.getLogger(__name__)
 
 LIVE_GROUP = "audit.requests"
@@ -164,22 +166,23 @@ async def _tracked(
 
 
 def row_of(a: RequestAudit) -> dict[str, Any]:
-    """The RequestLog fields of a finished record."""
+    """The RequestLog fields of a finished record. Text that came from the request (the model
+    of a refused body) may hold lone surrogates: scrubbed, or the flush would fail forever."""
     return {
         "created_at": a.created_at,
         "user_id": a.user_id,
-        "username": a.username[:150],
+        "username": scrub(a.username[:150]),
         "api_key_id": a.api_key_id,
-        "key_prefix": a.key_prefix[:16],
-        "client_ip": a.client_ip,
-        "request_id": a.request_id[:128],
-        "endpoint": a.endpoint[:64],
-        "requested_model": a.requested_model[:256],
-        "rule": a.rule[:100],
-        "backend": a.backend[:120],
-        "upstream_model": a.upstream_model[:256],
+        "key_prefix": scrub(a.key_prefix[:16]),
+        "client_ip": a.client_ip and scrub(a.client_ip),
+        "request_id": scrub(a.request_id[:128]),
+        "endpoint": scrub(a.endpoint[:64]),
+        "requested_model": scrub(a.requested_model[:256]),
+        "rule": scrub(a.rule[:100]),
+        "backend": scrub(a.backend[:120]),
+        "upstream_model": scrub(a.upstream_model[:256]),
         "status": a.status,
-        "error_type": a.error_type[:64],
+        "error_type": scrub(a.error_type[:64]),
         "stream": a.stream,
         "attempts": max(a.attempts, 1),
         "prompt_tokens": max(a.prompt_tokens, 0),

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.server
 import io
+import ipaddress
+import socket
 import struct
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,6 +86,138 @@ def test_internal_addresses_are_not_fetched_by_default() -> None:
                 "http://169.254.169.254/latest/meta-data"):  # fmt: skip
         with pytest.raises(DomainError, match="internal address"):
             asyncio.run(media.load_image(media.ImageSource(param="p", url=url)))
+
+
+# IPv6 forms that carry an internal IPv4 address: each one reaches it through a translator
+# or tunnel, and Python 3.11 calls most of them global.
+EMBEDDED_INTERNAL = [
+    "::7f00:1",  # IPv4-compatible ::127.0.0.1
+    "::a9fe:a9fe",  # IPv4-compatible ::169.254.169.254
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:a00:1",  # IPv4-mapped 10.0.0.1
+    "64:ff9b::a9fe:a9fe",  # NAT64 (RFC 6052) 169.254.169.254
+    "64:ff9b::a00:1",  # NAT64 10.0.0.1
+    "64:ff9b:1::a9fe:a9fe",  # NAT64 local-use prefix (RFC 8215)
+    "2002:7f00:1::",  # 6to4 127.0.0.1
+    "2002:a9fe:a9fe::1",  # 6to4 169.254.169.254
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+]
+
+
+def _stub_getaddrinfo(answers: dict[str, list[list[str]]], calls: list[str]) -> Any:
+    """A getaddrinfo whose answers for the hosts in `answers` come from there, one list per
+    call (the last one repeats): a DNS server that changes its mind. Other hosts resolve."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in answers:
+            return real(host, port, *args, **kw)
+        calls.append(name)
+        ips = answers[name][min(len(calls) - 1, len(answers[name]) - 1)]
+        port = int(port or 0)
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (ip, port, 0, 0))
+            if ":" in ip
+            else (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))
+            for ip in ips
+        ]
+
+    return getaddrinfo
+
+
+@pytest.mark.parametrize("address", EMBEDDED_INTERNAL)
+@override_settings(MLXM_IMAGE_FETCH_PRIVATE=False)
+def test_internal_ipv4_inside_ipv6_is_not_fetched(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(socket, "getaddrinfo", _stub_getaddrinfo({"sneaky.test": [[address]]}, calls))
+    for url in (f"http://[{address}]/cat.png", "http://sneaky.test/cat.png"):
+        with pytest.raises(DomainError, match="internal address"):
+            asyncio.run(media.load_image(media.ImageSource(param="p", url=url)))
+
+
+def test_embedded_public_ipv4_is_not_internal() -> None:
+    for address in ("2606:4700::1111", "8.8.8.8", "64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8"):
+        assert not media.internal_address(ipaddress.ip_address(address)), address
+    for address in EMBEDDED_INTERNAL + ["127.0.0.1", "::1", "fe80::1", "fc00::1", "100.64.0.1", "224.0.0.1"]:
+        assert media.internal_address(ipaddress.ip_address(address)), address
+
+
+class _ImageHandler(http.server.BaseHTTPRequestHandler):
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append({"path": self.path, "host": self.headers.get("host", "")})
+        body = png()
+        self.send_response(200)
+        self.send_header("content-type", "image/png")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def image_server() -> Iterator[tuple[int, list[dict[str, str]]]]:
+    seen: list[dict[str, str]] = []
+    handler = type("Handler", (_ImageHandler,), {"seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["checked", "unchecked"])
+def test_the_fetch_connects_to_the_address_it_resolved(
+    private: bool, image_server: tuple[int, list[dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resolved once: the connection goes to that address (with the URL's Host header), even
+    when a second lookup would answer something else (192.0.2.1: TEST-NET, unreachable)."""
+    port, seen = image_server
+    calls: list[str] = []
+    monkeypatch.setattr(
+        socket, "getaddrinfo", _stub_getaddrinfo({"images.test": [["127.0.0.1"], ["192.0.2.1"]]}, calls)
+    )
+    monkeypatch.setattr(media, "internal_address", lambda a: False, raising=False)  # 127.0.0.1 passes
+    url = f"http://images.test:{port}/cat.png"
+    with override_settings(MLXM_IMAGE_FETCH_PRIVATE=private, MLXM_IMAGE_FETCH_TIMEOUT=3):
+        assert asyncio.run(media.load_image(media.ImageSource(param="p", url=url))) == png()
+    assert seen == [{"path": "/cat.png", "host": f"images.test:{port}"}]
+    assert calls == ["images.test"]  # one lookup
+
+
+@override_settings(MLXM_IMAGE_FETCH_PRIVATE=False, MLXM_IMAGE_FETCH_TIMEOUT=1)
+def test_dns_rebinding_cannot_reach_an_internal_address(
+    image_server: tuple[int, list[dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check sees a public address, a second lookup would give 127.0.0.1: the fetch goes
+    to the public address it checked (unreachable here), never to the local server."""
+    port, seen = image_server
+    calls: list[str] = []
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        _stub_getaddrinfo({"rebind.test": [["203.0.113.7", "1.1.1.1"], ["127.0.0.1"]]}, calls),
+    )
+    monkeypatch.setattr(media, "internal_address", lambda a: str(a) == "127.0.0.1")  # TEST-NET counts
+    with pytest.raises(DomainError, match="could not be fetched|took longer"):
+        asyncio.run(media.load_image(media.ImageSource(param="p", url=f"http://rebind.test:{port}/cat.png")))
+    assert seen == []
+
+
+def test_a_pinned_https_request_keeps_the_name_for_host_and_tls() -> None:
+    import httpx
+
+    req = media.pinned_request(
+        httpx.AsyncClient(), httpx.URL("https://images.test:8443/a.png?x=1"), "2606:4700::1111"
+    )
+    assert str(req.url) == "https://[2606:4700::1111]:8443/a.png?x=1"
+    assert req.headers["host"] == "images.test:8443"
+    assert req.extensions["sni_hostname"] == "images.test"  # certificate checked for the name
 
 
 def test_a_text_model_takes_no_images_and_the_count_is_capped() -> None:

@@ -170,6 +170,41 @@ def test_malformed_json_is_a_400_problem(api: ApiClient) -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (rb'{"name": "\ud800"}', "name"),
+        (b'{"name": "k\xed\xa0\x80"}', "name"),  # the same surrogate as (invalid) UTF-8 bytes
+        (rb'{"name": "ok", "allowed_models": ["m", "\udfff"]}', "allowed_models.1"),
+    ],
+    ids=["escape", "utf8-bytes", "in-a-list"],
+)
+def test_invalid_unicode_is_a_400_problem_naming_the_field(api: ApiClient, raw: bytes, param: str) -> None:
+    """A lone surrogate cannot be stored (nor encoded as UTF-8): a 400, not a 500 at the INSERT."""
+    resp = api.client.post(
+        "/api/keys/", raw, content_type="application/json", headers={"X-CSRFToken": api.csrf}
+    )
+    problem = assert_problem(resp, 400)
+    assert problem["param"] == param
+    assert problem["title"] == "Invalid request"
+    assert "invalid Unicode" in problem["detail"] and param in problem["detail"]
+    assert [e["loc"][-len(param.split(".")) :] for e in problem["errors"]] == [
+        [int(x) if x.isdigit() else x for x in param.split(".")]
+    ]
+    resp.content.decode("utf-8")  # the answer itself is valid UTF-8
+    assert not ApiKey.objects.exists()
+
+
+def test_invalid_unicode_is_refused_on_every_management_body(admin) -> None:
+    """The check is the management API's JSON parser: every body, not only the keys'."""
+    api = ApiClient(admin)
+    resp = api.client.post(
+        "/api/users/", rb'{"username": "\ud800", "password": "a-long-password-42"}',
+        content_type="application/json", headers={"X-CSRFToken": api.csrf},
+    )  # fmt: skip
+    assert assert_problem(resp, 400)["param"] == "username"
+
+
+@pytest.mark.parametrize(
     ("body", "param"),
     [
         ({"name": "  "}, "name"),

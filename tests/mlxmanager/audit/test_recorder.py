@@ -148,3 +148,17 @@ def test_flush_keeps_the_hourly_rollups_in_step() -> None:
         for h in RequestHourly.objects.all()
     }
     assert got == {(200, True): (2, 14, 6), (500, False): (1, 7, 3), (200, False): (1, 7, 3)}
+
+
+def test_text_that_is_not_valid_unicode_does_not_wedge_the_log() -> None:
+    """A refused request's model comes from its raw body: a lone surrogate there ("\\ud800" in
+    the JSON) cannot be encoded for the database. The row is written with U+FFFD in its place,
+    and the rows around it are not held back by a flush that fails forever."""
+    r = rec.Recorder()
+    bad = rec.RequestAudit(endpoint="/v1/chat/completions", requested_model="m\ud800x", username="a\udfff")
+    bad.finish(400, "invalid_request_error")
+    r.add(_audit())
+    r.add(bad)
+    assert r.flush() == 2 and r.pending() == 0
+    assert sorted(RequestLog.objects.values_list("requested_model", flat=True)) == ["m", "m\ufffdx"]
+    assert RequestLog.objects.filter(username="a\ufffd").count() == 1
