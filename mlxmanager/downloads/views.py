@@ -18,7 +18,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from mlxmanager.downloads import analysis, hub, selectors, services
 from mlxmanager.downloads.models import HubToken
 from mlxmanager.errors import DomainError
-from mlxmanager.permissions import admin_required
+from mlxmanager.permissions import admin_required, admin_stream
 
 # An event stream ends after this long; EventSource reconnects by itself, and a long-lived
 # request never outlives a deploy by much.
@@ -202,9 +202,10 @@ def _sse(event: str, html: str) -> str:
     return f"event: {event}\n{data}\n"
 
 
-@admin_required
+@admin_stream
 async def download_events(request: HttpRequest) -> StreamingHttpResponse:
-    """Server-sent events: the downloads panel, re-rendered whenever a download changes."""
+    """Server-sent events: the downloads panel, re-rendered whenever a download changes.
+    Opened with the session or a stream token (`?token=`, purpose "sse")."""
 
     def render_panel() -> str:
         return render_to_string(

@@ -12,7 +12,7 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
 from mlxmanager.errors import DomainError
-from mlxmanager.permissions import admin_required
+from mlxmanager.permissions import admin_required, admin_stream
 from mlxmanager.pool import services
 from mlxmanager.pool.selectors import PoolState, pool_state
 
@@ -55,10 +55,11 @@ def _event(html: str) -> bytes:
     return f"event: pool\n{data}\n\n".encode()
 
 
-@admin_required
+@admin_stream
 @require_GET
 async def pool_events(request: HttpRequest) -> StreamingHttpResponse:
-    """Server-sent events: the live partial, re-rendered every EVENT_EVERY_S, until the client leaves."""
+    """Server-sent events: the live partial, re-rendered every EVENT_EVERY_S, until the client leaves.
+    Opened with the session or a stream token (`?token=`, purpose "sse")."""
 
     async def stream() -> AsyncIterator[bytes]:
         deadline = time.monotonic() + STREAM_MAX_S
