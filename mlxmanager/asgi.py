@@ -3,6 +3,8 @@
 `/v1/` (the gateway's API-key traffic) goes to its own Django handler whose middleware chain
 is `MLXM_GATEWAY_MIDDLEWARE`: no sessions, CSRF, auth, messages or page middleware, each of
 which would cost two thread hops per request (`docs/benchmarks.md`, gateway overhead).
+All HTTP passes `RequestLimits` first (`mlxmanager/request_limits.py`): body size and read
+time, and `/v1/` without any API key, refused before Django reads the body.
 """
 
 import os
@@ -18,11 +20,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from mlxmanager.gateway_asgi import GatewayASGIHandler, lifespan, split_http  # noqa: E402
+from mlxmanager.request_limits import RequestLimits  # noqa: E402
 from mlxmanager.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": split_http(gateway=GatewayASGIHandler(), default=django_asgi_app),
+        "http": RequestLimits(split_http(gateway=GatewayASGIHandler(), default=django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         "lifespan": lifespan,
     }

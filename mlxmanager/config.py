@@ -29,3 +29,27 @@ def read_or_create_secret(path: Path, nbytes: int = 48) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(value)
     return value
+
+
+# ---- request limits (read by settings, the ASGI edge and the web server's protocol) -----------
+
+
+def max_body_bytes() -> int:
+    """Request bodies over this are refused with 413 (chat prompts and audio, not uploads)."""
+    return int(os.environ.get("MLXM_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
+
+
+def body_read_timeout() -> float:
+    """Seconds the next piece of a request body may take to arrive (408 past it)."""
+    return float(os.environ.get("MLXM_BODY_READ_TIMEOUT", "30"))
+
+
+def max_header_bytes() -> int:
+    """The request line and headers together: over this, 431."""
+    return int(os.environ.get("MLXM_MAX_HEADER_BYTES", str(64 * 1024)))
+
+
+def header_read_timeout() -> float:
+    """Seconds a request's line and headers may take to arrive, from the connection or the
+    request's first byte (408 and a close past it)."""
+    return float(os.environ.get("MLXM_HEADER_READ_TIMEOUT", "30"))

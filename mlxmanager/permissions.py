@@ -13,7 +13,7 @@ from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied as PageDenied
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from ninja.security import SessionAuth
 
 from mlxmanager.errors import PermissionDenied
@@ -54,6 +54,35 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
         if not is_admin(request.user):
             raise PageDenied(DENIED)
         response: HttpResponseBase = view(request, *args, **kwargs)
+        return response
+
+    return wrapper
+
+
+def admin_stream(view: Callable[..., Any]) -> Callable[..., Any]:
+    """`admin_required` for an event stream (an async view): the session as for any page, or a
+    stream token in `?token=` (purpose "sse", `POST /api/tokens/stream?purpose=sse`), since
+    EventSource cannot send headers. A token sent is a token checked: a bad, expired or revoked
+    one (or one of an inactive user) is a 401 even when a session cookie came along; a valid
+    one of a member is the 403 page. Without a token, the session decides, as before."""
+    if not iscoroutinefunction(view):
+        raise TypeError("admin_stream decorates async views")
+    by_session = admin_required(view)
+
+    @wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        token = request.GET.get("token")
+        if not token:
+            return await by_session(request, *args, **kwargs)  # type: ignore[no-any-return]
+        from mlxmanager.accounts.tokens import STREAM_PURPOSE, token_user
+
+        user = await token_user(token, purpose=STREAM_PURPOSE)
+        if user is None:
+            return HttpResponse("Invalid or expired stream token.", status=401, content_type="text/plain")
+        if not is_admin(user):
+            raise PageDenied(DENIED)
+        request.user = user
+        response: HttpResponseBase = await view(request, *args, **kwargs)
         return response
 
     return wrapper

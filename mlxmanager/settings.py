@@ -165,8 +165,11 @@ STATIC_ROOT.mkdir(exist_ok=True)
 # Serve app static files straight from their source dirs: no collectstatic step to forget.
 WHITENOISE_USE_FINDERS = True
 
-# Request bodies over this size are refused with 413 (chat prompts, not uploads).
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MLXM_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
+# Request bodies over this size are refused with 413 (chat prompts, not uploads): by the ASGI
+# edge (mlxmanager/request_limits.py) before or while the body is read, and by Django as well.
+DATA_UPLOAD_MAX_MEMORY_SIZE = config.max_body_bytes()
+# The next piece of a request body must arrive within this many seconds (408 otherwise).
+MLXM_BODY_READ_TIMEOUT = config.body_read_timeout()
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

@@ -1,4 +1,5 @@
-"""Shared fixtures. `gateway` runs the real product: `manage.py serve` (uvicorn + worker)."""
+"""Shared fixtures. `gateway` runs the real product: `manage.py serve` (uvicorn + worker);
+`gateway_on` runs a test under each supported web server (uvicorn, daphne)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ METRICS_TOKEN = os.environ.setdefault("MLXM_METRICS_TOKEN", "tests-metrics-" + s
 
 def health_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+SERVERS = ("uvicorn", "daphne")  # MLXM_SERVER values (mlxmanager/webserver.py)
 
 
 def _shared_dir() -> Path:
@@ -52,6 +56,7 @@ class Gateway:
     data_dir: Path
     proc: subprocess.Popen[bytes]
     log_path: Path
+    server: str = "uvicorn"
 
     @property
     def v1(self) -> str:
@@ -105,9 +110,14 @@ def manage(*args: str, env: dict[str, str], stdin: str | None = None) -> str:
 
 
 def start_gateway(
-    data_dir: Path, demo_models: dict[str, Path], *, stream_interval_ms: str | None = "0"
+    data_dir: Path,
+    demo_models: dict[str, Path],
+    *,
+    stream_interval_ms: str | None = "0",
+    server: str | None = None,
 ) -> Gateway:
-    """`manage.py serve` on a free port. Tests stream a frame per scheduler step
+    """`manage.py serve` on a free port, under `server` (MLXM_SERVER; the environment's, else
+    uvicorn, when None). Tests stream a frame per scheduler step
     (`stream_interval_ms="0"`): they check that text and tool arguments arrive in pieces,
     which a tiny model's 1,000+ tokens/s would pack into a few 10 ms frames; the interval itself
     is tested in tests/inference/worker/test_server.py. Benchmarks pass None: the product's default."""
@@ -121,6 +131,7 @@ def start_gateway(
         "DJANGO_SETTINGS_MODULE": "mlxmanager.settings",
         # Image URLs in the tests point at servers on 127.0.0.1.
         "MLXM_IMAGE_FETCH_PRIVATE": "1",
+        **({"MLXM_SERVER": server} if server is not None else {}),
     }
     env.pop("DATABASE_URL", None)
     manage("migrate", "--noinput", "-v0", env=env)
@@ -139,7 +150,8 @@ def start_gateway(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    gw = Gateway(url=f"http://127.0.0.1:{port}", key=key, data_dir=data_dir, proc=proc, log_path=log_path)
+    gw = Gateway(url=f"http://127.0.0.1:{port}", key=key, data_dir=data_dir, proc=proc, log_path=log_path,
+                 server=env.get("MLXM_SERVER", "uvicorn"))  # fmt: skip
     try:
         gw.wait_healthy()
     except Exception:
@@ -164,6 +176,22 @@ def gateway(demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     gw = start_gateway(tmp_path_factory.mktemp("gateway"), demo_models)
     yield gw
     stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def daphne_gateway(
+    demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """The same live server as `gateway`, under daphne (MLXM_SERVER=daphne)."""
+    gw = start_gateway(tmp_path_factory.mktemp("gateway-daphne"), demo_models, server="daphne")
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture(params=SERVERS)
+def gateway_on(request: pytest.FixtureRequest) -> Gateway:
+    """`gateway` under uvicorn, `daphne_gateway` under daphne: the test runs under each."""
+    return request.getfixturevalue("gateway" if request.param == "uvicorn" else "daphne_gateway")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

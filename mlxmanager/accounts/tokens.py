@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
@@ -20,7 +23,8 @@ from joserfc.jwt import JWTClaimsRegistry
 from mlxmanager.errors import DomainError
 
 DEFAULT_TTL_SECONDS = 300
-PURPOSES = frozenset({"ws-chat", "sse"})
+STREAM_PURPOSE = "sse"  # the dashboard's event streams (mlxmanager.permissions.admin_stream)
+PURPOSES = frozenset({"ws-chat", STREAM_PURPOSE})
 
 
 class InvalidToken(DomainError):
@@ -59,3 +63,12 @@ def token_verify(token: str, *, purpose: str, now: float | None = None) -> int:
         return int(claims["sub"])
     except (JoseError, ValueError, TypeError) as exc:
         raise InvalidToken("invalid or expired token") from exc
+
+
+async def token_user(token: str, *, purpose: str) -> Any | None:
+    """The active user a valid token was minted for, or None (bad, expired, other purpose)."""
+    try:
+        user_id = await sync_to_async(token_verify)(token, purpose=purpose)
+    except InvalidToken:
+        return None
+    return await get_user_model().objects.filter(pk=user_id, is_active=True).afirst()

@@ -19,7 +19,7 @@ from inference import encoders
 from mlxmanager.downloads import analysis, hub, selectors, services
 from mlxmanager.downloads.models import HubToken
 from mlxmanager.errors import DomainError
-from mlxmanager.permissions import admin_required
+from mlxmanager.permissions import admin_required, admin_stream
 
 # An event stream ends after this long; EventSource reconnects by itself, and a long-lived
 # request never outlives a deploy by much.
@@ -198,9 +198,10 @@ def download_action(request: HttpRequest, download_id: int, action: str) -> Http
     return redirect("downloads")
 
 
-@admin_required
+@admin_stream
 async def download_events(request: HttpRequest) -> StreamingHttpResponse:
-    """Server-sent events: the downloads panel, re-rendered whenever a download changes."""
+    """Server-sent events: the downloads panel, re-rendered whenever a download changes.
+    Opened with the session or a stream token (`?token=`, purpose "sse")."""
 
     def render_panel() -> str:
         return render_to_string(

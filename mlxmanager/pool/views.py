@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from inference import encoders
 from mlxmanager.errors import DomainError
-from mlxmanager.permissions import admin_required
+from mlxmanager.permissions import admin_required, admin_stream
 from mlxmanager.pool import services
 from mlxmanager.pool.selectors import PoolState, pool_state
 
@@ -51,10 +51,11 @@ async def pool_action(request: HttpRequest, name: str, action: str) -> HttpRespo
     return render(request, "pool/pool.html", _context(state, message=message, error=error), status=status)
 
 
-@admin_required
+@admin_stream
 @require_GET
 async def pool_events(request: HttpRequest) -> StreamingHttpResponse:
-    """Server-sent events: the live partial, re-rendered every EVENT_EVERY_S, until the client leaves."""
+    """Server-sent events: the live partial, re-rendered every EVENT_EVERY_S, until the client leaves.
+    Opened with the session or a stream token (`?token=`, purpose "sse")."""
 
     async def stream() -> AsyncIterator[bytes]:
         deadline = time.monotonic() + STREAM_MAX_S

@@ -145,7 +145,9 @@ def test_anthropic_sdk_still_streams_from_the_local_profile(routed_gateway: Gate
     assert final.usage.output_tokens > 0 and final.id.startswith("msg_")
 
 
-def test_a_member_over_their_limit_is_refused_in_the_playground(routed_gateway: Gateway, admin: Admin) -> None:
+def test_a_member_over_their_limit_is_refused_in_the_playground(
+    routed_gateway: Gateway, admin: Admin
+) -> None:
     name, password = uid("member"), "Quiet-Harbor-7721"
     user = admin.ok("POST", "/users/", json={"username": name, "password": password, "role": "member"})
     limited = admin.ok("PUT", f"/users/{user['id']}/limits", json={"rpm_limit": 1})

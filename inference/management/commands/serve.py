@@ -1,4 +1,5 @@
-"""`manage.py serve`: the web server (uvicorn) and the inference worker, supervised."""
+"""`manage.py serve`: the web server (uvicorn, or daphne with `MLXM_SERVER=daphne` or
+`--server daphne`) and the inference worker, supervised."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=settings.MLXM_HOST)
         parser.add_argument("--port", type=int, default=settings.MLXM_PORT)
+        parser.add_argument(
+            "--server",
+            choices=webserver.SERVERS,
+            default=None,
+            help="the web server (default: MLXM_SERVER, else uvicorn)",
+        )
         parser.add_argument("--no-worker", action="store_true", help="run only the web server")
         parser.add_argument("--no-downloads", action="store_true", help="don't run the download worker")
 
@@ -56,6 +63,7 @@ class Command(BaseCommand):
             port,
             forwarded_allow_ips=settings.MLXM_FORWARDED_ALLOW_IPS,
             access_log=settings.MLXM_ACCESS_LOG,
+            server=webserver.server_name(opts["server"]),
         )
 
         stopping = False

@@ -52,8 +52,9 @@ def test_smollm2_answers_non_streaming(gateway: Gateway) -> None:
     assert r.usage.prompt_tokens_details.cached_tokens >= 0
 
 
-def test_smollm2_streams_with_usage(gateway: Gateway) -> None:
-    stream = gateway.openai().chat.completions.create(
+def test_smollm2_streams_with_usage(gateway_on: Gateway) -> None:
+    """Under each supported web server (uvicorn, daphne)."""
+    stream = gateway_on.openai().chat.completions.create(
         model=SMOL,
         messages=FRANCE,
         max_tokens=20,

@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import start_gateway, stop_gateway
+from tests.conftest import SERVERS, start_gateway, stop_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("live")]
 
@@ -19,11 +19,12 @@ TINY = "tiny-random"
 SMOL = "smollm2-135m-instruct"
 
 
+@pytest.mark.parametrize("server", SERVERS)
 def test_sigterm_drains_running_streams(
-    demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: str, demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLXM_DRAIN_SECONDS", "8")
-    gw = start_gateway(tmp_path / "gw", demo_models)
+    gw = start_gateway(tmp_path / "gw", demo_models, server=server)
     try:
         client = gw.openai()
         short = client.chat.completions.create(
@@ -95,17 +96,20 @@ def last_line(output: str) -> str:
     return output.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("server", SERVERS)
 def test_audit_rows_still_buffered_at_shutdown_are_written(
-    demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: str, demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Request rows wait in the web process's buffer between flushes; a stop must not lose
-    them (the web process flushes on its way out), and a restarted server finds them."""
+    them (the web process flushes on its way out: uvicorn at lifespan shutdown, daphne, which
+    has no lifespan, in the recorder's atexit handler), and a restarted server finds them."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT, Gateway, manage
 
     monkeypatch.setenv("MLXM_AUDIT_FLUSH_INTERVAL", "600")  # nothing flushed during the test
+    monkeypatch.setenv("MLXM_SERVER", server)  # the restart below too
     gw = start_gateway(tmp_path / "gw", demo_models)
     env = {**os.environ, "MLXM_DATA_DIR": str(gw.data_dir), "DJANGO_SETTINGS_MODULE": "mlxmanager.settings"}
     env.pop("DATABASE_URL", None)
