@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -51,12 +52,16 @@ _REFUSALS = {
 def refusal(path: str, status: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Headers and body of a refusal (401, 408 or 413) in `path`'s error shape."""
     code, anthropic_type, message = _REFUSALS[status]
+    request_id = uuid.uuid4().hex  # these answers are /v1 and /api answers too: they get an id
     if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
         content_type = b"application/json"
-        body = json.dumps({"type": "error", "error": {"type": anthropic_type, "message": message}})
+        body = json.dumps(
+            {"type": "error", "error": {"type": anthropic_type, "message": message}, "request_id": request_id}
+        )
     elif path.startswith(V1_PREFIX):
         content_type = b"application/json"
-        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code,
+                 "request_id": request_id}  # fmt: skip
         body = json.dumps({"error": error})
     elif path.startswith(API_PREFIX):
         content_type = b"application/problem+json"
@@ -69,6 +74,7 @@ def refusal(path: str, status: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
         body = message
     raw = body.encode()
     headers = [
+        (b"x-request-id", request_id.encode()),
         (b"content-type", content_type),
         (b"content-length", str(len(raw)).encode()),
         (b"connection", b"close"),
@@ -79,15 +85,17 @@ def refusal(path: str, status: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
 def check_head(path: str, headers: Iterable[tuple[bytes, bytes]], *, max_body: int | None) -> int | None:
     """The status to refuse a request with from its head alone (lower-case header names), or None."""
     declared: bytes | None = None
-    has_key = False
+    has_key = preflight = False
     for name, value in headers:
         if name == b"content-length":
             declared = value
+        elif name == b"access-control-request-method":
+            preflight = True  # a browser's CORS preflight carries no key: the app answers it
         elif name == b"authorization":
             has_key = has_key or (value[:7].lower() == b"bearer " and bool(value[7:].strip()))
         elif name == b"x-api-key":
             has_key = has_key or bool(value.strip())
-    if path.startswith(V1_PREFIX) and not has_key:
+    if path.startswith(V1_PREFIX) and not has_key and not preflight:
         return 401
     if max_body is not None and declared is not None:
         try:

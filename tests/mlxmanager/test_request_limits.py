@@ -111,9 +111,9 @@ def test_a_declared_oversized_body_is_refused_from_the_headers_alone(server: Ser
         status, headers, body = read_answer(sock)  # answered while we have sent only the headers
     assert status == 413
     assert headers["content-type"].startswith("application/json")
-    assert json.loads(body) == {"error": {"message": json.loads(body)["error"]["message"],
-                                          "type": "invalid_request_error", "param": None,
-                                          "code": "request_too_large"}}  # fmt: skip
+    error = json.loads(body)["error"]
+    assert error == {"message": error["message"], "type": "invalid_request_error", "param": None,
+                     "code": "request_too_large", "request_id": headers["x-request-id"]}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -235,3 +235,17 @@ async def test_a_v1_refusal_gets_its_audit_row_and_the_app_never_runs(
     assert [(r.endpoint, r.status, r.error_type, r.client_ip) for r in rows] == [
         ("/v1/chat/completions", 401, "invalid_api_key", "10.0.0.9")
     ]
+
+
+def test_a_cors_preflight_is_left_to_the_app_and_refusals_carry_a_request_id() -> None:
+    from mlxmanager.request_limits import check_head, refusal
+
+    # A browser's preflight carries no key; the CORS middleware answers it (or not).
+    assert (
+        check_head("/v1/chat/completions", [(b"access-control-request-method", b"POST")], max_body=None)
+        is None
+    )
+    assert check_head("/v1/chat/completions", [], max_body=None) == 401
+    headers, body = refusal("/v1/chat/completions", 401)
+    rid = dict(headers)[b"x-request-id"].decode()
+    assert rid and json.loads(body)["error"]["request_id"] == rid
