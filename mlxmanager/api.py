@@ -6,7 +6,7 @@ import logging
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import django_auth
@@ -40,7 +40,16 @@ class _Parser(Parser):
         return data
 
 
-api = NinjaAPI(title="MLX Manager API", version="1", urls_namespace="api", auth=django_auth, parser=_Parser())
+# /api/docs: Swagger UI from our own static files ("ninja" in INSTALLED_APPS), without the
+# online validator badge (an image from validator.swagger.io).
+api = NinjaAPI(
+    title="MLX Manager API",
+    version="1",
+    urls_namespace="api",
+    auth=django_auth,
+    parser=_Parser(),
+    docs=Swagger(settings={"validatorUrl": None}),
+)
 
 
 def problem(request: HttpRequest, status: int, title: str, detail: str, **extra: object) -> HttpResponse:

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ninja",  # serves Swagger UI for /api/docs from /static/ninja/ (not from a CDN)
     "django_htmx",
     "template_partials",
     "mlxmanager.accounts",
@@ -174,6 +175,9 @@ MLXM_BODY_READ_TIMEOUT = config.body_read_timeout()
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
+# No script reads the cookie: pages carry the token in their markup (`hx-headers` on <body>,
+# which static/js/playground.js reads too; the API docs' data attribute).
+CSRF_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"

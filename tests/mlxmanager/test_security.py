@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,9 +29,40 @@ def test_pages_get_the_policy_and_the_usual_headers(client: Client) -> None:
     assert resp["X-Frame-Options"] == "DENY"
     assert resp["X-Content-Type-Options"] == "nosniff"
     assert resp["Referrer-Policy"] == "same-origin"
-    # JSON answers and the generated API docs (Swagger UI from a CDN) go without it.
+    # JSON answers go without it.
     assert "Content-Security-Policy" not in client.get("/healthz")
-    assert "Content-Security-Policy" not in client.get("/api/docs")
+
+
+@pytest.mark.django_db
+def test_the_api_docs_load_only_our_own_assets_under_the_policy(admin_user: Any) -> None:
+    """Swagger UI is served from /static/ (no CDN script of a floating version, no inline
+    script), so the docs page gets the same policy as every page."""
+    client = Client()
+    client.force_login(admin_user)
+    resp = client.get("/api/docs")
+    assert resp.status_code == 200 and resp["Content-Type"].startswith("text/html")
+    assert resp["Content-Security-Policy"] == POLICY
+    html = resp.content.decode()
+    assets = re.findall(r"<(?:script|link)\b[^>]*\b(?:src|href)=[\"']([^\"']+)", html)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets), assets
+    for asset in assets:
+        assert asset.startswith("/static/"), asset  # same origin: no http(s)://, no //cdn
+        assert client.get(asset).status_code == 200, asset
+    assert not re.search(r"https?://|//cdn", html)
+    # The only inline <script> is the settings block, data the policy does not run.
+    inline = re.findall(r"<script(?![^>]*\bsrc=)([^>]*)>", html)
+    assert inline == [' type="application/json" id="swagger-settings"'], inline
+    # Swagger UI's default validator badge would load an image from validator.swagger.io.
+    assert '"validatorUrl": null' in html
+
+
+@pytest.mark.django_db
+def test_the_csrf_cookie_is_http_only(client: Client) -> None:
+    """No script reads it: pages take the token from the markup (`hx-headers` on <body>, the
+    docs page's data attribute)."""
+    resp = client.get("/login/")
+    cookie = resp.cookies["csrftoken"]
+    assert cookie["httponly"] is True and cookie["samesite"] == "Lax"
 
 
 def _check_deploy(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
