@@ -1,6 +1,6 @@
 """Soak test: many concurrent streaming clients against the live gateway for minutes.
 
-The real product (`manage.py serve`: uvicorn + inference worker + download worker) serves the
+The real product (`manage.py serve`: uvicorn + inference worker + downloader) serves the
 tiny demo model on 127.0.0.1. `--clients` clients stream answers in a loop until the time is
 up, half with the OpenAI chat shape and half with the Anthropic Messages shape, each request
 with its own prompt (so the prompt cache fills and evicts as in real use). Every request

@@ -29,7 +29,7 @@ from inference import gateway, media, upstream
 from inference import protocol as p
 from inference.client import EngineDeadError, EngineRequestError
 from inference.events import Stream
-from inference.workers import get_engine_client
+from inference.fleet import get_engine_client
 from mlxmanager.accounts import limits
 from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError

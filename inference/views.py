@@ -11,7 +11,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 
 from inference.client import EngineDeadError
-from inference.workers import get_engine_client
+from inference.fleet import get_engine_client
 from mlxmanager.permissions import is_admin
 
 

@@ -21,7 +21,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from mlxmanager.gateway_asgi import GatewayASGIHandler, lifespan, split_http  # noqa: E402
 from mlxmanager.request_limits import RequestLimits  # noqa: E402
-from mlxmanager.routing import websocket_urlpatterns  # noqa: E402
+from mlxmanager.ws_urls import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

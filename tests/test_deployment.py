@@ -117,7 +117,7 @@ def test_two_web_processes_two_workers_share_state_and_live_updates(
     team_database: str,
     open_page: Any,  # noqa: F811
 ) -> None:
-    """Two web processes (A with the embedded worker and the download worker, B alone) on one
+    """Two web processes (A with the embedded worker and the downloader, B alone) on one
     PostgreSQL and one Redis, plus a second inference worker on TCP registered through B."""
     import signal
 

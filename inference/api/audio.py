@@ -32,7 +32,7 @@ from inference import encoders, gateway, media, pipeline
 from inference import protocol as p
 from inference.api.common import call_for
 from inference.client import EngineDeadError, EngineRequestError
-from inference.workers import get_engine_client
+from inference.fleet import get_engine_client
 from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError
 from mlxmanager.profiles.models import Profile

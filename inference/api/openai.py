@@ -18,8 +18,8 @@ from inference import encoders, gateway, pipeline, upstream
 from inference import protocol as p
 from inference.api.common import call_for
 from inference.events import Stream
+from inference.fleet import get_engine_client
 from inference.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from inference.workers import get_engine_client
 from mlxmanager.errors import DomainError, NotFound
 from mlxmanager.profiles.models import Profile
 from mlxmanager.profiles.selectors import profile_list_served

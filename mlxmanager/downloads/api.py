@@ -327,7 +327,7 @@ def list_conversions(request: HttpRequest) -> object:
 def create_conversion(request: HttpRequest, body: ConversionIn) -> object:
     """Convert a transformers checkpoint folder (config.json + safetensors) to MLX with
     `mlx_lm.convert`, optionally quantized (`q_bits` 2-8, `q_group_size` 32/64/128; `dtype` for
-    the other weights). Runs in the download worker; poll the conversion for progress."""
+    the other weights). Runs in the downloader; poll the conversion for progress."""
     _staff(request)
     conversion = services.conversion_create(
         source=body.source,

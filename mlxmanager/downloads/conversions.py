@@ -1,6 +1,6 @@
 """Conversions: a transformers checkpoint → an MLX model, by `mlx_lm.convert` in a child process.
 
-The download worker owns them (`ConversionRunner.tick()` runs in its control loop): one at a
+The downloader owns them (`ConversionRunner.tick()` runs in its control loop): one at a
 time, since a conversion holds the whole model in memory. The child writes into a scratch
 folder that is moved into the models folder only when it succeeded, so a failed, cancelled
 or interrupted conversion never leaves a half-written model behind. Progress is the stage

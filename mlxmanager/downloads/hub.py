@@ -83,7 +83,7 @@ def endpoint() -> str:
     return str(settings.MLXM_HF_ENDPOINT).rstrip("/")
 
 
-# The stored token is read at most every few seconds per process (the download worker is
+# The stored token is read at most every few seconds per process (the downloader is
 # another process: it sees a change within that time).
 _TOKEN_TTL = 5.0
 _stored: tuple[float, str | None] = (0.0, None)

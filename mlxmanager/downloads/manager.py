@@ -1,6 +1,6 @@
-"""The download worker: runs transfers, persists their progress, obeys pause/resume/cancel.
+"""The downloader: runs transfers, persists their progress, obeys pause/resume/cancel.
 
-One `DownloadManager` runs per data dir, in its own process (`manage.py download_worker`,
+One `DownloadManager` runs per data dir, in its own process (`manage.py downloader`,
 started and restarted by `serve`), so downloads neither die with the inference worker
 nor with a web process, and several web processes never race to resume the same one.
 The database is the only channel: the web process changes a download's `status`, the

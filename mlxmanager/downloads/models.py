@@ -12,8 +12,8 @@ from mlxmanager.audit.models import LoggedModel
 class Download(models.Model):
     """One model repo being fetched into MLXM_MODELS_DIR/<org>--<name>.
 
-    The download worker owns the transfer; the web process only changes `status`
-    (pause, resume, cancel) and reads the progress the worker persists every second.
+    The downloader owns the transfer; the web process only changes `status`
+    (pause, resume, cancel) and reads the progress the downloader persists every second.
     """
 
     class Status(models.TextChoices):
@@ -97,7 +97,7 @@ class HubToken(LoggedModel):
 class Conversion(LoggedModel):
     """A transformers checkpoint converted to MLX (optionally quantized) by `mlx_lm.convert`.
 
-    The download worker runs it in a child process; the web process only queues and cancels.
+    The downloader runs it in a child process; the web process only queues and cancels.
     The result appears in MLXM_MODELS_DIR/<name> once complete (never half-written).
     """
 

@@ -32,7 +32,7 @@ SORTS = {
 MAX_LIMIT = 100
 # Hub answers are cached briefly: the search form re-renders on every keystroke pause.
 _CACHE_SECONDS = 120
-# The download worker touches this file; older than this means it is not running.
+# The downloader touches this file; older than this means it is not running.
 HEARTBEAT_FILE = "downloads.heartbeat"
 HEARTBEAT_STALE_SECONDS = 10.0
 

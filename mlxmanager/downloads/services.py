@@ -1,7 +1,7 @@
 """Writes: start, pause, resume, cancel and remove downloads; delete local models.
 
 The web process never transfers bytes. It changes a download's `status`; the download
-worker (`manage.py download_worker`, started by `serve`) polls for those changes, runs
+worker (`manage.py downloader`, started by `serve`) polls for those changes, runs
 the transfers and persists their progress.
 """
 
@@ -43,7 +43,7 @@ def _files_with_progress(local_dir: Path, files: list[hub.HubFile]) -> list[dict
     out: list[dict[str, object]] = []
     for f in files:
         if not storage.is_safe_file_name(local_dir, f.name):
-            # The download worker refuses it (and fails the download): nothing to look up on disk.
+            # The downloader refuses it (and fails the download): nothing to look up on disk.
             out.append({"name": f.name, "size": f.size, "sha256": f.sha256, "done": 0})
             continue
         final = local_dir / f.name
@@ -329,7 +329,7 @@ def conversion_create(
     dtype: str = "",
     user: Any = None,
 ) -> Conversion:
-    """Queue a conversion; the download worker runs it. The output goes to MLXM_MODELS_DIR/<name>."""
+    """Queue a conversion; the downloader runs it. The output goes to MLXM_MODELS_DIR/<name>."""
     path = _checkpoint(source)
     name = (name or "").strip()
     if not _NAME.match(name):

@@ -2,7 +2,7 @@ from django.apps import AppConfig
 
 
 class RulesConfig(AppConfig):
-    # Routing rules. Not "routing": mlxmanager/routing.py holds the WebSocket routes.
+    # Routing rules (the WebSocket URL routes are mlxmanager/ws_urls.py).
     name = "mlxmanager.rules"
     label = "rules"
     verbose_name = "Routing rules"

@@ -61,7 +61,7 @@ def hub(demo_models: dict[str, Path]) -> Iterator[FakeHub]:
 
 @pytest.fixture(scope="module")
 def server(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """`manage.py serve` with its worker and download worker; the hub is the fake one."""
+    """`manage.py serve` with its worker and downloader; the hub is the fake one."""
     data = tmp_path_factory.mktemp("admin-walk")
     port = free_port()
     env = {

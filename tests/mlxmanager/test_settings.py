@@ -1,5 +1,5 @@
 """The embedded database under concurrent writers: separate processes (like the web server,
-the download worker and management commands) writing at once to the same SQLite file."""
+the downloader and management commands) writing at once to the same SQLite file."""
 
 from __future__ import annotations
 

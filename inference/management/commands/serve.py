@@ -47,7 +47,7 @@ class Command(BaseCommand):
             help="the web server (default: MLXM_SERVER, else uvicorn)",
         )
         parser.add_argument("--no-worker", action="store_true", help="run only the web server")
-        parser.add_argument("--no-downloads", action="store_true", help="don't run the download worker")
+        parser.add_argument("--no-downloads", action="store_true", help="don't run the downloader")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         host, port = opts["host"], opts["port"]
@@ -78,7 +78,7 @@ class Command(BaseCommand):
         worker = None if opts["no_worker"] else _spawn(worker_cmd(), env)
         web = _spawn(web_cmd, env)
         # Downloads get their own process: they outlive inference worker crashes and web restarts.
-        downloads_cmd = [sys.executable, "-m", "django", "download_worker"]
+        downloads_cmd = [sys.executable, "-m", "django", "downloader"]
         downloads = None if opts["no_downloads"] else _spawn(downloads_cmd, env)
         shown_host = f"[{host}]" if ":" in host else host
         self.stdout.write(
@@ -111,9 +111,7 @@ class Command(BaseCommand):
                     time.sleep(delay)
                     worker = _spawn(worker_cmd(), env)
                 if downloads is not None and downloads.poll() is not None:
-                    self.stderr.write(
-                        f"download worker exited with status {downloads.returncode}; restarting"
-                    )
+                    self.stderr.write(f"downloader exited with status {downloads.returncode}; restarting")
                     time.sleep(1.0)
                     downloads = _spawn(downloads_cmd, env)
         finally:

@@ -1,4 +1,4 @@
-"""`manage.py download_worker` as a real process: killed with SIGKILL mid-file, a standby
+"""`manage.py downloader` as a real process: killed with SIGKILL mid-file, a standby
 worker takes over and resumes from the partial bytes."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def workers(proc_env: dict[str, str], tmp_path: Path) -> Iterator[list[subproces
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "manage.py", "download_worker", "--chunk-bytes", "16384"],
+        [sys.executable, "manage.py", "downloader", "--chunk-bytes", "16384"],
         cwd=ROOT,
         env=env,
         stdout=log.open("w"),
@@ -88,7 +88,7 @@ def test_kill_9_mid_download_and_a_standby_worker_resumes_it(
 
     first = start_worker(proc_env, tmp_path / "first.log")
     workers.append(first)
-    wait_for(lambda: "download worker running" in (tmp_path / "first.log").read_text(), timeout=60)
+    wait_for(lambda: "downloader running" in (tmp_path / "first.log").read_text(), timeout=60)
     standby = start_worker(proc_env, tmp_path / "standby.log")
     workers.append(standby)
     wait_for(lambda: "waiting as a standby" in (tmp_path / "standby.log").read_text(), timeout=60)

@@ -176,7 +176,7 @@ def test_downloads_page_lists_downloads_with_actions(admin_client: Client) -> No
     assert f"/downloads/{queued.pk}/pause/" in html and f"/downloads/{queued.pk}/cancel/" in html
     assert f"/downloads/{paused.pk}/resume/" in html
     assert 'aria-valuenow="50"' in html  # 350 kB of 700 kB
-    assert "The download worker is not running" in html  # queued work and no heartbeat
+    assert "The downloader is not running" in html  # queued work and no heartbeat
 
 
 def test_downloads_page_without_warning_when_the_worker_runs(admin_client: Client) -> None:

@@ -1,4 +1,4 @@
-"""`manage.py download_worker`: run model downloads (started and supervised by `serve`)."""
+"""`manage.py downloader`: run model downloads (started and supervised by `serve`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ LOCK_FILE = "downloads.lock"
 
 class Command(BaseCommand):
     help = (
-        "Run the download worker: transfers queued model downloads, persists their progress and "
+        "Run the downloader: transfers queued model downloads, persists their progress and "
         "resumes interrupted ones. One runs per data dir; a second one waits as a standby."
     )
 
@@ -56,14 +56,14 @@ class Command(BaseCommand):
                     break
                 except BlockingIOError:
                     if not announced:
-                        self.stderr.write(f"another download worker holds {lock_path}; waiting as a standby")
+                        self.stderr.write(f"another downloader holds {lock_path}; waiting as a standby")
                         announced = True
                     stopping.wait(2.0)
             if stopping.is_set():
                 return
             manager = DownloadManager(concurrency=opts["concurrency"], chunk_size=opts["chunk_bytes"])
             manager.start()
-            self.stdout.write(f"download worker running ({manager.concurrency} at once)")
+            self.stdout.write(f"downloader running ({manager.concurrency} at once)")
             self.stdout.flush()
             while not stopping.wait(1.0):
                 pass

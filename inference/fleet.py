@@ -196,7 +196,7 @@ _clients: dict[int, WorkerGroup] = {}
 
 def get_engine_client() -> WorkerGroup:
     """The workers for the running event loop (one connection per worker per loop): the
-    embedded one and any registered on the Workers page (inference/workers.py)."""
+    embedded one and any registered on the Workers page (inference/fleet.py)."""
     from django.conf import settings
 
     loop = asyncio.get_running_loop()
