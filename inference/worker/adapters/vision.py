@@ -60,6 +60,7 @@ from inference.worker.adapters.llm import (
     make_request_sampler,
 )
 from inference.worker.prompt_cache import PromptCache
+from inference.worker.prompts import Prompts
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class VisionEngine(LLMEngine):
         )
         self.draft_model = None
         self.kv_group_size = 64
-        self._markups: dict[tuple[str, str], mk.Markup] = {}
+        self.prompts = Prompts(self.tokenizer, self.grammars, name=spec.name)
         self._token_texts: dict[int, str] = {}
         self.load_seconds = time.perf_counter() - t0
         self.weight_bytes = _nbytes(self.model)
