@@ -36,6 +36,7 @@ from inference.fleet import get_engine_client
 from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError
 from mlxmanager.profiles.models import Profile
+from mlxmanager.validtext import ValidUnicode
 
 router = Router(tags=["audio"])
 _json = msgspec.json.Encoder()
@@ -241,7 +242,7 @@ class VoiceRef(BaseModel):
     id: str = Field(min_length=1, max_length=200)
 
 
-class SpeechRequest(BaseModel):
+class SpeechRequest(ValidUnicode):
     """`POST /v1/audio/speech`."""
 
     model_config = ConfigDict(extra="forbid")

@@ -161,11 +161,6 @@ async def test_the_chat_websocket_refuses_a_lone_surrogate(no_worker: None, djan
     await comm.disconnect()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SpeechRequest (inference/api/audio.py, being refactored elsewhere) lacks the "
-    "mlxmanager.validtext.ValidUnicode mixin: its error message echoes the bad text",
-)
 async def test_speech_refuses_a_lone_surrogate(auth: dict[str, str]) -> None:
     raw = r'{"model":"m","input":"hi","response_format":"\ud800"}'
     _, param = error_of("/v1/audio/speech", await post("/v1/audio/speech", raw, auth))
