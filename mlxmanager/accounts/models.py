@@ -41,3 +41,16 @@ class ApiKey(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > now  # type: ignore[operator]
+
+
+class StreamTokenGeneration(models.Model):
+    """Bumped when the user logs out: stream tokens (mlxmanager/accounts/tokens.py) carry the
+    generation they were minted in, and one minted before the bump is refused. No row: 0."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    generation = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"stream tokens of user {self.user_id}: generation {self.generation}"
