@@ -17,16 +17,17 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from mlxmanager.gateway_asgi import GatewayASGIHandler, lifespan, split_http  # noqa: E402
 from mlxmanager.request_limits import RequestLimits  # noqa: E402
+from mlxmanager.security import SameOriginValidator  # noqa: E402
 from mlxmanager.ws_urls import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": RequestLimits(split_http(gateway=GatewayASGIHandler(), default=django_asgi_app)),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # The full origin (scheme, host, port) against the request's own or a trusted one.
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         "lifespan": lifespan,
     }
 )

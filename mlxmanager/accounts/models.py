@@ -54,3 +54,16 @@ class UserLimits(models.Model):
 
     def __str__(self) -> str:
         return f"limits of user {self.user_id}"
+
+
+class StreamTokenGeneration(models.Model):
+    """Bumped when the user logs out: stream tokens (mlxmanager/accounts/tokens.py) carry the
+    generation they were minted in, and one minted before the bump is refused. No row: 0."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    generation = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"stream tokens of user {self.user_id}: generation {self.generation}"

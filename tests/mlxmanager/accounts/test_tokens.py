@@ -3,6 +3,8 @@ import pytest
 from mlxmanager.accounts.tokens import InvalidToken, token_mint, token_verify
 from mlxmanager.errors import DomainError
 
+pytestmark = pytest.mark.django_db  # tokens carry the user's generation (a query)
+
 
 def test_round_trip() -> None:
     assert token_verify(token_mint(user_id=7, purpose="ws-chat"), purpose="ws-chat") == 7
