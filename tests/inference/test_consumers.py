@@ -170,3 +170,25 @@ async def test_each_generation_is_audited_with_tokens_and_timings(chat_setup: di
     assert stopped.completion_tokens >= 1 and stopped.ttft_ms is not None
     assert (bad.status, bad.error_type, bad.requested_model) == (400, "invalid_request_error", "tiny-random")
     assert bad.completion_tokens == 0
+
+
+async def test_a_deactivated_user_is_refused_on_the_next_message() -> None:
+    """The user is checked again for every message: deactivating someone stops their open socket."""
+    user = await get_user_model().objects.acreate_user(username="leaver", password="Quiet-Harbor-7721")
+    token = token_mint(user_id=user.pk, purpose="ws-chat")
+    comm = WebsocketCommunicator(
+        application,
+        f"/v1/ws/chat?token={token}",
+        headers=[(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1")],
+    )
+    connected, _ = await comm.connect(timeout=10)
+    assert connected
+    await comm.send_json_to({"type": "chat", "id": "c1", "body": {"model": "nope", "messages": []}})
+    first = await comm.receive_json_from(timeout=10)
+    assert first["type"] == "error"  # still active: the message is answered (here: refused as invalid)
+    user.is_active = False
+    await user.asave(update_fields=["is_active"])
+    await comm.send_json_to({"type": "chat", "id": "c2", "body": {"model": "nope", "messages": []}})
+    closed = await comm.receive_output(timeout=10)
+    assert closed == {"type": "websocket.close", "code": 4401}
+    await comm.disconnect()
