@@ -34,6 +34,8 @@ Message = dict[str, Any]
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 V1_PREFIX = "/v1/"
+# /v1 paths that need no key: the gateway's OpenAPI document.
+V1_PUBLIC = frozenset({"/v1/openapi.json"})
 ANTHROPIC_PATH = "/v1/messages"
 API_PREFIX = "/api/"
 
@@ -95,7 +97,7 @@ def check_head(path: str, headers: Iterable[tuple[bytes, bytes]], *, max_body: i
             has_key = has_key or (value[:7].lower() == b"bearer " and bool(value[7:].strip()))
         elif name == b"x-api-key":
             has_key = has_key or bool(value.strip())
-    if path.startswith(V1_PREFIX) and not has_key and not preflight:
+    if path.startswith(V1_PREFIX) and not has_key and not preflight and path not in V1_PUBLIC:
         return 401
     if max_body is not None and declared is not None:
         try:

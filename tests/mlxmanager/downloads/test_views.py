@@ -270,11 +270,6 @@ async def test_events_are_for_admins_only(member) -> None:
     assert (await client.get("/downloads/events/")).status_code == 403
 
 
-def test_sse_framing_prefixes_every_line() -> None:
-    assert views._sse("x", "<a>\n<b>") == "event: x\ndata: <a>\ndata: <b>\n\n"
-    assert views._sse("x", "") == "event: x\ndata: \n\n"
-
-
 # --- local models ----------------------------------------------------------------------
 
 
