@@ -139,12 +139,11 @@ def test_settings_log_to_a_file_only_when_a_process_is_named(tmp_path: Path) -> 
     assert web["formatters"]["mlxm"]["()"] == "inference.logsetup.PlainFormatter"
 
 
-def test_serve_names_the_web_log_by_port(settings) -> None:  # type: ignore[no-untyped-def]
+def test_serve_names_the_web_log() -> None:
     from inference.management.commands.serve import web_log_name
 
-    settings.MLXM_PORT = 8000
-    assert web_log_name(8000) == "web"
-    assert web_log_name(8001) == "web-8001"
+    assert web_log_name(8000, with_worker=True) == "web"
+    assert web_log_name(8002, with_worker=False) == "web-8002"  # a second web process
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ class Command(BaseCommand):
         host, port = opts["host"], opts["port"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop(logsetup.PROCESS_ENV, None)  # the worker and the downloader name their own files
-        web_env = {**env, logsetup.PROCESS_ENV: web_log_name(port)}
+        web_env = {**env, logsetup.PROCESS_ENV: web_log_name(port, with_worker=not opts["no_worker"])}
 
         def worker_cmd() -> list[str]:
             # Re-read on every (re)start, so a restarted worker brings back today's preloads.
@@ -129,10 +129,10 @@ class Command(BaseCommand):
                 _stop_process(proc, 10)
 
 
-def web_log_name(port: int) -> str:
-    """The web server's log file: `web` (web.log) on MLXM_PORT; on another port `web-<port>`,
-    so that several web processes sharing a data dir each rotate their own file."""
-    return "web" if port == settings.MLXM_PORT else f"web-{port}"
+def web_log_name(port: int, *, with_worker: bool) -> str:
+    """The web server's log file: `web` (web.log) beside the worker; the other web processes
+    sharing the data dir (`serve --no-worker --port N`) write `web-<port>`, each rotating its own."""
+    return "web" if with_worker else f"web-{port}"
 
 
 def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
