@@ -265,9 +265,10 @@ MLXM_BREAKER_FAILURES = int(os.environ.get("MLXM_BREAKER_FAILURES", "5"))
 MLXM_BREAKER_COOLDOWN = float(os.environ.get("MLXM_BREAKER_COOLDOWN", "30"))
 
 # One line format in every process (plain, or JSON lines with MLXM_LOG_FORMAT=json), with the
-# request id; the web server and the downloader also write <data dir>/logs/<process>.log, rotated
-# by size (MLXM_LOG_MAX_BYTES, MLXM_LOG_BACKUPS). `serve` names each child's file in
-# MLXM_LOG_PROCESS (inference/logsetup.py); other commands log to the console only.
+# request id; a web server also writes <data dir>/logs/<MLXM_LOG_PROCESS>.log (web.log, or
+# web-<port>.log: `serve` names it; mlxmanager/asgi.py defaults it), rotated by size
+# (MLXM_LOG_MAX_BYTES, MLXM_LOG_BACKUPS). The downloader adds downloads.log itself, the worker
+# writes worker.log (inference/logsetup.py); other commands log to the console only.
 MLXM_LOG_PROCESS = logsetup.process_from_env()
 MLXM_LOG_DIR = logsetup.log_dir(MLXM_DATA_DIR)
 LOGGING = {
