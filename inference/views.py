@@ -6,6 +6,7 @@ is down) are for a logged-in admin, or a monitor sending `Authorization: Bearer
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
@@ -24,19 +25,13 @@ async def _may_see_details(request: HttpRequest) -> bool:
     return auser is not None and is_admin(await auser())
 
 
-async def healthz(request: HttpRequest) -> JsonResponse:
-    details = await _may_see_details(request)
+async def health_details() -> tuple[int, dict[str, Any]]:
+    """The admin's view of /healthz, as (status code, body): also what a debug report keeps."""
     web = {"state": "up"}
     try:
         worker = await get_engine_client().health()
     except EngineDeadError as exc:
-        if not details:
-            return JsonResponse({"status": "degraded"}, status=503)
-        return JsonResponse(
-            {"status": "degraded", "web": web, "worker": {"state": "down", "detail": str(exc)}}, status=503
-        )
-    if not details:
-        return JsonResponse({"status": "ok"})
+        return 503, {"status": "degraded", "web": web, "worker": {"state": "down", "detail": str(exc)}}
     models = worker.get("models", [])
     hit = sum(m.get("cache_hit_tokens", 0) for m in models)
     seen = sum(m.get("prompt_tokens", 0) for m in models)
@@ -65,6 +60,19 @@ async def healthz(request: HttpRequest) -> JsonResponse:
                 }
                 for m in models
             ],
+            # Python, MLX and its backend, the device and package versions (inference/worker/about.py).
+            "about": worker.get("about") or {},
         },
     }
-    return JsonResponse(body)
+    return 200, body
+
+
+async def healthz(request: HttpRequest) -> JsonResponse:
+    if not await _may_see_details(request):
+        try:
+            await get_engine_client().health()
+        except EngineDeadError:
+            return JsonResponse({"status": "degraded"}, status=503)
+        return JsonResponse({"status": "ok"})
+    status, body = await health_details()
+    return JsonResponse(body, status=status)

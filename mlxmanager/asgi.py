@@ -9,9 +9,14 @@ time, and `/v1/` without any API key, refused before Django reads the body.
 
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlxmanager.settings")
+if not settings.configured:
+    # A web server process (started by `serve`, which names the file, or on its own): it logs
+    # to <data dir>/logs/web.log too (inference/logsetup.py).
+    os.environ.setdefault("MLXM_LOG_PROCESS", "web")
 # Initialise Django before importing anything that touches models (consumers, routing).
 django_asgi_app = get_asgi_application()
 

@@ -58,11 +58,14 @@ def bound(rid: str) -> Any:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every log record ("-" outside a request)."""
+    """Adds `request_id` to every log record ("-" outside a request). Django's own "4xx/5xx on
+    /path" lines (`django.request`) are written after the middleware has let go of the id: they
+    carry the request, whose id is used."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = _current.get() or "-"
+            rid = _current.get() or getattr(getattr(record, "request", None), "request_id", "")
+            record.request_id = rid if isinstance(rid, str) and rid else "-"
         return True
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from inference import logsetup
 from mlxmanager import config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -56,6 +57,7 @@ INSTALLED_APPS = [
     "mlxmanager.credentials",
     "mlxmanager.rules",
     "mlxmanager.workers",
+    "mlxmanager.logs",
     "inference",
 ]
 
@@ -262,14 +264,16 @@ MLXM_UPSTREAM_BACKOFF = float(os.environ.get("MLXM_UPSTREAM_BACKOFF", "0.25"))
 MLXM_BREAKER_FAILURES = int(os.environ.get("MLXM_BREAKER_FAILURES", "5"))
 MLXM_BREAKER_COOLDOWN = float(os.environ.get("MLXM_BREAKER_COOLDOWN", "30"))
 
+# One line format in every process (plain, or JSON lines with MLXM_LOG_FORMAT=json), with the
+# request id; a web server also writes <data dir>/logs/<MLXM_LOG_PROCESS>.log (web.log, or
+# web-<port>.log: `serve` names it; mlxmanager/asgi.py defaults it), rotated by size
+# (MLXM_LOG_MAX_BYTES, MLXM_LOG_BACKUPS). The downloader adds downloads.log itself, the worker
+# writes worker.log (inference/logsetup.py); other commands log to the console only.
+MLXM_LOG_PROCESS = logsetup.process_from_env()
+MLXM_LOG_DIR = logsetup.log_dir(MLXM_DATA_DIR)
 LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "mlxmanager.request_ids.RequestIdFilter"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"}},
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}
-    },
-    "root": {"handlers": ["console"], "level": os.environ.get("MLXM_LOG_LEVEL", "INFO")},
+    **logsetup.logging_config(
+        MLXM_LOG_PROCESS, base=MLXM_DATA_DIR, request_id_filter="mlxmanager.request_ids.RequestIdFilter"
+    ),
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

@@ -19,4 +19,5 @@ urlpatterns = [
     path("", include("mlxmanager.credentials.urls")),
     path("", include("mlxmanager.rules.urls")),
     path("", include("mlxmanager.workers.urls")),
+    path("", include("mlxmanager.logs.urls")),
 ]

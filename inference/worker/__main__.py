@@ -12,6 +12,9 @@ import os
 import sys
 
 from inference import env as config
+from inference import logsetup
+
+WORKER_LOG = "worker"  # <data dir>/logs/worker.log
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,10 +47,9 @@ def main(argv: list[str] | None = None) -> None:
 
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(args.tls_cert, args.tls_key)
-    logging.basicConfig(
-        level=os.environ.get("MLXM_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s worker: %(message)s",
-    )
+    # The console and <data dir>/logs/worker.log, in the format every process uses.
+    base = config.data_dir()
+    logsetup.configure(WORKER_LOG, base)
     from inference.worker.blas import preload_blas
 
     preload_blas()
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
 
         use_group(group)
         replicator = Replicator(group)
+        if group.rank() != 0:  # ranks on one machine share its data dir: a file each
+            logsetup.configure(f"{WORKER_LOG}-{group.rank()}", base)
         logging.getLogger(__name__).info("distributed worker: rank %d of %d", group.rank(), group.size())
         if group.rank() != 0:
             from inference.worker.scheduler import Scheduler

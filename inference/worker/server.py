@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 from inference import protocol as p
+from inference.worker.about import about
 from inference.worker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class WorkerServer:
             "history": snap.get("history", []),
             "scheduler_alive": self.scheduler.is_alive(),
             "draining": self.scheduler.draining,
+            "about": about(),
         }
 
     async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from inference import logsetup
 from inference.gateway import preload_specs_json
 from mlxmanager import webserver
 from mlxmanager.accounts.selectors import users_exist
@@ -52,6 +53,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         host, port = opts["host"], opts["port"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop(logsetup.PROCESS_ENV, None)  # the worker and the downloader name their own files
+        web_env = {**env, logsetup.PROCESS_ENV: web_log_name(port, with_worker=not opts["no_worker"])}
 
         def worker_cmd() -> list[str]:
             # Re-read on every (re)start, so a restarted worker brings back today's preloads.
@@ -76,7 +79,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, _stop)
 
         worker = None if opts["no_worker"] else _spawn(worker_cmd(), env)
-        web = _spawn(web_cmd, env)
+        web = _spawn(web_cmd, web_env)
         # Downloads get their own process: they outlive inference worker crashes and web restarts.
         downloads_cmd = [sys.executable, "-m", "django", "downloader"]
         downloads = None if opts["no_downloads"] else _spawn(downloads_cmd, env)
@@ -124,6 +127,12 @@ class Command(BaseCommand):
                     proc.terminate()
             for proc in (web, downloads):
                 _stop_process(proc, 10)
+
+
+def web_log_name(port: int, *, with_worker: bool) -> str:
+    """The web server's log file: `web` (web.log) beside the worker; the other web processes
+    sharing the data dir (`serve --no-worker --port N`) write `web-<port>`, each rotating its own."""
+    return "web" if with_worker else f"web-{port}"
 
 
 def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:

@@ -86,6 +86,7 @@ def test_kill_9_mid_download_and_a_standby_worker_resumes_it(
     )
     partial = data / "models" / "mlx-community--Big-Model-4bit" / ".mlxm-download" / (SHARD + ".incomplete")
 
+    proc_env = {**proc_env, "MLXM_LOG_LEVEL": "INFO"}  # for downloads.log's lines, checked below
     first = start_worker(proc_env, tmp_path / "first.log")
     workers.append(first)
     wait_for(lambda: "downloader running" in (tmp_path / "first.log").read_text(), timeout=60)
@@ -109,3 +110,6 @@ def test_kill_9_mid_download_and_a_standby_worker_resumes_it(
 
     standby.send_signal(signal.SIGTERM)
     assert standby.wait(timeout=20) == 0
+    # The downloaders wrote downloads.log, the standby only once it held the lock: it resumed.
+    log = (data / "logs" / "downloads.log").read_text()
+    assert " INFO downloads[" in log and "resuming 1 interrupted download(s)" in log

@@ -12,9 +12,12 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from inference import logsetup
 from mlxmanager.downloads.manager import DownloadManager
+from mlxmanager.request_ids import RequestIdFilter
 
 LOCK_FILE = "downloads.lock"
+LOG_NAME = "downloads"
 
 
 class Command(BaseCommand):
@@ -61,6 +64,9 @@ class Command(BaseCommand):
                     stopping.wait(2.0)
             if stopping.is_set():
                 return
+            # Its own file beside the console, <data dir>/logs/downloads.log (inference/logsetup.py),
+            # written by the lock holder only: a standby doesn't rotate it under the running one.
+            logsetup.add_file(LOG_NAME, Path(settings.MLXM_DATA_DIR), filters=[RequestIdFilter()])
             manager = DownloadManager(concurrency=opts["concurrency"], chunk_size=opts["chunk_bytes"])
             manager.start()
             self.stdout.write(f"downloader running ({manager.concurrency} at once)")
