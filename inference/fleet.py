@@ -62,6 +62,10 @@ class WorkerGroup:
     def socket_path(self) -> str:
         return self.local.client.socket_path
 
+    def clients(self) -> list[tuple[str, EngineClient]]:
+        """Every worker this process knows: the embedded one, then the registered ones."""
+        return [(self.local.name, self.local.client)] + [(s.name, s.client) for s in self.remote.values()]
+
     async def _refresh(self) -> None:
         now = time.monotonic()
         if now - self._listed_at < LIST_EVERY_S:

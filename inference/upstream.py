@@ -39,6 +39,7 @@ from inference import encoders, translate
 from inference import protocol as p
 from inference.events import Stream, UpstreamStreamError, failure_of
 from inference.sse import SSEDecoder
+from mlxmanager import metrics
 from mlxmanager.audit.recorder import RequestAudit
 from mlxmanager.credentials.selectors import UpstreamConfig
 from mlxmanager.errors import DomainError
@@ -151,6 +152,7 @@ _breakers: dict[int, Breaker] = {}
 
 
 def breaker_for(cfg: UpstreamConfig) -> Breaker:
+    _breaker_names[cfg.id] = cfg.name
     b = _breakers.get(cfg.id)
     if b is None:
         b = _breakers[cfg.id] = Breaker(settings.MLXM_BREAKER_FAILURES, settings.MLXM_BREAKER_COOLDOWN)
@@ -159,6 +161,14 @@ def breaker_for(cfg: UpstreamConfig) -> Breaker:
 
 def breaker_states() -> dict[int, str]:
     return {k: b.state for k, b in _breakers.items()}
+
+
+_breaker_names: dict[int, str] = {}
+
+
+def breaker_names() -> dict[str, str]:
+    """Each upstream credential's breaker state in this process, by credential name."""
+    return {_breaker_names.get(k, str(k)): b.state for k, b in _breakers.items()}
 
 
 # ---- HTTP -----------------------------------------------------------------------------
@@ -327,6 +337,7 @@ async def open_response(call: Call, *, timeout: float) -> aiohttp.ClientResponse
                 breaker.success()  # it is up; the request itself is wrong
                 raise UpstreamRejected(resp.status, message, data, call.cfg.protocol)
         breaker.failure()
+        metrics.upstream_failed(call.cfg.name, failure.kind)
         if attempt > retries or failure.kind == "auth_error" or not breaker.allow():
             raise failure
         delay = backoff * 2 ** (attempt - 1) * (0.75 + random.random() / 2)  # noqa: S311

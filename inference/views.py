@@ -6,20 +6,31 @@ is down) are for a logged-in admin, or a monitor sending `Authorization: Bearer
 from __future__ import annotations
 
 import hmac
+import os
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from inference import upstream
 from inference.client import EngineDeadError
 from inference.fleet import get_engine_client
+from mlxmanager import metrics
 from mlxmanager.permissions import is_admin
 
 
-async def _may_see_details(request: HttpRequest) -> bool:
+def _has_metrics_token(request: HttpRequest) -> bool:
     token = str(getattr(settings, "MLXM_METRICS_TOKEN", "") or "")
     auth = request.headers.get("Authorization", "")
-    if token and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].encode(), token.encode()):
+    return (
+        bool(token) and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].encode(), token.encode())
+    )
+
+
+async def _may_see_details(request: HttpRequest) -> bool:
+    if _has_metrics_token(request):
         return True
     auser = getattr(request, "auser", None)  # set by AuthenticationMiddleware
     return auser is not None and is_admin(await auser())
@@ -76,3 +87,56 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"status": "ok"})
     status, body = await health_details()
     return JsonResponse(body, status=status)
+
+
+# ---- /metrics ----------------------------------------------------------------------------------
+
+
+def _may_scrape(request: HttpRequest) -> bool:
+    """The metrics token, or a peer in MLXM_METRICS_ALLOW_IPS; never anonymous by default."""
+    if _has_metrics_token(request):
+        return True
+    allowed: tuple[str, ...] = settings.MLXM_METRICS_ALLOW_IPS
+    peer = request.META.get("REMOTE_ADDR", "")
+    return bool(peer) and ("*" in allowed or peer in allowed)
+
+
+async def _worker_states() -> list[dict[str, Any]]:
+    group = get_engine_client()
+    states: list[dict[str, Any]] = []
+    for name, client in group.clients():
+        try:
+            states.append({"name": name, "state": await client.health(timeout=2.0)})
+        except (EngineDeadError, TimeoutError, OSError):
+            states.append({"name": name, "state": None})
+    return states
+
+
+def _downloads() -> dict[str, int]:
+    from django.db.models import Sum
+
+    from mlxmanager.downloads.models import Download
+
+    active = Download.objects.filter(status__in=Download.ACTIVE)
+    agg = active.aggregate(done=Sum("bytes_done"), total=Sum("bytes_total"))
+    return {
+        "active": active.count(),
+        "bytes_done": int(agg["done"] or 0),
+        "bytes_total": int(agg["total"] or 0),
+    }
+
+
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition: `Authorization: Bearer <MLXM_METRICS_TOKEN>` or an allowed address."""
+    if not _may_scrape(request):
+        response = HttpResponse("metrics need the metrics token (MLXM_METRICS_TOKEN)\n", status=401,
+                                content_type="text/plain; charset=utf-8")  # fmt: skip
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    live = {
+        "workers": await _worker_states(),
+        "downloads": await sync_to_async(_downloads)(),
+        "breakers": upstream.breaker_names(),
+    }
+    body = metrics.render(live, multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

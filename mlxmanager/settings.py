@@ -83,6 +83,14 @@ MLXM_GATEWAY_MIDDLEWARE = [
     "mlxmanager.audit.middleware.audit_middleware",
 ]
 # CORS on /v1 only, for browser-based clients: comma-separated origins or "*"; empty = off.
+# Prometheus: every web process writes its metrics here (prometheus_client's multiprocess mode,
+# read before prometheus_client is imported); /metrics needs MLXM_METRICS_TOKEN or a peer listed
+# in MLXM_METRICS_ALLOW_IPS (comma-separated; empty: the token only).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(MLXM_DATA_DIR / "prometheus"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+MLXM_METRICS_ALLOW_IPS = tuple(
+    a.strip() for a in os.environ.get("MLXM_METRICS_ALLOW_IPS", "").split(",") if a.strip()
+)
 MLXM_CORS_ORIGINS = tuple(
     o.strip().rstrip("/") for o in os.environ.get("MLXM_CORS_ORIGINS", "").split(",") if o.strip()
 )

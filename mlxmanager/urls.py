@@ -2,11 +2,12 @@ from django.urls import include, path, re_path
 
 from inference.api.v1 import api as v1_api
 from inference.api.v1 import not_found as v1_not_found
-from inference.views import healthz
+from inference.views import healthz, metrics_view
 from mlxmanager.api import api
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("v1/", v1_api.urls),
     re_path(r"^v1/(?P<path>.*)$", v1_not_found),
     path("api/", api.urls),

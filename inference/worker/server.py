@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 import time
 from collections import deque
 from functools import partial
@@ -118,7 +119,7 @@ class WorkerServer:
             "active_requests": snap.get("active_requests", 0),
             "loading": snap.get("loading"),
             "models": snap.get("models", []),
-            "memory": snap.get("memory", {}),
+            "memory": {**snap.get("memory", {}), "rss_bytes": _resident_bytes()},
             "history": snap.get("history", []),
             "scheduler_alive": self.scheduler.is_alive(),
             "draining": self.scheduler.draining,
@@ -220,3 +221,15 @@ class WorkerServer:
         self.scheduler.stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux: /proc; elsewhere the peak, from getrusage)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)

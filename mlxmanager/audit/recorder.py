@@ -353,6 +353,9 @@ atexit.register(recorder.flush_at_exit)
 
 def record(audit: RequestAudit) -> None:
     recorder.add(audit)
+    from mlxmanager import metrics
+
+    metrics.observe(audit)
     from mlxmanager.accounts import limits
 
     limits.add_tokens(audit.api_key_id, audit.prompt_tokens + audit.completion_tokens, user_id=audit.user_id)

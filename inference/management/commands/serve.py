@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -78,6 +79,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
 
+        if not opts["no_worker"]:
+            _clear_metrics(env.get("PROMETHEUS_MULTIPROC_DIR", ""))
         worker = None if opts["no_worker"] else _spawn(worker_cmd(), env)
         web = _spawn(web_cmd, web_env)
         # Downloads get their own process: they outlive inference worker crashes and web restarts.
@@ -145,3 +148,12 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _clear_metrics(directory: str) -> None:
+    """The serve that runs the embedded worker starts the metrics afresh (prometheus_client's
+    multiprocess files of earlier runs would add up forever); other web processes join in."""
+    if not directory:
+        return
+    for path in Path(directory).glob("*.db"):
+        path.unlink(missing_ok=True)
