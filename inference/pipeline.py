@@ -17,12 +17,14 @@ before the first byte reaches the client. Other errors (the client's own 400) en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from django.conf import settings
 
 from inference import gateway, media, upstream
@@ -36,6 +38,7 @@ from mlxmanager.errors import DomainError
 from mlxmanager.rules.selectors import Route, RouteTarget, route_for
 
 log = logging.getLogger(__name__)
+_decode = msgspec.json.Decoder()
 
 # Surfaces whose requests follow routing rules (the others are served by local profiles only).
 ROUTED = frozenset({"chat", "completions", "messages", "count_tokens", "responses", "ws"})
@@ -56,8 +59,10 @@ class Call:
     # Text surfaces: what to generate (None for embeddings and audio, whose local step is theirs).
     prompt: gateway.Prompt | None = None
     kinds: tuple[str, ...] = gateway.TEXT_KINDS
-    # The client's JSON body (relayed to a cloud upstream, translated if needed).
+    # The client's JSON body (relayed to a cloud upstream, translated if needed): given, or
+    # decoded from `body_bytes` when a cloud target is first tried.
     raw: dict[str, Any] | None = None
+    body_bytes: bytes | None = None
     client_headers: dict[str, str] = field(default_factory=dict)
     key: Any = None  # the ApiKey, for API clients
     user: Any = None  # the signed-in user, for the playground
@@ -162,6 +167,10 @@ async def _attempt(call: Call, target: RouteTarget, timeout: float, step: LocalS
         async with asyncio.timeout(timeout):
             return await step(call, await gateway.resolve(target.profile))
     assert target.upstream is not None
+    if call.raw is None and call.body_bytes is not None:
+        with contextlib.suppress(msgspec.DecodeError):
+            decoded = _decode.decode(call.body_bytes)
+            call.raw = decoded if isinstance(decoded, dict) else None
     if call.raw is None:
         raise DomainError("this request cannot be sent to a cloud upstream", param="model")
     return await upstream.serve(

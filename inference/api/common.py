@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from django.http import HttpRequest
 
 from inference import encoders, pipeline
 from mlxmanager import request_ids
 from mlxmanager.audit import recorder as rec
 
-_decode = msgspec.json.Decoder()
 ANTHROPIC_PATH = "/v1/messages"
 
 
@@ -28,21 +26,16 @@ _FORWARDED = (("anthropic-version", "HTTP_ANTHROPIC_VERSION"), ("anthropic-beta"
 
 
 def call_for(request: HttpRequest, surface: str, model: str, **fields: Any) -> pipeline.Call:
-    """The pipeline call of a /v1 request: who asks, its request id, its raw body for relays."""
+    """The pipeline call of a /v1 request: who asks, its request id, its body for relays (decoded
+    only if a cloud upstream is tried)."""
     meta = request.META
-    raw = None
-    if surface in pipeline.ROUTED:
-        try:
-            raw = _decode.decode(request.body)
-        except msgspec.DecodeError:
-            raw = None
     return pipeline.Call(
         surface=surface,
         model=model,
         request_id=request_ids.of(request),
         key=getattr(request, "api_key", None),
         audit=rec.current(),
-        raw=raw if isinstance(raw, dict) else None,
+        body_bytes=request.body if surface in pipeline.ROUTED else None,
         # META, not request.headers: that builds a dict of every header on the hot path.
         client_headers={name: meta[key] for name, key in _FORWARDED if key in meta},
         **fields,
