@@ -151,12 +151,21 @@ def note(attributes: Mapping[str, Any]) -> None:
 
 
 def _failure(exc: BaseException) -> tuple[str, int | None]:
-    """(kind, status) of a failed attempt, read off the gateway's own exception types."""
+    """(kind, status) of a failed attempt, as the client and the audit row name it, read off
+    the gateway's exceptions (`kind` of an upstream failure, `code` of a worker or domain
+    error) without importing them."""
+    status = getattr(exc, "status", None)
+    status = status if isinstance(status, int) else None
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled", None
+    if isinstance(exc, TimeoutError):
+        return "timeout", status
+    if type(exc).__name__ == "EngineDeadError":
+        return "worker_unavailable", None
+    if status == 404 and getattr(exc, "param", None) == "model":
+        return "model_not_found", status
     kind = getattr(exc, "kind", None) or getattr(exc, "code", None) or type(exc).__name__
-    status = getattr(exc, "status", None)
-    return str(kind)[:64], status if isinstance(status, int) else None
+    return str(kind)[:64], status
 
 
 class RequestTrace:
@@ -332,7 +341,10 @@ def tracing_middleware(get_response: Any) -> Any:
             response = await get_response(request)
         except BaseException as exc:
             _who(tr, request, method)
-            tr.end(500, type(exc).__name__)
+            if isinstance(exc, asyncio.CancelledError):  # the client went away
+                tr.end(CLIENT_CLOSED, "client_closed")
+            else:
+                tr.end(500, type(exc).__name__)
             raise
         finally:
             _current.reset(token)

@@ -24,10 +24,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from inference import upstream
+from inference.client import EngineDeadError, EngineRequestError
 from mlxmanager import tracing
 from mlxmanager.accounts.services import api_key_create
 from mlxmanager.accounts.tokens import token_mint
 from mlxmanager.credentials.services import credential_create
+from mlxmanager.errors import DomainError, NotFound
 from mlxmanager.profiles.models import Profile
 from mlxmanager.rules.services import TargetSpec, rule_create
 from tests.inference.fakes import FakeUpstream, Step
@@ -153,6 +155,33 @@ async def test_a_local_answer_is_request_route_local_and_the_workers_timings(
     local = _one(found, "local", _one(found, "route", request))
     assert _children(found, local) == ["decode", "prefill", "queue_wait"]
 
+    # A client that leaves mid-stream: the request ends as 499, with what the stream had done.
+    spans.clear()
+    body = {"model": TINY, "messages": HI, "max_tokens": 5000, "temperature": 0, "stream": True}
+    r = await AsyncClient().post("/v1/chat/completions", body, content_type="application/json",
+                                 headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+    content = r.streaming_content
+    await content.__anext__()
+    await content.aclose()
+    del content, r
+    request = await _ended(spans, "POST /v1/chat/completions")
+    attrs = dict(request.attributes or {})
+    assert attrs["mlxm.status"] == 499 and attrs["mlxm.error"] == "client_closed"
+    found = list(spans.get_finished_spans())
+    local = _one(found, "local", _one(found, "route", request))
+    assert _children(found, local) == []  # no final output: no worker timings
+
+
+async def _ended(spans: InMemorySpanExporter, name: str) -> ReadableSpan:
+    """The span once it has ended (closing a stream's wrappers completes in later loop turns)."""
+    for _ in range(200):
+        hits = [s for s in spans.get_finished_spans() if s.name == name]
+        if hits:
+            (span,) = hits
+            return span
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{name} never ended: {[s.name for s in spans.get_finished_spans()]}")
+
 
 @db
 @pytest.mark.asyncio
@@ -220,7 +249,7 @@ async def test_a_clients_traceparent_is_the_parent_and_failures_are_spans_too(
     assert dict(request.attributes or {})["mlxm.status"] == 404
     local = _one(found, "local", _one(found, "route", request))
     failure = dict(local.attributes or {})
-    assert failure["mlxm.failure"] == "not_found" and failure["mlxm.failure_status"] == 404
+    assert failure["mlxm.failure"] == "model_not_found" and failure["mlxm.failure_status"] == 404
     assert local.status.status_code == StatusCode.ERROR
     # Refused before the pipeline: just the request span, named by its route, not its path.
     spans.clear()
@@ -249,13 +278,9 @@ async def test_a_playground_generation_is_a_ws_chat_trace(
     )
     while (msg := await comm.receive_json_from(timeout=60))["type"] != "done":
         assert msg["type"] == "delta"
-    for _ in range(100):  # the generation's task ends its span right after "done"
-        if any(s.name == "ws.chat" for s in spans.get_finished_spans()):
-            break
-        await asyncio.sleep(0.02)
+    request = await _ended(spans, "ws.chat")  # the generation's task ends it right after "done"
     await comm.disconnect()
     found = list(spans.get_finished_spans())
-    request = _one(found, "ws.chat")
     attrs = dict(request.attributes or {})
     assert attrs["mlxm.surface"] == "ws" and attrs["mlxm.user_id"] == user.pk and attrs["mlxm.status"] == 200
     assert attrs["mlxm.request_id"]
@@ -342,3 +367,21 @@ def test_setup_from_the_environment_names_the_service(monkeypatch: pytest.Monkey
     finally:
         tracing.shutdown()
     assert not tracing.ENABLED
+
+
+@pytest.mark.parametrize(
+    ("exc", "named"),
+    [
+        (upstream.UpstreamFailure("x", kind="rate_limited", status=429), ("rate_limited", 429)),
+        (EngineRequestError("overloaded", "busy"), ("overloaded", None)),
+        (EngineDeadError("gone"), ("worker_unavailable", None)),
+        (TimeoutError(), ("timeout", None)),
+        (NotFound("no such model", param="model"), ("model_not_found", 404)),
+        (DomainError("bad", param="temperature"), ("invalid_request", 400)),
+        (asyncio.CancelledError(), ("cancelled", None)),
+    ],
+)
+def test_a_failed_attempt_is_named_as_the_client_sees_it(
+    exc: BaseException, named: tuple[str, int | None]
+) -> None:
+    assert tracing._failure(exc) == named
