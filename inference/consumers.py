@@ -36,7 +36,7 @@ from inference import encoders, pipeline
 from inference.api.openai import chat_prompt
 from inference.events import Failure, Stream, failure_of, unexpected
 from inference.schemas import ChatCompletionRequest
-from mlxmanager import request_ids
+from mlxmanager import request_ids, tracing
 from mlxmanager.accounts.tokens import InvalidToken, token_verify
 from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError
@@ -152,6 +152,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         audit = call.audit
         assert audit is not None
         rec.activate(audit)  # this task's own context
+        tr = tracing.begin_ws(call.request_id, self.user.pk)  # None unless tracing is on
         status, error = 200, ""
         with request_ids.bound(call.request_id):
             try:
@@ -179,3 +180,5 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             finally:
                 if audit.finish(status, error):
                     rec.record(audit)
+                if tr is not None:
+                    tr.end(status, error)

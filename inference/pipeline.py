@@ -12,12 +12,16 @@ Fallback: a rule's targets are tried in order. The next one is tried on connecti
 timeouts, 5xx, 429, an open circuit, a refused credential (401/403), local overload (worker
 `overloaded`, a model that failed to load, the worker down) and a missing local profile, all
 before the first byte reaches the client. Other errors (the client's own 400) end the call.
+
+With tracing on, each step is a span of the request's trace (mlxmanager/tracing.py): the
+route, each attempt ("local" or "upstream"), and a local answer's queue_wait, prefill, decode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,6 +36,7 @@ from inference import protocol as p
 from inference.client import EngineDeadError, EngineRequestError
 from inference.events import Stream
 from inference.fleet import get_engine_client
+from mlxmanager import tracing
 from mlxmanager.accounts import limits
 from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError
@@ -92,17 +97,29 @@ async def serve(call: Call, local: LocalStep | None = None) -> Answer:
     if audit is not None:
         audit.requested_model = call.model
         audit.stream = call.stream
+    tr = tracing.current()  # None unless tracing is on (mlxmanager/tracing.py)
+    if tr is not None:
+        tr.begin(call.surface, call.model)
     limits.check_model(call.key, call.model)
     # The user's own limits cover all their traffic: every key and the playground.
     await limits.check_user(call.key.user_id if call.key is not None else getattr(call.user, "pk", None))
     step = local or _local_text
+    if tr is not None:
+        tr.begin_route()
     route = await route_for(call.model) if call.surface in ROUTED else None
     if route is None:
         if audit is not None:
             audit.backend = f"local:{call.model}"
             audit.attempts = 1
+        if tr is not None:
+            run = functools.partial(_direct, call, step)
+            return await tr.attempt("local", f"local:{call.model}", {"mlxm.profile": call.model}, run)
         return await step(call, await gateway.resolve(call.model))
     return await _follow(call, route, step)
+
+
+async def _direct(call: Call, step: LocalStep) -> Answer:
+    return await step(call, await gateway.resolve(call.model))
 
 
 # ---- the local step ---------------------------------------------------------------------------
@@ -121,7 +138,11 @@ async def _local_text(call: Call, target: gateway.Target) -> Answer:
     if call.surface == "count_tokens":
         return Count(await client.count_tokens(gateway.count_request(prompt, target, images, request_id=rid)))
     req = gateway.worker_request(prompt, target, images, request_id=rid)
-    outputs = rec.track_outputs(client.generate(req), call.audit)
+    generated = client.generate(req)
+    tr = tracing.current()
+    if tr is not None:  # the worker's timings: queue_wait, prefill and decode spans
+        generated = tr.local_outputs(generated)
+    outputs = rec.track_outputs(generated, call.audit)
     try:
         first = await outputs.__anext__()
     except BaseException:
@@ -192,10 +213,15 @@ async def _follow(call: Call, route: Route, step: LocalStep) -> Answer:
     failures: list[tuple[str, BaseException]] = []
     if audit is not None:
         audit.rule = route.rule_name
+    tr = tracing.current()
+    if tr is not None:
+        tr.rule(route.rule_name)
     for target in route.targets:
         if target.unavailable:
             failures.append((target.label, upstream.UpstreamFailure(
                 f"{target.label}: {target.unavailable}", kind="unavailable", status=503)))  # fmt: skip
+            if tr is not None:
+                tr.skipped(target.label, target.unavailable)
             continue
         if (
             call.surface == "responses"
@@ -206,6 +232,8 @@ async def _follow(call: Call, route: Route, step: LocalStep) -> Answer:
             failures.append((target.label, upstream.UpstreamFailure(
                 f"{target.label}: Anthropic upstreams do not serve /v1/responses", kind="no_responses_api",
                 status=503)))  # fmt: skip
+            if tr is not None:
+                tr.skipped(target.label, "no_responses_api")
             continue
         if audit is not None:
             audit.attempts += 1
@@ -214,7 +242,10 @@ async def _follow(call: Call, route: Route, step: LocalStep) -> Answer:
                 target.profile if target.kind == "local" else target.upstream_model(call.model)
             )
         try:
-            return await _attempt(call, target, timeout, step)
+            if tr is None:
+                return await _attempt(call, target, timeout, step)
+            run = functools.partial(_attempt, call, target, timeout, step)
+            return await tr.attempt(*_traced(call, target), run)
         except Exception as exc:
             if not _is_fallback(exc):
                 raise
@@ -223,6 +254,17 @@ async def _follow(call: Call, route: Route, step: LocalStep) -> Answer:
                 "rule %s: %s failed (%s); trying the next target", route.rule_name, target.label, _reason(exc)
             )
     raise _exhausted(call, route, failures)
+
+
+def _traced(call: Call, target: RouteTarget) -> tuple[str, str, dict[str, Any]]:
+    """An attempt's span: its name, its target's label, its attributes (no secrets)."""
+    if target.kind == "local":
+        return "local", target.label, {"mlxm.profile": target.profile}
+    assert target.upstream is not None
+    cfg = target.upstream
+    attrs = {"mlxm.credential": cfg.name, "mlxm.provider": cfg.provider,
+             "mlxm.upstream_model": target.upstream_model(call.model)}  # fmt: skip
+    return "upstream", target.label, attrs
 
 
 def _exhausted(call: Call, route: Route, failures: list[tuple[str, BaseException]]) -> BaseException:

@@ -222,6 +222,12 @@ class Output(msgspec.Struct, array_like=True):
     reasoning: str = ""
     tool_calls: list[ToolCallDelta] = []
     logprobs: list[TokenLogprob] | None = None  # the tokens since the last output, when asked
+    # The worker's timings, on a request's final output only (the web side's trace spans,
+    # mlxmanager/tracing.py): from its arrival in the worker to its start in an engine (waiting
+    # for the scheduler thread, a model load, a free batch row), then from there to its first
+    # token (prefill). Trailing and optional: frames without them still decode.
+    queued_s: float | None = None
+    prefill_s: float | None = None
 
 
 class Outputs(msgspec.Struct, tag="outputs"):

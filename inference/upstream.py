@@ -15,6 +15,8 @@
   the answer into neutral events (`Stream`) for the client's encoder, as a local answer is.
 - Every event is decoded once for the audit (first token time, token usage); prompts and
   answers are never logged. The credential's key only ever goes into request headers.
+- With tracing on (mlxmanager/tracing.py), the request carries the W3C `traceparent` of its
+  "upstream" span.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from inference import encoders, translate
 from inference import protocol as p
 from inference.events import Stream, UpstreamStreamError, failure_of
 from inference.sse import SSEDecoder
-from mlxmanager import metrics
+from mlxmanager import metrics, tracing
 from mlxmanager.audit.recorder import RequestAudit
 from mlxmanager.credentials.selectors import UpstreamConfig
 from mlxmanager.errors import DomainError
@@ -220,6 +222,8 @@ def _headers(
     headers = {"content-type": "application/json", "accept": "application/json"}
     if request_id:
         headers["x-request-id"] = request_id
+    if tracing.ENABLED:  # W3C traceparent: the upstream's spans join this request's trace
+        tracing.inject(headers)
     if cfg.protocol == "anthropic":
         headers["anthropic-version"] = (
             same_protocol and client_headers.get("anthropic-version")
@@ -622,6 +626,8 @@ async def serve(
     if audit is not None:
         audit.upstream_model = model
     resp = await open_response(call, timeout=timeout)
+    if tracing.ENABLED:
+        tracing.note({"http.response.status_code": resp.status, "mlxm.relay": call.mode})
     if call.mode != "decode":
         if not call.stream:
             return Relayed(await _whole(call, resp, audit, timeout))

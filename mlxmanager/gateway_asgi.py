@@ -168,10 +168,11 @@ def split_http(*, gateway: ASGIApp, default: ASGIApp) -> ASGIApp:
 
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """ASGI lifespan. At shutdown: write the audit rows still buffered (uvicorn ends the
-    process by re-raising the SIGTERM it caught, so `atexit` handlers never run) and close the
-    pooled upstream connections of this event loop."""
+    """ASGI lifespan. At shutdown: write the audit rows still buffered and export the trace
+    spans (uvicorn ends the process by re-raising the SIGTERM it caught, so `atexit` handlers
+    never run) and close the pooled upstream connections of this event loop."""
     from inference import upstream
+    from mlxmanager import tracing
     from mlxmanager.audit.recorder import recorder
 
     def flush_audit() -> None:
@@ -184,6 +185,8 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await asyncio.to_thread(flush_audit)
+            if tracing.ENABLED:  # the spans still buffered go to the collector
+                await asyncio.to_thread(tracing.shutdown)
             await upstream.aclose_clients()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -72,12 +72,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "mlxmanager.tracing.tracing_middleware",  # left out unless tracing is on (OTEL_*)
     "mlxmanager.request_ids.request_id_middleware",
     "mlxmanager.cors.cors_middleware",
     "mlxmanager.audit.middleware.audit_middleware",
 ]
 # /v1/ (API-key clients) runs through its own handler with only these (mlxmanager/gateway_asgi.py).
 MLXM_GATEWAY_MIDDLEWARE = [
+    "mlxmanager.tracing.tracing_middleware",  # left out unless tracing is on (OTEL_*)
     "mlxmanager.request_ids.request_id_middleware",
     "mlxmanager.cors.cors_middleware",
     "mlxmanager.audit.middleware.audit_middleware",

@@ -68,6 +68,9 @@ class Scheduler(threading.Thread):
         self._inbox: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
         self._stop_event = threading.Event()
         self._owner: dict[str, Any] = {}  # request_id -> engine
+        # request_id -> when a Generate reached the worker (perf_counter), until it is handled:
+        # its final output's `queued_s` counts from there.
+        self._arrived: dict[str, float] = {}
         self.queued = 0
         self.snapshot: dict[str, Any] = {"models": [], "active_requests": 0, "loading": None}
         self.started_at = time.time()
@@ -85,6 +88,8 @@ class Scheduler(threading.Thread):
     # ---- called from the I/O thread ------------------------------------------------
 
     def submit(self, conn: Any, msg: Any) -> None:
+        if isinstance(msg, p.Generate):
+            self._arrived[msg.request_id] = time.perf_counter()
         self.queued += 1
         self._inbox.put((conn, msg))
 
@@ -194,13 +199,14 @@ class Scheduler(threading.Thread):
         if isinstance(msg, _AbortAll):
             self._fail_running(msg.message)
             return
+        arrived = self._arrived.pop(msg.request_id, None) if isinstance(msg, p.Generate) else None
         if self.draining and isinstance(
             msg, p.Generate | p.Embed | p.CountTokens | p.PoolCommand | p.Transcribe | p.Speak
         ):
             self._fail(conn, msg.request_id, p.ERR_OVERLOADED, "the worker is shutting down")
             return
         if isinstance(msg, p.Generate):
-            self._admit(conn, msg)
+            self._admit(conn, msg, arrived)
         elif isinstance(msg, p.CountTokens):
             self._count_tokens(conn, msg)
         elif isinstance(msg, p.Embed):
@@ -295,9 +301,9 @@ class Scheduler(threading.Thread):
         if engine is not None:
             self._owner[req.request_id] = engine
 
-    def _admit(self, conn: Any, req: p.Generate) -> None:
+    def _admit(self, conn: Any, req: p.Generate, arrived: float | None = None) -> None:
         engine, _ = self._on_engine(
-            conn, req.request_id, req.model, GENERATES, "start", lambda e: e.add(req, conn)
+            conn, req.request_id, req.model, GENERATES, "start", lambda e: e.add(req, conn, arrived=arrived)
         )
         if engine is not None:
             self._owner[req.request_id] = engine

@@ -122,7 +122,11 @@ class _Active:
     # Its first token went out ahead of the batch's report of it (LLMEngine._emit_first_tokens).
     primed: bool = False
     logprobs: list[p.TokenLogprob] = field(default_factory=list)  # not yet sent
+    # perf_counter times: when it reached the worker, started in this engine (its prefill
+    # begins), and made its first token; the final output carries them as durations.
     started: float = field(default_factory=time.perf_counter)
+    arrived: float | None = None
+    first_token_at: float | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add decoded text; return what is safe to emit and whether a stop string hit."""
@@ -242,6 +246,7 @@ class LLMEngine:
         self._uid_by_request: dict[str, int] = {}
         self._sequential: dict[str, _Active] = {}
         self._waiting: deque[tuple[p.Generate, Any]] = deque()
+        self._arrivals: dict[str, float] = {}  # request_id -> arrival, until it starts (_new_active)
         self.last_used = time.time()
         self.tokens_generated = 0
         self.cache_hit_tokens = 0
@@ -317,6 +322,7 @@ class LLMEngine:
         self.cache_hit_tokens += cached
         self.last_used = time.time()
         return _Active(
+            arrived=self._arrivals.pop(req.request_id, None),
             request_id=req.request_id,
             conn=conn,
             detokenizer=self.tokenizer.detokenizer,
@@ -355,10 +361,12 @@ class LLMEngine:
             return msgspec.structs.replace(req, sampling=sampling)
         return req
 
-    def add(self, req: p.Generate, conn: Any) -> None:
+    def add(self, req: p.Generate, conn: Any, *, arrived: float | None = None) -> None:
+        """Start (or queue) a generation; `arrived`: when it reached the worker (perf_counter)."""
         prompt = self._tokenize(req)
         req = self._check_context(req, prompt)
         parser, extra = self._prepare(req, prompt)  # compiles grammars: errors are the client's
+        self._note_arrival(req.request_id, arrived)
         if self.spec.kv_bits is not None and self._sequential:
             self._waiting.append((req, conn))  # one quantized-KV stream at a time
             return
@@ -417,6 +425,9 @@ class LLMEngine:
         )
         self._by_uid[uid] = act
         self._uid_by_request[act.request_id] = uid
+
+    def _note_arrival(self, request_id: str, arrived: float | None) -> None:
+        self._arrivals[request_id] = arrived if arrived is not None else time.perf_counter()
 
     def _solo_fits(self, rest: list[int], processors: list[Any]) -> bool:
         """Whether a new request may run alone on generate_step: nothing else running, a
@@ -480,6 +491,7 @@ class LLMEngine:
         self._sequential[req.request_id] = act
 
     def abort(self, request_id: str) -> bool:
+        self._arrivals.pop(request_id, None)
         if self._solo is not None and self._solo.act.request_id == request_id:
             self._solo.steps.close()
             self._solo = None
@@ -511,6 +523,7 @@ class LLMEngine:
         self._uid_by_request.clear()
         self._sequential.clear()
         self._waiting.clear()
+        self._arrivals.clear()
         return dropped
 
     def owned_by(self, conn: Any) -> list[str]:
@@ -545,6 +558,8 @@ class LLMEngine:
         """Account one generated token. Returns (output or None, finished early: by a stop
         string, or by the first tool call when parallel calls are off)."""
         act.completion_tokens += 1
+        if act.first_token_at is None:
+            act.first_token_at = time.perf_counter()
         if act.top_logprobs is not None and logprobs is not None and finish != "stop":
             self._logprob(act, token, logprobs)
         detok = act.detokenizer
@@ -571,6 +586,11 @@ class LLMEngine:
         logprobs = None
         if act.top_logprobs is not None:
             logprobs, act.logprobs = act.logprobs, []
+        queued = prefill = None
+        if finish is not None:  # the timings ride on the final output only
+            queued = max(0.0, act.started - act.arrived) if act.arrived is not None else None
+            if act.first_token_at is not None:
+                prefill = max(0.0, act.first_token_at - act.started)
         return p.Output(
             act.request_id,
             delta.text,
@@ -582,6 +602,8 @@ class LLMEngine:
             delta.reasoning,
             delta.tool_calls,
             logprobs,
+            queued,
+            prefill,
         )
 
     def _final(self, act: _Active, delta: mk.Delta, finish: str, *, flush: bool) -> p.Output:

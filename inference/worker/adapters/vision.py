@@ -248,6 +248,7 @@ class VisionEngine(LLMEngine):
         self._uid_by_request = {}
         self._sequential = {}
         self._waiting = deque()
+        self._arrivals = {}
         self._running: dict[str, _Running] = {}  # both lanes, by request id
         self.batch = _Batch(self.model)  # type: ignore[assignment]  # mlx-vlm's, not mlx-lm's
         self.last_used = time.time()
@@ -325,10 +326,11 @@ class VisionEngine(LLMEngine):
     def _busy(self) -> int:
         return len(self._sequential) + len(self._by_uid)
 
-    def add(self, req: p.Generate, conn: Any) -> None:
+    def add(self, req: p.Generate, conn: Any, *, arrived: float | None = None) -> None:
         ids, pixels, mask = self._inputs(req)
         req = self._check_context(req, ids)
         parser, extra = self._prepare(req, ids)  # compiles grammars: errors are the client's
+        self._note_arrival(req.request_id, arrived)
         if self._busy >= self.max_concurrent:
             self._waiting.append((req, conn))
             return

@@ -327,3 +327,17 @@ def test_logprobs_in_the_batch_and_the_sequential_lane(
     assert [t.token for t in speculative] == [t.token for t in batched]
     assert [t.logprob for t in speculative] == pytest.approx([t.logprob for t in batched], abs=1e-3)
     assert all(t.top == [] for t in speculative)
+
+
+def test_the_final_output_times_the_wait_from_the_requests_arrival(
+    sched: Scheduler, demo_models: dict[str, Path]
+) -> None:
+    """queued_s counts from `submit` (the I/O thread), so it covers the model's load here."""
+    path = demo_models["tiny-random"]
+    conn = Conn()
+    sched.submit(conn, gen("timed", path, "how long did I wait"))
+    _, final = collect(conn, {"timed"})["timed"]
+    assert isinstance(final, p.Output)
+    assert final.queued_s is not None and final.prefill_s is not None
+    assert final.queued_s > 0 and final.prefill_s > 0
+    assert not sched._arrived

@@ -3,6 +3,7 @@ others decode) and when a batched request's first token goes out."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -128,3 +129,36 @@ def test_a_request_joining_decoding_ones_gets_its_first_token_in_its_first_step(
     engine.add(_gen(engine, "alone", content), conn=None)  # the same prompt, alone
     alone = _until_done(engine, {"alone"})["alone"]
     assert "".join(o.text for o in late) == "".join(o.text for o in alone)
+
+
+def test_the_final_output_carries_the_workers_timings(engine: Any) -> None:
+    """queued_s: from its arrival in the worker to its start here; prefill_s: from there to its
+    first token (the web side's trace spans). Only the final output has them, in every lane."""
+    arrived = time.perf_counter() - 0.25  # it waited a quarter second for the scheduler thread
+    engine.add(_gen(engine, "solo", "timed, alone"), conn=None, arrived=arrived)
+    assert engine._solo is not None
+    outs = _until_done(engine, {"solo"})["solo"]
+    *early, final = outs
+    assert all(o.queued_s is None and o.prefill_s is None for o in early)
+    assert final.queued_s is not None and 0.25 <= final.queued_s < 5
+    assert final.prefill_s is not None and 0 < final.prefill_s < 5
+    # Batched (two at once), and without a known arrival (it counts from the engine's add).
+    engine.add(_gen(engine, "x", "batched one", max_tokens=6), conn=None)
+    engine.add(_gen(engine, "y", "batched two", max_tokens=6), conn=None, arrived=time.perf_counter())
+    got = _until_done(engine, {"x", "y"})
+    for rid in ("x", "y"):
+        final = got[rid][-1]
+        assert final.queued_s is not None and 0 <= final.queued_s < 1
+        assert final.prefill_s is not None and 0 < final.prefill_s < 5
+        assert all(o.queued_s is None for o in got[rid][:-1])
+    assert not engine._arrivals  # nothing left behind
+
+
+def test_an_aborted_or_refused_request_leaves_no_arrival_behind(engine: Any) -> None:
+    engine.add(_gen(engine, "gone", "to be aborted", max_tokens=50), conn=None, arrived=time.perf_counter())
+    engine.step()
+    assert engine.abort("gone")
+    neither = p.Generate(request_id="bad", model=engine.spec, sampling=p.SamplingParams())  # no prompt
+    with pytest.raises(llm.BadRequest):
+        engine.add(neither, conn=None, arrived=time.perf_counter())
+    assert not engine._arrivals

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,18 @@ def test_a_stop_string_ends_one_batched_row(spec: p.ModelSpec) -> None:
     assert finals["b"].completion_tokens < 12
     assert finals["a"].text == alone["a"] and finals["a"].completion_tokens == 12
     assert engine.active == 0 and not engine._running
+
+
+def test_a_request_waiting_for_a_free_row_counts_the_wait_as_queued(spec: p.ModelSpec) -> None:
+    one = p.ModelSpec(name=spec.name, path=spec.path, kind="vision", max_concurrent=1)
+    engine = VisionEngine(one)
+    now = time.perf_counter()
+    engine.add(ask(one, "first", "hello", []), conn=None, arrived=now)
+    engine.add(ask(one, "second", "hello again", []), conn=None, arrived=now)  # waits for the first
+    finals: dict[str, p.Output] = {}
+    while engine.active:
+        finals.update({out.request_id: out for _, out in engine.step() if out.finish_reason})
+    first, second = finals["first"], finals["second"]
+    assert first.queued_s is not None and first.prefill_s is not None and second.prefill_s is not None
+    assert second.queued_s is not None and second.queued_s > first.queued_s + first.prefill_s
+    assert not engine._arrivals
