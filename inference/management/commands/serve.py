@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from inference.gateway import preload_specs_json
 from mlxmanager import webserver
 from mlxmanager.accounts.selectors import users_exist
+from mlxmanager.accounts.setup import setup_token_discard, setup_token_issue
 
 
 def _own_session() -> None:
@@ -85,12 +86,16 @@ class Command(BaseCommand):
             f"MLX Manager is starting on http://{shown_host}:{port}/  (OpenAI base URL: http://{shown_host}:{port}/v1)"
         )
         if not users_exist():
+            # The link goes to standard output only (never to a log): whoever holds it can
+            # create the admin, until one exists.
+            link = f"http://{_link_host(host)}:{port}/setup/{setup_token_issue()}"
             self.stdout.write(
-                "No users yet. Create the admin, then log in at the URL above:\n"
-                "    .venv/bin/python manage.py create_admin --username admin --password-stdin\n"
-                "and an API key for SDK clients:\n"
-                "    .venv/bin/python manage.py create_api_key --username admin --name laptop"
+                "No users yet. Open this one-time link to create the admin in your browser:\n"
+                f"    {link}\n"
+                "(or on the command line: .venv/bin/python manage.py create_admin --username admin --password-stdin)"
             )
+        else:
+            setup_token_discard()
         self.stdout.flush()
 
         restarts: list[float] = []
@@ -124,6 +129,16 @@ class Command(BaseCommand):
                     proc.terminate()
             for proc in (web, downloads):
                 _stop_process(proc, 10)
+
+
+def _link_host(host: str) -> str:
+    """The host for a link printed for this machine's browser: a wildcard address is
+    reached on loopback."""
+    if host in ("", "0.0.0.0"):  # noqa: S104  (a comparison, not a bind)
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
