@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "mlxmanager.credentials",
     "mlxmanager.rules",
     "mlxmanager.workers",
+    "mlxmanager.home",
     "inference",
 ]
 

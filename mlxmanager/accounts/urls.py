@@ -5,7 +5,6 @@ from mlxmanager.accounts import views
 from mlxmanager.accounts.forms import ThrottledLoginForm
 
 urlpatterns = [
-    path("", views.home, name="home"),
     path(
         "login/",
         auth_views.LoginView.as_view(

@@ -1,4 +1,5 @@
-"""Pages: the dashboard home and API keys. Thin: services and selectors do the work."""
+"""Pages: API keys, users and the first admin (the home page is mlxmanager/home). Thin:
+services and selectors do the work."""
 
 from __future__ import annotations
 
@@ -15,14 +16,6 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from mlxmanager.accounts import selectors, services, setup
 from mlxmanager.errors import DomainError
 from mlxmanager.permissions import admin_required
-from mlxmanager.profiles.models import Profile
-
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    profiles = list(Profile.objects.filter(enabled=True).order_by("-is_default", "name"))
-    base_url = request.build_absolute_uri("/v1")
-    return render(request, "accounts/home.html", {"profiles": profiles, "base_url": base_url})
 
 
 def _optional_int(value: str | None, param: str) -> int | None:

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.test import Client
+from django.test import AsyncClient, Client
 from django.urls import reverse
 
 from inference.management.commands import serve
@@ -91,9 +92,11 @@ def test_the_link_opens_the_form_and_creates_the_admin_once(
     assert client.session["_auth_user_id"] == str(admin.pk)  # logged in
     assert not token_file(data_dir).exists()
     assert list(data_dir.iterdir()) == []  # the claimed copy is gone too
-    home = client.get("/")
-    assert home.status_code == 200
-    assert "Served models" in home.content.decode()
+    home = AsyncClient()  # the home page is an async view
+    home.cookies = client.cookies
+    page = async_to_sync(home.get)("/")
+    assert page.status_code == 200
+    assert "Get started" in page.content.decode()  # lands on the first-run checklist
 
     # Once: the link, the form and a second submission are all 404 now.
     assert open_link(Client(), token).status_code == 404
