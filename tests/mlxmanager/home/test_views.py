@@ -200,7 +200,7 @@ def test_member_home_is_their_own(
     assert re.search(r'data-usage="week-requests">5<', html)
     assert "300 tokens" in html  # 3 x (10 + 90)
     assert "laptop" in html and 'href="/keys/"' in html
-    assert 'href="/playground/"' in html and "Open the playground" in html
+    assert 'href="/playground/">Start a chat</a>' in html
     assert "Served models" in html and "<code>smol</code>" in html
     assert "curl http://testserver/v1/chat/completions" in html
     # No dashboard, no checklist, no poll, nothing about other people.
@@ -268,3 +268,19 @@ def test_the_query_count_does_not_grow_with_the_data(
         Download.objects.create(repo_id=f"org/m{i}", status=Download.Status.QUEUED, local_dir=f"/m/{i}")
         Profile.objects.create(name=f"p{i}", model_path=f"/m/p{i}")
     assert count() == few <= 21
+
+
+def test_no_link_on_home_is_named_like_a_nav_link(
+    admin_browser: Browser, member_browser: Browser, worker_up: dict[str, Any]
+) -> None:
+    """Tests (and screen-reader users) find the nav's links by name, and a name matches as a
+    substring: a card's "Pool" link would make `get_by_role("link", name="Pool")` ambiguous."""
+    for browser in (admin_browser, member_browser):
+        html = browser.get("/").content.decode()
+        nav = html[html.index("<nav>") : html.index("</nav>")]
+        names = [re.sub(r"\s+", " ", n).strip().lower() for n in re.findall(r"<a [^>]*>([^<]+)</a>", nav)]
+        body = html[html.index("<main>") :]
+        links = [re.sub(r"\s+", " ", n).strip().lower() for n in re.findall(r"<a [^>]*>([^<]+)</a>", body)]
+        assert len(names) >= 4 and len(links) >= 2
+        clashes = [(link, name) for link in links for name in names if name in link]
+        assert not clashes, clashes
