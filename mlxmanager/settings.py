@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "mlxmanager.rules",
     "mlxmanager.workers",
     "mlxmanager.logs",
+    "mlxmanager.home",
     "inference",
 ]
 

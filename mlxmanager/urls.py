@@ -14,6 +14,7 @@ urlpatterns = [
     path("profiles/", include("mlxmanager.profiles.urls")),
     path("pool/", include("mlxmanager.pool.urls")),
     path("playground/", include("mlxmanager.playground.urls")),
+    path("", include("mlxmanager.home.urls")),
     path("", include("mlxmanager.downloads.urls")),
     path("", include("mlxmanager.accounts.urls")),
     path("", include("mlxmanager.audit.urls")),

@@ -115,12 +115,14 @@ def start_gateway(
     *,
     stream_interval_ms: str | None = "0",
     server: str | None = None,
+    admin: bool = True,
 ) -> Gateway:
     """`manage.py serve` on a free port, under `server` (MLXM_SERVER; the environment's, else
     uvicorn, when None). Tests stream a frame per scheduler step
     (`stream_interval_ms="0"`): they check that text and tool arguments arrive in pieces,
     which a tiny model's 1,000+ tokens/s would pack into a few 10 ms frames; the interval itself
-    is tested in tests/inference/worker/test_server.py. Benchmarks pass None: the product's default."""
+    is tested in tests/inference/worker/test_server.py. Benchmarks pass None: the product's default.
+    `admin=False` starts a fresh install: no user and no key (`serve` prints the setup link)."""
     port = free_port()
     env = {
         **({"MLXM_STREAM_INTERVAL_MS": stream_interval_ms} if stream_interval_ms is not None else {}),
@@ -136,10 +138,21 @@ def start_gateway(
     env.pop("DATABASE_URL", None)
     manage("migrate", "--noinput", "-v0", env=env)
     manage("prepare_demo_models", "--data-dir", str(_shared_dir()), env=env)
-    manage(
-        "create_admin", "--username", "admin", "--password-stdin", env=env, stdin="correct-horse-battery\n"
-    )
-    key = manage("create_api_key", "--username", "admin", "--name", "tests", env=env).strip().splitlines()[-1]
+    key = ""
+    if admin:
+        manage(
+            "create_admin",
+            "--username",
+            "admin",
+            "--password-stdin",
+            env=env,
+            stdin="correct-horse-battery\n",
+        )
+        key = (
+            manage("create_api_key", "--username", "admin", "--name", "tests", env=env)
+            .strip()
+            .splitlines()[-1]
+        )
     log_path = data_dir / "serve.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(

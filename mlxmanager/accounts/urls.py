@@ -5,7 +5,6 @@ from mlxmanager.accounts import views
 from mlxmanager.accounts.forms import ThrottledLoginForm
 
 urlpatterns = [
-    path("", views.home, name="home"),
     path(
         "login/",
         auth_views.LoginView.as_view(
@@ -16,6 +15,8 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("setup/", views.setup_admin, name="setup"),
+    path("setup/<str:token>", views.setup_start, name="setup-start"),
     path("keys/", views.keys, name="keys"),
     path("keys/<int:key_id>/revoke/", views.key_revoke, name="key-revoke"),
     path("users/", views.users, name="users"),

@@ -1,26 +1,21 @@
-"""Pages: the dashboard home and API keys. Thin: services and selectors do the work."""
+"""Pages: API keys, users and the first admin (the home page is mlxmanager/home). Thin:
+services and selectors do the work."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from mlxmanager.accounts import selectors, services
+from mlxmanager.accounts import selectors, services, setup
 from mlxmanager.errors import DomainError
 from mlxmanager.permissions import admin_required
-from mlxmanager.profiles.models import Profile
-
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    profiles = list(Profile.objects.filter(enabled=True).order_by("-is_default", "name"))
-    base_url = request.build_absolute_uri("/v1")
-    return render(request, "accounts/home.html", {"profiles": profiles, "base_url": base_url})
 
 
 def _optional_int(value: str | None, param: str) -> int | None:
@@ -127,3 +122,59 @@ def _users_page(request: HttpRequest, *, error: str | None, message: str | None)
     }
     template = "accounts/users.html#users-panel" if request.htmx else "accounts/users.html"  # type: ignore[attr-defined]
     return render(request, template, context, status=400 if error else 200)
+
+
+# --- the first admin, from the setup link `serve` prints (mlxmanager/accounts/setup.py) ----
+
+
+def _setup_open() -> bool:
+    """Whether setup is possible at all: no user yet. Once one exists the token is dropped."""
+    if selectors.users_exist():
+        setup.setup_token_discard()
+        return False
+    return True
+
+
+@never_cache
+@require_GET
+def setup_start(request: HttpRequest, token: str) -> HttpResponse:
+    """The link itself: a right token goes into the session, and on to the form at /setup/."""
+    if not _setup_open() or not setup.token_matches(token):
+        raise Http404("no such page")
+    request.session[setup.SESSION_KEY] = setup.digest_of(token)
+    return redirect("setup")
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def setup_admin(request: HttpRequest) -> HttpResponse:
+    """Create the first admin (username, password twice), log them in, go home."""
+    digest = str(request.session.get(setup.SESSION_KEY) or "")
+    if not _setup_open() or not setup.digest_matches(digest):
+        raise Http404("no such page")
+    errors: dict[str, str] = {}
+    username = request.POST.get("username", "").strip() if request.method == "POST" else ""
+    if request.method == "POST":
+        password = request.POST.get("password1", "")
+        if not username or len(username) > 150 or any(c.isspace() for c in username):
+            errors["username"] = "A username is 1-150 characters without spaces."
+        if not password:
+            errors["password1"] = "Choose a password."
+        elif password != request.POST.get("password2", ""):
+            errors["password2"] = "The two passwords differ."
+        if not errors:
+            claimed = setup.setup_token_claim(digest)
+            if claimed is None:
+                raise Http404("no such page")
+            try:
+                user = services.user_create_admin(username=username, password=password)
+            except DomainError as exc:
+                setup.setup_token_release(claimed)
+                errors["password1" if exc.param == "password" else "username"] = exc.message
+            else:
+                setup.setup_token_spend(claimed)
+                request.session.pop(setup.SESSION_KEY, None)
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                return redirect("home")
+    context = {"username": username, "errors": errors}
+    return render(request, "accounts/setup.html", context, status=400 if errors else 200)

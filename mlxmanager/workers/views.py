@@ -12,38 +12,13 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from inference.client import EngineClient, EngineDeadError, EngineRequestError
 from mlxmanager.errors import DomainError
 from mlxmanager.permissions import admin_required
 from mlxmanager.workers import services
 from mlxmanager.workers.selectors import all_workers
+from mlxmanager.workers.selectors import worker_check as check
 
 TEMPLATE = "workers/workers.html"
-
-
-async def check(address: str) -> dict[str, Any]:
-    """One short-lived connection: what the worker at `address` holds and how busy it is."""
-    remote = address.startswith(("tcp://", "tls://"))
-    client = EngineClient(
-        address,
-        connect_timeout=settings.MLXM_WORKER_CONNECT_TIMEOUT,
-        secret=settings.MLXM_WORKER_SECRET if remote else None,
-        tls_ca=settings.MLXM_WORKER_TLS_CA,
-    )
-    try:
-        health = await client.health(timeout=3)
-    except (EngineDeadError, EngineRequestError) as exc:
-        return {"up": False, "error": str(exc)}
-    finally:
-        await client.aclose()
-    return {
-        "up": True,
-        "pid": health.get("pid"),
-        "active": health.get("active_requests", 0),
-        "queued": health.get("queue_depth", 0),
-        "models": [m.get("name", "") for m in health.get("models", [])],
-        "memory": health.get("memory", {}),
-    }
 
 
 async def _panel(request: HttpRequest, *, error: str = "", notice: str = "", form: Any = None,

@@ -18,6 +18,7 @@ from inference import logsetup
 from inference.gateway import preload_specs_json
 from mlxmanager import webserver
 from mlxmanager.accounts.selectors import users_exist
+from mlxmanager.accounts.setup import setup_token_discard, setup_token_issue
 
 
 def _own_session() -> None:
@@ -91,12 +92,16 @@ class Command(BaseCommand):
             f"MLX Manager is starting on http://{shown_host}:{port}/  (OpenAI base URL: http://{shown_host}:{port}/v1)"
         )
         if not users_exist():
+            # The link goes to standard output only (never to a log): whoever holds it can
+            # create the admin, until one exists.
+            link = f"http://{_link_host(host)}:{port}/setup/{setup_token_issue()}"
             self.stdout.write(
-                "No users yet. Create the admin, then log in at the URL above:\n"
-                "    .venv/bin/python manage.py create_admin --username admin --password-stdin\n"
-                "and an API key for SDK clients:\n"
-                "    .venv/bin/python manage.py create_api_key --username admin --name laptop"
+                "No users yet. Open this one-time link to create the admin in your browser:\n"
+                f"    {link}\n"
+                "(or on the command line: .venv/bin/python manage.py create_admin --username admin --password-stdin)"
             )
+        else:
+            setup_token_discard()
         self.stdout.flush()
 
         restarts: list[float] = []
@@ -136,6 +141,16 @@ def web_log_name(port: int, *, with_worker: bool) -> str:
     """The web server's log file: `web` (web.log) beside the worker; the other web processes
     sharing the data dir (`serve --no-worker --port N`) write `web-<port>`, each rotating its own."""
     return "web" if with_worker else f"web-{port}"
+
+
+def _link_host(host: str) -> str:
+    """The host for a link printed for this machine's browser: a wildcard address is
+    reached on loopback."""
+    if host in ("", "0.0.0.0"):  # noqa: S104  (a comparison, not a bind)
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:

@@ -11,7 +11,6 @@ from django.urls import reverse
 
 from mlxmanager.accounts.models import ApiKey
 from mlxmanager.accounts.services import api_key_create, api_key_revoke
-from mlxmanager.profiles.models import Profile
 from tests.mlxmanager.accounts.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -103,29 +102,7 @@ def test_logout_via_get_is_refused(member_client: Client) -> None:
     assert "_auth_user_id" in member_client.session
 
 
-# --- home ----------------------------------------------------------------------
-
-
-def test_home_lists_enabled_profiles_default_first(member_client: Client) -> None:
-    Profile.objects.create(name="alpha", model_path="/m/a", description="A model")
-    Profile.objects.create(name="zeta", model_path="/m/z", is_default=True)
-    Profile.objects.create(name="tiny", model_path="/m/t", is_test_model=True)
-    Profile.objects.create(name="switched-off", model_path="/m/h", enabled=False)
-
-    resp = member_client.get("/")
-    assert resp.status_code == 200
-    html = resp.content.decode()
-    assert "switched-off" not in html
-    assert html.index("zeta") < html.index("alpha") < html.index("tiny")
-    assert 'badge">default' in html
-    assert "test model" in html
-    assert "http://testserver/v1" in html
-    assert 'aria-current="page">Models' in html
-
-
-def test_home_without_profiles(member_client: Client) -> None:
-    html = member_client.get("/").content.decode()
-    assert "No profiles yet" in html
+# --- home: tests/mlxmanager/home (an async view, driven through the async stack) ---------
 
 
 # --- keys page -----------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_members_cannot_post(member_client: Client, path: str) -> None:
 
 
 def test_nav_links_only_for_admins(admin_client: Client, member_client: Client) -> None:
-    assert 'href="/models/discover/"' not in member_client.get("/").content.decode()
+    assert 'href="/models/discover/"' not in member_client.get("/keys/").content.decode()
     html = admin_client.get("/downloads/").content.decode()
     for href in (
         'href="/models/discover/"',
