@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, HttpResponseNotAllowed
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -88,7 +88,6 @@ async def home(request: HttpRequest) -> HttpResponseBase:
     return render(request, "home/home.html", context)
 
 
-@require_GET
 async def home_live(request: HttpRequest) -> HttpResponseBase:
     """The dashboard's card bodies (and the checklist's ticks with `?checklist=1`), each an
     out-of-band swap. A poll after the session ended sends the browser to the login page."""
@@ -98,8 +97,10 @@ async def home_live(request: HttpRequest) -> HttpResponseBase:
         if request.htmx:  # type: ignore[attr-defined]
             return HttpResponseClientRedirect(reverse("login") + "?next=/")
         return redirect_to_login(reverse("home"))
-    if not is_admin(user):
+    if not is_admin(user):  # before the method: a member learns nothing of this URL
         raise PermissionDenied(DENIED)
+    if request.method != "GET":
+        return HttpResponseNotAllowed(["GET"])
     checklist = request.GET.get("checklist") == "1"
     fleet, data = await asyncio.gather(
         selectors.fleet(), sync_to_async(_dashboard)(user=user, checklist=checklist)

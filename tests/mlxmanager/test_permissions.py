@@ -100,9 +100,12 @@ ADMIN_PAGES = {
     *("audit-export-csv", "audit-export-jsonl", "credentials", "credential-test", "credential-secret"),
     *("credential-toggle", "credential-delete", "rules", "rule-order", "rule-test", "rule-move"),
     *("rule-toggle", "rule-delete", "workers", "worker-toggle", "worker-delete"),
+    *("home-live", "logs", "logs-events", "debug-report"),
 }
 # Not dashboard pages: login/logout, the API roots and the /v1 gateway (API-key auth, own tests).
-ELSEWHERE = {"login", "logout", "api-root", "openapi-json", "openapi-view", "healthz", "metrics", None}
+# The first-admin setup pages are 404 once any user exists (tests/mlxmanager/accounts/test_setup.py).
+ELSEWHERE = {"login", "logout", "api-root", "openapi-json", "openapi-view", "healthz", "metrics", "setup",
+             "setup-start", None}  # fmt: skip
 MEMBER_API = ("/api/keys", "/api/tokens", "/api/conversations")
 
 
