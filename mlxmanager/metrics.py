@@ -41,6 +41,10 @@ GAP = Histogram(
     f"{PREFIX}_inter_token_seconds", "Mean gap between tokens after the first, one observation per request.",
     ["backend"], buckets=_GAP_BUCKETS,
 )  # fmt: skip
+QUEUE_WAIT = Histogram(
+    f"{PREFIX}_queue_wait_seconds", "Time a local request waited in the worker before its prefill began.",
+    ["backend"], buckets=_LATENCY_BUCKETS,
+)  # fmt: skip
 TOKENS = Counter(
     f"{PREFIX}_tokens", "Tokens by kind: input (prompt, cached included), cached, output.",
     ["kind", "model", "backend"],
@@ -62,6 +66,8 @@ def observe(audit: Any) -> None:
     DURATION.labels(endpoint, backend).observe(audit.duration_ms / 1000)
     if audit.ttft_ms is not None and served:
         TTFT.labels(endpoint, backend).observe(max(audit.ttft_ms, 0.0) / 1000)
+    if audit.queue_wait_s is not None:
+        QUEUE_WAIT.labels(backend).observe(max(audit.queue_wait_s, 0.0))
     rate = audit.tokens_per_s
     if rate:
         GAP.labels(backend).observe(1.0 / rate)

@@ -78,6 +78,9 @@ def test_prometheus_scrapes_two_web_processes_and_the_worker(
         ttft = wait_for('sum(mlxm_time_to_first_token_seconds_count{endpoint="/v1/chat/completions"}) by (instance)',
                         lambda r: len(r) == 2 and all(float(s["value"][1]) >= 6 for s in r))  # fmt: skip
         assert ttft
+        # The worker's own queue wait, from each local answer's final output.
+        wait_for('sum(mlxm_queue_wait_seconds_count{backend="local:tiny-random"}) by (instance)',
+                 lambda r: len(r) == 2 and all(float(s["value"][1]) >= 6 for s in r))  # fmt: skip
         p95 = promql(
             'histogram_quantile(0.95, sum by (le) (mlxm_time_to_first_token_seconds_bucket{endpoint="/v1/chat/completions"}))'
         )

@@ -63,6 +63,7 @@ class RequestAudit:
     first_token_count: int = 0
     last_token: float | None = None
     ended: float | None = None
+    queue_wait_s: float | None = None  # time the request waited in the worker (local answers)
     done: bool = False
 
     def tokens(self, *, completion: int, prompt: int | None = None, cached: int | None = None) -> None:
@@ -162,6 +163,8 @@ async def _tracked(
             audit.tokens(
                 completion=last.completion_tokens, prompt=last.prompt_tokens, cached=last.cached_tokens
             )
+            if last.finish_reason is not None and getattr(last, "queued_s", None) is not None:
+                audit.queue_wait_s = last.queued_s  # the worker's own figure, on the final output
             yield batch
 
 

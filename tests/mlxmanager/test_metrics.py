@@ -78,13 +78,16 @@ def test_observe_keeps_labels_bounded_and_counts_tokens() -> None:
                               upstream_model="tiny", status=200, prompt_tokens=30, cached_tokens=20,
                               completion_tokens=5)  # fmt: skip
     served.first_output()
+    served.queue_wait_s = 0.25
     refused = rec.RequestAudit(
         endpoint="/v1/chat/completions", requested_model="made-up-" + "x" * 50, status=404
     )
     before = metrics.TOKENS.labels("cached", "tiny", "local:tiny")._value.get()
+    waits = metrics.QUEUE_WAIT.labels("local:tiny")._sum.get()
     metrics.observe(served)
     metrics.observe(refused)
     assert metrics.TOKENS.labels("cached", "tiny", "local:tiny")._value.get() == before + 20
+    assert metrics.QUEUE_WAIT.labels("local:tiny")._sum.get() == waits + 0.25
     # A refused request's model is not a label value: no series per made-up name.
     assert metrics.REQUESTS.labels("/v1/chat/completions", "", "", "404")._value.get() >= 1
 
