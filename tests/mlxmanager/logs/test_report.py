@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings as django_settings
 from django.core.management import call_command
 
 from mlxmanager.accounts.services import api_key_create
@@ -74,7 +75,7 @@ def test_made_with_the_worker_down_and_says_so(write_log: WriteLog, no_worker: s
     settings_ = json.loads(files["settings.json"])
     assert settings_["SECRET_KEY"] == "[redacted]" and settings_["CACHES"] == "[redacted]"
     assert settings_["MLXM_PORT"] == 8000 or isinstance(settings_["MLXM_PORT"], int)
-    assert settings_["DATABASES"]["default"]["ENGINE"].endswith("sqlite3")
+    assert settings_["DATABASES"]["default"]["ENGINE"] == django_settings.DATABASES["default"]["ENGINE"]
     errors = files["errors.txt"].decode()
     assert "== worker" in errors and "generation failed" in errors
     assert "ValueError: the weights are not where the profile says" in errors  # with its traceback
