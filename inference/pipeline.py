@@ -62,7 +62,8 @@ class Call:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     stream: bool = False
     # Text surfaces: what to generate (None for embeddings and audio, whose local step is theirs).
-    prompt: gateway.Prompt | None = None
+    # (or what builds it, called only if a local profile serves the call)
+    prompt: gateway.Prompt | Callable[[], gateway.Prompt] | None = None
     kinds: tuple[str, ...] = gateway.TEXT_KINDS
     # The client's JSON body (relayed to a cloud upstream, translated if needed): given, or
     # decoded from `body_bytes` when a cloud target is first tried.
@@ -126,7 +127,7 @@ async def _direct(call: Call, step: LocalStep) -> Answer:
 
 
 async def _local_text(call: Call, target: gateway.Target) -> Answer:
-    prompt = call.prompt
+    prompt = call.prompt() if callable(call.prompt) else call.prompt
     assert prompt is not None
     gateway.require_kind(target, call.kinds, model=call.model)
     from mlxmanager.profiles.models import Profile

@@ -14,7 +14,7 @@ from ninja import Router
 
 from inference import encoders, gateway, pipeline, upstream
 from inference.anthropic_schemas import CountTokensRequest, MessagesRequest
-from inference.api.common import call_for
+from inference.api.common import call_for, local_prompt
 from inference.events import Stream
 
 router = Router(tags=["anthropic"])
@@ -46,8 +46,9 @@ def messages_prompt(body: CountTokensRequest) -> gateway.Prompt:
 
 @router.post("/messages")
 async def messages(request: HttpRequest, body: MessagesRequest) -> HttpResponseBase:
-    body.refuse_unsupported()
-    call = call_for(request, "messages", body.model, stream=body.stream, prompt=messages_prompt(body))
+    call = call_for(
+        request, "messages", body.model, stream=body.stream, prompt=local_prompt(body, messages_prompt)
+    )
     answer = await pipeline.serve(call)
     if isinstance(answer, upstream.Relayed):
         return answer.response
@@ -59,8 +60,8 @@ async def messages(request: HttpRequest, body: MessagesRequest) -> HttpResponseB
 
 @router.post("/messages/count_tokens")
 async def count_tokens(request: HttpRequest, body: CountTokensRequest) -> HttpResponseBase:
-    body.refuse_unsupported()
-    answer = await pipeline.serve(call_for(request, "count_tokens", body.model, prompt=messages_prompt(body)))
+    call = call_for(request, "count_tokens", body.model, prompt=local_prompt(body, messages_prompt))
+    answer = await pipeline.serve(call)
     if isinstance(answer, upstream.Relayed):
         return answer.response
     assert isinstance(answer, pipeline.Count)

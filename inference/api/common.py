@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest
@@ -23,6 +24,18 @@ def shape_of(request: HttpRequest) -> str:
 # ---- what every surface needs to build its call ------------------------------------------------
 
 _FORWARDED = (("anthropic-version", "HTTP_ANTHROPIC_VERSION"), ("anthropic-beta", "HTTP_ANTHROPIC_BETA"))
+
+
+def local_prompt(body: Any, build: Callable[[Any], Any]) -> Callable[[], Any]:
+    """The neutral prompt of a text request, built only when a local profile serves it: a
+    request relayed to a cloud upstream is checked by the upstream, as it always was, and pays
+    nothing for the worker's prompt (the proxy path's latency budget)."""
+
+    def make() -> Any:
+        body.refuse_unsupported()
+        return build(body)
+
+    return make
 
 
 def call_for(request: HttpRequest, surface: str, model: str, **fields: Any) -> pipeline.Call:

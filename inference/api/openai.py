@@ -16,7 +16,7 @@ from ninja import Router
 
 from inference import encoders, gateway, pipeline, upstream
 from inference import protocol as p
-from inference.api.common import call_for
+from inference.api.common import call_for, local_prompt
 from inference.events import Stream
 from inference.fleet import get_engine_client
 from inference.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -111,8 +111,7 @@ async def retrieve_model(request: HttpRequest, model_id: str) -> HttpResponse:
 
 @router.post("/chat/completions")
 async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponseBase:
-    body.refuse_unsupported()
-    call = call_for(request, "chat", body.model, stream=body.stream, prompt=chat_prompt(body))
+    call = call_for(request, "chat", body.model, stream=body.stream, prompt=local_prompt(body, chat_prompt))
     answer = await pipeline.serve(call)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await encode(answer, stream=body.stream, chat=True, include_usage=include_usage,
@@ -121,8 +120,8 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
 
 @router.post("/completions")
 async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResponseBase:
-    body.refuse_unsupported()
-    call = call_for(request, "completions", body.model, stream=body.stream, prompt=completion_prompt(body))
+    call = call_for(request, "completions", body.model, stream=body.stream,
+                    prompt=local_prompt(body, completion_prompt))  # fmt: skip
     answer = await pipeline.serve(call)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await encode(answer, stream=body.stream, chat=False, include_usage=include_usage,

@@ -14,7 +14,7 @@ from django.http.response import HttpResponseBase
 from ninja import Router
 
 from inference import encoders, gateway, pipeline, upstream
-from inference.api.common import call_for
+from inference.api.common import call_for, local_prompt
 from inference.events import Stream
 from inference.responses_schemas import ResponsesRequest
 
@@ -71,8 +71,9 @@ def _echo(body: ResponsesRequest, answer: Stream) -> dict[str, Any]:
 
 @router.post("/responses")
 async def create_response(request: HttpRequest, body: ResponsesRequest) -> HttpResponseBase:
-    body.refuse_unsupported()
-    call = call_for(request, "responses", body.model, stream=body.stream, prompt=responses_prompt(body))
+    call = call_for(
+        request, "responses", body.model, stream=body.stream, prompt=local_prompt(body, responses_prompt)
+    )
     answer = await pipeline.serve(call)
     if isinstance(answer, upstream.Relayed):
         return answer.response
