@@ -18,6 +18,7 @@ from inference import upstream
 from inference.client import EngineDeadError
 from inference.fleet import get_engine_client
 from mlxmanager import metrics
+from mlxmanager.audit import recorder as rec
 from mlxmanager.permissions import is_admin
 
 
@@ -133,6 +134,7 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
                                 content_type="text/plain; charset=utf-8")  # fmt: skip
         response["WWW-Authenticate"] = "Bearer"
         return response
+    rec.recorder.observe_pending()
     live = {
         "workers": await _worker_states(),
         "downloads": await sync_to_async(_downloads)(),

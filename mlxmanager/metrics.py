@@ -3,8 +3,9 @@
 Every web process writes its counters and histograms to `PROMETHEUS_MULTIPROC_DIR` (settings
 points it at `<data dir>/prometheus/`; `manage.py serve` empties it when it starts the embedded
 worker), so a scrape of any web process reports one set for all of them. Request figures are
-observed in one place, when a request's audit record is handed to the recorder (every `/v1`
-request and every playground generation ends there). Live figures (each worker's queue,
+observed in one place, from the audit records of finished requests (every `/v1` request and
+every playground generation ends there), by the recorder's flusher thread, off the request
+path; a scrape first counts its own process's records still waiting for the flusher. Live figures (each worker's queue,
 batch, memory and prompt cache; loaded models; downloads; upstream circuit breakers) are read
 at scrape time: the worker's over the existing protocol (`Health`), no second server.
 

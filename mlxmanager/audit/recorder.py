@@ -65,6 +65,7 @@ class RequestAudit:
     ended: float | None = None
     queue_wait_s: float | None = None  # time the request waited in the worker (local answers)
     done: bool = False
+    observed: bool = False  # counted in the Prometheus metrics
 
     def tokens(self, *, completion: int, prompt: int | None = None, cached: int | None = None) -> None:
         """Note cumulative token counts as they arrive (first/last token times for TTFT and rate)."""
@@ -290,6 +291,7 @@ class Recorder:
                 self._buffer.clear()
             if not batch:
                 return 0
+            _observe(batch)
             objs = [RequestLog(**row_of(a)) for a in batch]
             try:
                 with transaction.atomic():  # the rows and their hourly totals, together
@@ -302,6 +304,12 @@ class Recorder:
             self.written += len(objs)
         self._publish(objs)
         return len(objs)
+
+    def observe_pending(self) -> None:
+        """Count what is still buffered in the metrics now (a scrape of this process)."""
+        with self._lock:
+            pending = [a for a in self._buffer if not a.observed]
+        _observe(pending)
 
     def _publish(self, objs: list[Any]) -> None:
         from mlxmanager.audit.selectors import live_row
@@ -350,15 +358,23 @@ class Recorder:
             log.exception("audit rows lost at shutdown")
 
 
+def _observe(batch: list[RequestAudit]) -> None:
+    """The Prometheus figures of finished requests, off the request path: the flusher thread
+    counts each batch it takes (a scrape counts its own process's pending ones first)."""
+    from mlxmanager import metrics
+
+    for a in batch:
+        if not a.observed:
+            a.observed = True
+            metrics.observe(a)
+
+
 recorder = Recorder()
 atexit.register(recorder.flush_at_exit)
 
 
 def record(audit: RequestAudit) -> None:
     recorder.add(audit)
-    from mlxmanager import metrics
-
-    metrics.observe(audit)
     from mlxmanager.accounts import limits
 
     limits.add_tokens(audit.api_key_id, audit.prompt_tokens + audit.completion_tokens, user_id=audit.user_id)
