@@ -15,13 +15,9 @@ import json
 import uuid
 from typing import Any
 
-import msgspec
-
 from inference import protocol as p
 from inference.events import UpstreamStreamError
 from mlxmanager.errors import DomainError
-
-_json = msgspec.json.Encoder()
 
 
 class TranslationError(DomainError):

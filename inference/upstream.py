@@ -28,7 +28,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -209,7 +209,6 @@ class Call:
     mode: str
     model: str
     client_wants_usage: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
