@@ -15,7 +15,8 @@ empty for refusals), never a string a client made up.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter as Counter_
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -59,24 +60,38 @@ UPSTREAM_ERRORS = Counter(
 
 def observe(audit: Any) -> None:
     """One finished request (a `RequestAudit`)."""
-    served = audit.status < 400 and bool(audit.backend)
-    model = (audit.upstream_model or "")[:128] if served else ""
-    backend = (audit.backend or "")[:120]
-    endpoint = audit.endpoint[:64]
-    REQUESTS.labels(endpoint, model, backend, str(audit.status)).inc()
-    DURATION.labels(endpoint, backend).observe(audit.duration_ms / 1000)
-    if audit.ttft_ms is not None and served:
-        TTFT.labels(endpoint, backend).observe(max(audit.ttft_ms, 0.0) / 1000)
-    if audit.queue_wait_s is not None:
-        QUEUE_WAIT.labels(backend).observe(max(audit.queue_wait_s, 0.0))
-    rate = audit.tokens_per_s
-    if rate:
-        GAP.labels(backend).observe(1.0 / rate)
-    if served:
-        for kind, value in (("input", audit.prompt_tokens), ("cached", audit.cached_tokens),
-                            ("output", audit.completion_tokens)):  # fmt: skip
-            if value > 0:
-                TOKENS.labels(kind, model, backend).inc(value)
+    observe_batch([audit])
+
+
+def observe_batch(audits: Iterable[Any]) -> None:
+    """Finished requests (`RequestAudit`s), counted together: counters are summed per label set
+    first (in multiprocess mode each `inc` is a write to a memory-mapped file), histograms get
+    one observation per request."""
+    requests: Counter_[tuple[str, ...]] = Counter_()
+    tokens: Counter_[tuple[str, ...]] = Counter_()
+    for audit in audits:
+        served = audit.status < 400 and bool(audit.backend)
+        model = (audit.upstream_model or "")[:128] if served else ""
+        backend = (audit.backend or "")[:120]
+        endpoint = audit.endpoint[:64]
+        requests[(endpoint, model, backend, str(audit.status))] += 1
+        DURATION.labels(endpoint, backend).observe(audit.duration_ms / 1000)
+        if audit.ttft_ms is not None and served:
+            TTFT.labels(endpoint, backend).observe(max(audit.ttft_ms, 0.0) / 1000)
+        if audit.queue_wait_s is not None:
+            QUEUE_WAIT.labels(backend).observe(max(audit.queue_wait_s, 0.0))
+        rate = audit.tokens_per_s
+        if rate:
+            GAP.labels(backend).observe(1.0 / rate)
+        if served:
+            for kind, value in (("input", audit.prompt_tokens), ("cached", audit.cached_tokens),
+                                ("output", audit.completion_tokens)):  # fmt: skip
+                if value > 0:
+                    tokens[(kind, model, backend)] += value
+    for labels, n in requests.items():
+        REQUESTS.labels(*labels).inc(n)
+    for labels, n in tokens.items():
+        TOKENS.labels(*labels).inc(n)
 
 
 def upstream_failed(upstream: str, kind: str) -> None:

@@ -314,19 +314,19 @@ class Recorder:
     def _publish(self, objs: list[Any]) -> None:
         from mlxmanager.audit.selectors import live_row
 
+        listeners = list(self.listeners)
+        layer = self._live_layer()
+        if not listeners and layer is None:
+            return  # nobody is watching the live tail: no rows to build
         rows = [live_row(o) for o in objs]
-        for listener in list(self.listeners):
+        for listener in listeners:
             with contextlib.suppress(Exception):
                 listener(rows)
-        loop = self._loop
-        if loop is None or loop.is_closed() or not loop.is_running():
+        if layer is None:
             return
+        loop = self._loop
+        assert loop is not None
         try:
-            from channels.layers import get_channel_layer
-
-            layer = get_channel_layer()
-            if layer is None:
-                return
             message = {"type": "audit.rows", "rows": rows}
             coro = layer.group_send(LIVE_GROUP, message)
             try:
@@ -340,6 +340,24 @@ class Recorder:
                 asyncio.run_coroutine_threadsafe(coro, loop)
         except Exception:
             log.warning("audit live tail publish failed", exc_info=True)
+
+    def _live_layer(self) -> Any:
+        """The channel layer to publish the live tail on, or None: no running server loop, no
+        layer, or an in-process layer whose live group has no member (a shared layer, Redis,
+        may have members in other processes: always published there)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return None
+        try:
+            from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+            layer = get_channel_layer()
+        except Exception:
+            log.warning("audit live tail: no channel layer", exc_info=True)
+            return None
+        if layer is None or (isinstance(layer, InMemoryChannelLayer) and not layer.groups.get(LIVE_GROUP)):
+            return None
+        return layer
 
     def _maybe_prune(self) -> None:
         days = settings.MLXM_AUDIT_RETENTION_DAYS
@@ -363,10 +381,11 @@ def _observe(batch: list[RequestAudit]) -> None:
     counts each batch it takes (a scrape counts its own process's pending ones first)."""
     from mlxmanager import metrics
 
-    for a in batch:
-        if not a.observed:
-            a.observed = True
-            metrics.observe(a)
+    fresh = [a for a in batch if not a.observed]
+    for a in fresh:
+        a.observed = True
+    if fresh:
+        metrics.observe_batch(fresh)
 
 
 recorder = Recorder()

@@ -106,3 +106,26 @@ def test_live_figures_of_a_worker() -> None:
     assert _value(text, "mlxm_prompt_cache_bytes", model="tiny", tier="memory") == 100
     assert _value(text, "mlxm_prompt_cache_hit_tokens_total", model="tiny") == 50
     assert _value(text, "mlxm_upstream_circuit_open", upstream="cloud-a") == 1
+
+
+def test_a_batch_is_counted_as_its_requests() -> None:
+    """The flusher counts a batch at once: counters summed per label set, one histogram
+    observation per request."""
+
+    def audit(status: int, completion: int) -> rec.RequestAudit:
+        return rec.RequestAudit(endpoint="/v1/messages", requested_model="batch-m", backend="local:batch-m",
+                                upstream_model="batch-m", status=status, prompt_tokens=10,
+                                completion_tokens=completion)  # fmt: skip
+
+    ok = metrics.REQUESTS.labels("/v1/messages", "batch-m", "local:batch-m", "200")._value.get()
+    bad = metrics.REQUESTS.labels("/v1/messages", "", "local:batch-m", "500")._value.get()
+    out = metrics.TOKENS.labels("output", "batch-m", "local:batch-m")._value.get()
+    durations = sum(b.get() for b in metrics.DURATION.labels("/v1/messages", "local:batch-m")._buckets)
+    metrics.observe_batch([audit(200, 3), audit(200, 4), audit(500, 0)])
+    assert metrics.REQUESTS.labels("/v1/messages", "batch-m", "local:batch-m", "200")._value.get() == ok + 2
+    assert metrics.REQUESTS.labels("/v1/messages", "", "local:batch-m", "500")._value.get() == bad + 1
+    assert metrics.TOKENS.labels("output", "batch-m", "local:batch-m")._value.get() == out + 7
+    assert (
+        sum(b.get() for b in metrics.DURATION.labels("/v1/messages", "local:batch-m")._buckets)
+        == durations + 3
+    )
