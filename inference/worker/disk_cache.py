@@ -19,6 +19,7 @@ safetensors file, in the layout of mlx-lm's `save_prompt_cache` and read back wi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -116,7 +117,7 @@ class _Snapshot:
     model: str
     key: str
     tokens: list[int]
-    arrays: list[tuple[str, str, list[int], np.ndarray]]  # name, safetensors dtype, shape, data
+    arrays: list[tuple[str, str, list[int], np.ndarray]]  # name, safetensors dtype, shape, bytes
     metadata: dict[str, str]
     trimmable: bool
 
@@ -129,7 +130,8 @@ def snapshot(model: str, tokens: list[int], cache: list[Any]) -> _Snapshot:
     """`save_prompt_cache`'s flattening of `cache`, with each array copied to numpy."""
     scalars: list[Any] = [""]  # as mlx-lm: must be non-empty, else tree_flatten drops it
     named: list[tuple[str, mx.array]] = []
-    for name, data in tree_flatten([c.state for c in cache]):
+    flat: list[tuple[str, Any]] = tree_flatten([c.state for c in cache])  # type: ignore[assignment]
+    for name, data in flat:
         if isinstance(data, mx.array):
             named.append((name, data))
         elif isinstance(data, bool | int | float):
@@ -151,12 +153,14 @@ def snapshot(model: str, tokens: list[int], cache: list[Any]) -> _Snapshot:
             raise ValueError(f"prompt cache dtype {a.dtype} has no safetensors name")
         # numpy has no bfloat16: its bits travel as uint16 (the file names the real dtype).
         raw = np.array(a.view(mx.uint16) if a.dtype == mx.bfloat16 else a, copy=True)
-        arrays.append((name, dtype, list(a.shape), np.ascontiguousarray(raw)))
+        arrays.append((name, dtype, list(a.shape), np.ascontiguousarray(raw).reshape(-1).view(np.uint8)))
     classes = [type(c).__name__ for c in cache]
     metadata = {"model": model, "tokens": ",".join(map(str, tokens))}
     meta = dict(tree_flatten([metadata, classes, scalars]))
     trimmable = all(c.is_trimmable() for c in cache)
-    return _Snapshot(model, _key(tokens), list(tokens), arrays, {k: str(v) for k, v in meta.items()}, trimmable)
+    return _Snapshot(
+        model, _key(tokens), list(tokens), arrays, {k: str(v) for k, v in meta.items()}, trimmable
+    )
 
 
 def _write_file(path: Path, snap: _Snapshot) -> int:
@@ -166,7 +170,7 @@ def _write_file(path: Path, snap: _Snapshot) -> int:
     for name, dtype, shape, data in snap.arrays:
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.nbytes]}
         offset += data.nbytes
-        crc = zlib.crc32(memoryview(data).cast("B"), crc)
+        crc = zlib.crc32(data.data, crc)
     header["__metadata__"] = {**snap.metadata, "0.crc32": str(crc)}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
@@ -176,7 +180,7 @@ def _write_file(path: Path, snap: _Snapshot) -> int:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for *_, data in snap.arrays:
-                f.write(memoryview(data).cast("B"))
+                f.write(data.data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -316,7 +320,7 @@ class DiskCache:
             return None
         prompt = np.asarray(tokens, dtype=np.int64)
         best: tuple[_Entry, int] | None = None
-        floor = better_than
+        floor = max(better_than, MIN_TOKENS - 1)  # a short common prefix: not worth a read
         for e in candidates:
             assert e.tokens is not None
             n = min(len(e.tokens), len(prompt))
@@ -395,14 +399,19 @@ class DiskCache:
         folder.mkdir(mode=0o700, exist_ok=True)
         path = folder / (snap.key + SUFFIX)
         size = _write_file(path, snap)
-        entry = _Entry(path, snap.model, snap.key, size, time.time(), np.asarray(snap.tokens, dtype=np.int64))
+        tokens = np.asarray(snap.tokens, dtype=np.int64)
+        entry = _Entry(path, snap.model, snap.key, size, time.time(), tokens)
         with self._lock:
             self._entries[(snap.model, snap.key)] = entry
             if snap.trimmable:
                 # A trimmable cache serves all its prefixes: shorter entries are redundant.
                 for other in [e for e in self._entries.values() if e.model == snap.model and e is not entry]:
                     t = other.tokens
-                    if t is not None and len(t) < len(entry.tokens) and bool((entry.tokens[: len(t)] == t).all()):
+                    if (
+                        t is not None
+                        and len(t) < len(tokens)
+                        and bool((tokens[: len(t)] == t).all())
+                    ):
                         del self._entries[(other.model, other.key)]
                         other.path.unlink(missing_ok=True)
             self._evict_locked()
@@ -413,10 +422,8 @@ class DiskCache:
 
 
 def _touch(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.utime(path)
-    except OSError:
-        pass
 
 
 class ModelDisk:
