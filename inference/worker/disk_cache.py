@@ -9,7 +9,7 @@ safetensors file, in the layout of mlx-lm's `save_prompt_cache` and read back wi
   and mtimes of `*.safetensors` and `config.json`, plus the dtype the worker computes in), so
   a changed model's entries are never looked at; `<prefix>` is a hash of the tokens, which
   the file's metadata holds in full, with the model fingerprint and a CRC-32 of the data.
-- Writes happen on a background thread, from a numpy copy taken on the scheduler thread
+- Writes happen on a background thread, from a copy of the bytes taken on the scheduler thread
   (MLX arrays stay on the thread that computes with them): a temporary file, fsync, rename,
   fsync of the folder. A file is either whole or absent; a `*.tmp` left by a kill is removed.
 - The index is rebuilt at start from the folder; a file whose header, size or CRC is wrong
@@ -31,7 +31,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import numpy as np
@@ -111,23 +111,29 @@ class _Entry:
 
 @dataclass
 class _Snapshot:
-    """A cache's arrays as numpy copies, and the safetensors metadata `save_prompt_cache`
-    would write: taken on the scheduler thread, written on the writer's."""
+    """A cache's arrays and the safetensors metadata `save_prompt_cache` would write: taken on
+    the scheduler thread, written on the writer's.
+
+    Each array is a private, contiguous, evaluated copy made by MLX on the scheduler thread (a
+    few ms for 100 MB; copying the bytes out in Python costs ~100x that in fresh pages), shared
+    as a memoryview: the writer only reads the bytes and calls nothing in MLX. The arrays go back
+    to the scheduler thread to be freed (`DiskCache._release`)."""
 
     model: str
     key: str
     tokens: list[int]
-    arrays: list[tuple[str, str, list[int], np.ndarray]]  # name, safetensors dtype, shape, bytes
+    arrays: list[tuple[str, str, list[int], memoryview]]  # name, safetensors dtype, shape, data
     metadata: dict[str, str]
     trimmable: bool
+    owners: list[mx.array]
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for *_, a in self.arrays)
+        return sum(m.nbytes for *_, m in self.arrays)
 
 
 def snapshot(model: str, tokens: list[int], cache: list[Any]) -> _Snapshot:
-    """`save_prompt_cache`'s flattening of `cache`, with each array copied to numpy."""
+    """`save_prompt_cache`'s flattening of `cache`, each array copied (see `_Snapshot`)."""
     scalars: list[Any] = [""]  # as mlx-lm: must be non-empty, else tree_flatten drops it
     named: list[tuple[str, mx.array]] = []
     flat: list[tuple[str, Any]] = tree_flatten([c.state for c in cache])  # type: ignore[assignment]
@@ -145,21 +151,22 @@ def snapshot(model: str, tokens: list[int], cache: list[Any]) -> _Snapshot:
             named.append((name, mx.array([])))
         else:
             raise ValueError(f"prompt cache state is not serializable: {type(data).__name__}")
-    mx.eval([a for _, a in named])
-    arrays = []
-    for name, a in named:
-        dtype = _DTYPES.get(a.dtype)
-        if dtype is None:
+    for _, a in named:
+        if a.dtype not in _DTYPES:
             raise ValueError(f"prompt cache dtype {a.dtype} has no safetensors name")
-        # numpy has no bfloat16: its bits travel as uint16 (the file names the real dtype).
-        raw = np.array(a.view(mx.uint16) if a.dtype == mx.bfloat16 else a, copy=True)
-        arrays.append((name, dtype, list(a.shape), np.ascontiguousarray(raw).reshape(-1).view(np.uint8)))
+    # A strided slice (a KVCache's state) is gathered into row-major order by the copy.
+    owners = [mx.contiguous(a) for _, a in named]
+    mx.eval(owners)
+    arrays = [
+        (name, _DTYPES[a.dtype], list(a.shape), memoryview(cast(Any, c)))
+        for (name, a), c in zip(named, owners, strict=True)
+    ]
     classes = [type(c).__name__ for c in cache]
     metadata = {"model": model, "tokens": ",".join(map(str, tokens))}
     meta = dict(tree_flatten([metadata, classes, scalars]))
     trimmable = all(c.is_trimmable() for c in cache)
     return _Snapshot(
-        model, _key(tokens), list(tokens), arrays, {k: str(v) for k, v in meta.items()}, trimmable
+        model, _key(tokens), list(tokens), arrays, {k: str(v) for k, v in meta.items()}, trimmable, owners
     )
 
 
@@ -170,7 +177,7 @@ def _write_file(path: Path, snap: _Snapshot) -> int:
     for name, dtype, shape, data in snap.arrays:
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.nbytes]}
         offset += data.nbytes
-        crc = zlib.crc32(data.data, crc)
+        crc = zlib.crc32(data, crc)
     header["__metadata__"] = {**snap.metadata, "0.crc32": str(crc)}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
@@ -180,7 +187,7 @@ def _write_file(path: Path, snap: _Snapshot) -> int:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for *_, data in snap.arrays:
-                f.write(data.data)
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -234,6 +241,7 @@ class DiskCache:
         self._parsed: set[str] = set()  # models whose headers were read
         self._pending: dict[tuple[str, str], int] = {}  # snapshots queued: (model, key) -> bytes
         self._queue: queue.Queue[_Snapshot | None] = queue.Queue()
+        self._written: list[_Snapshot] = []  # done: their arrays freed on the scheduler thread
         self.skipped_corrupt = 0
         self._scan()
         with self._lock:
@@ -313,6 +321,7 @@ class DiskCache:
         """The entry sharing the longest usable prefix with `tokens`, if longer than
         `better_than`, and that length: an entry that is a prefix of `tokens` serves all of
         it; one that departs from them serves the common part, at most all but the last."""
+        self._release()
         self._parse_model(model)
         with self._lock:
             candidates = [e for e in self._entries.values() if e.model == model and e.tokens is not None]
@@ -359,6 +368,7 @@ class DiskCache:
 
     def save(self, model: str, tokens: list[int], cache: list[Any]) -> None:
         """Write `tokens`' cache unless it is on disk already (or too short, or too big)."""
+        self._release()
         if len(tokens) < MIN_TOKENS or self.contains(model, tokens):
             return
         nbytes = sum(int(getattr(c, "nbytes", 0)) for c in cache)
@@ -393,6 +403,18 @@ class DiskCache:
             finally:
                 with self._lock:
                     self._pending.pop((snap.model, snap.key), None)
+                    self._written.append(snap)
+                del snap
+
+    def _release(self) -> None:
+        """Free the written snapshots' MLX arrays here, on the scheduler thread."""
+        with self._lock:
+            done, self._written = self._written, []
+        for snap in done:
+            for *_, view in snap.arrays:
+                view.release()
+            snap.arrays.clear()
+            snap.owners.clear()
 
     def _write(self, snap: _Snapshot) -> None:
         folder = self.root / snap.model
@@ -407,11 +429,7 @@ class DiskCache:
                 # A trimmable cache serves all its prefixes: shorter entries are redundant.
                 for other in [e for e in self._entries.values() if e.model == snap.model and e is not entry]:
                     t = other.tokens
-                    if (
-                        t is not None
-                        and len(t) < len(tokens)
-                        and bool((tokens[: len(t)] == t).all())
-                    ):
+                    if t is not None and len(t) < len(tokens) and bool((tokens[: len(t)] == t).all()):
                         del self._entries[(other.model, other.key)]
                         other.path.unlink(missing_ok=True)
             self._evict_locked()

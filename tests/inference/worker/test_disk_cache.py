@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import pytest
+from mlx_lm.models.cache import KVCache, load_prompt_cache
 
 from inference import protocol as p
 from inference.client import EngineClient
@@ -235,3 +237,34 @@ def test_the_budget_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("MLXM_DISK_CACHE_BYTES", bad)
         with pytest.raises(ValueError, match="MLXM_DISK_CACHE_BYTES"):
             disk_cache.budget_from_env()
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16, mx.bfloat16])
+def test_an_entry_round_trips_through_mlx_lms_loader(tmp_path: Path, dtype: mx.Dtype) -> None:
+    """The writer's files are what `save_prompt_cache` writes: `load_prompt_cache` reads
+    them back bit for bit, from a KVCache's strided state (offset short of its buffer)."""
+    cache = []
+    for layer in range(2):
+        c = KVCache()
+        keys = mx.random.normal((1, 2, disk_cache.MIN_TOKENS + 3, 8), key=mx.random.key(layer)).astype(dtype)
+        c.update_and_fetch(keys, keys * 2)
+        cache.append(c)
+    tokens = list(range(disk_cache.MIN_TOKENS + 3))
+    store = disk_cache.DiskCache(tmp_path / "kv", 1 << 30)
+    try:
+        store.save("m", tokens, cache)
+        assert store.flush()
+        store.save("m", tokens, cache)  # on disk already: nothing queued
+        assert store.flush() and store.stats() == (1, _files(tmp_path / "kv")[0].stat().st_size)
+        found = store.nearest("m", tokens + [9, 9], better_than=0)
+        assert found is not None and found[1] == len(tokens)
+        loaded = store.load(found[0])
+        (path,) = _files(tmp_path / "kv")
+        theirs, meta = load_prompt_cache(str(path), return_metadata=True)
+    finally:
+        store.close()
+    assert loaded is not None and meta["tokens"] == ",".join(map(str, tokens))
+    for ours, original, mlx_lm in zip(loaded, cache, theirs, strict=True):
+        assert ours.offset == original.offset == mlx_lm.offset == len(tokens)
+        for a, b in zip(ours.state[:2], original.state[:2], strict=True):
+            assert a.dtype == dtype and mx.array_equal(a, b).item()
