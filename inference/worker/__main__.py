@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         replicator=replicator,
     )
     asyncio.run(server.run())
+    store = disk_cache.shared()
+    if store is not None:  # a clean stop: the prompt-cache entries still queued reach the disk
+        store.flush(timeout=10)
 
 
 def parse_listen(parser: argparse.ArgumentParser, value: str) -> tuple[str, int]:

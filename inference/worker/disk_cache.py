@@ -252,16 +252,28 @@ class DiskCache:
     # ---- index -------------------------------------------------------------------
 
     def _scan(self) -> None:
+        """The index from the folder: sizes and access times (tokens are read per model, when
+        first looked up). What can't be read is left out, never fatal."""
         for folder in self.root.iterdir():
-            if not folder.is_dir():
+            try:
+                if not folder.is_dir():
+                    continue
+                files = list(folder.iterdir())
+            except OSError as exc:
+                log.warning("prompt cache: skipping %s: %s", folder, exc)
                 continue
-            for f in folder.iterdir():
-                if f.name.endswith(".tmp"):  # a write a kill interrupted
-                    f.unlink(missing_ok=True)
-                elif f.name.endswith(SUFFIX):
-                    st = f.stat()
-                    key = f.name[: -len(SUFFIX)]
-                    self._entries[(folder.name, key)] = _Entry(f, folder.name, key, st.st_size, st.st_mtime)
+            for f in files:
+                try:
+                    if f.name.endswith(".tmp"):  # a write a kill interrupted
+                        f.unlink(missing_ok=True)
+                    elif f.name.endswith(SUFFIX):
+                        st = f.stat()
+                        key = f.name[: -len(SUFFIX)]
+                        self._entries[(folder.name, key)] = _Entry(
+                            f, folder.name, key, st.st_size, st.st_mtime
+                        )
+                except OSError as exc:
+                    log.warning("prompt cache: skipping %s: %s", f, exc)
 
     def _parse_model(self, model: str) -> None:
         """Read the headers of `model`'s entries (once): their tokens; bad files removed."""
