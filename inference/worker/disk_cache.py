@@ -487,7 +487,12 @@ def configure(root: Path | None, max_bytes: int) -> DiskCache | None:
     with _shared_lock:
         if _shared is not None:
             _shared.close()
-        _shared = DiskCache(root, max_bytes) if root is not None and max_bytes > 0 else None
+        _shared = None
+        if root is not None and max_bytes > 0:
+            try:
+                _shared = DiskCache(root, max_bytes)
+            except OSError as exc:  # e.g. a read-only data dir: the worker runs without it
+                log.warning("prompt cache: no disk tier at %s: %s", root, exc)
         return _shared
 
 

@@ -268,3 +268,12 @@ def test_an_entry_round_trips_through_mlx_lms_loader(tmp_path: Path, dtype: mx.D
         assert ours.offset == original.offset == mlx_lm.offset == len(tokens)
         for a, b in zip(ours.state[:2], original.state[:2], strict=True):
             assert a.dtype == dtype and mx.array_equal(a, b).item()
+
+
+def test_a_folder_that_cannot_be_made_leaves_the_tier_off(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    try:
+        assert disk_cache.configure(tmp_path / "file" / "kv", 1 << 30) is None
+        assert disk_cache.for_model(str(tmp_path)) is None  # engines run with memory only
+    finally:
+        disk_cache.configure(None, 0)
