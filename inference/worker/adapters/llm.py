@@ -242,7 +242,7 @@ class LLMEngine:
         self._eos = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
         self._eos_ids = set(self.tokenizer.eos_token_ids)
         self.prompt_cache = PromptCache(
-            max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES, disk=self._disk_tier(spec)
+            max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES, disk=self._disk_tier()
         )
         self._by_uid: dict[int, _Active] = {}
         self._uid_by_request: dict[str, int] = {}
@@ -254,14 +254,18 @@ class LLMEngine:
         self.cache_hit_tokens = 0
         self.prompt_tokens_seen = 0
 
-    @staticmethod
-    def _disk_tier(spec: p.ModelSpec) -> disk_cache.ModelDisk | None:
+    def _disk_tier(self) -> disk_cache.ModelDisk | None:
         """The prompt cache's disk tier for this model (none on a distributed worker: each
-        rank holds a shard of the KV). Keyed by the weights and how they are computed."""
+        rank holds a shard of the KV). Keyed by the weights and how they are computed: the
+        same files dequantized, or cast to float32, make other KV values."""
         if _GROUP is not None:
             return None
-        variant = f"float32={_use_float32()} cpu_attention={cpu_attention.enabled()}"
-        return disk_cache.for_model(spec.path, variant)
+        quantized = any(
+            isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding) for _, m in self.model.named_modules()
+        )
+        dtypes = sorted({str(v.dtype) for v in _arrays(self.model)})
+        variant = f"quantized={quantized} dtypes={dtypes} cpu_attention={cpu_attention.enabled()}"
+        return disk_cache.for_model(self.spec.path, variant)
 
     # ---- bookkeeping -------------------------------------------------------------
 
