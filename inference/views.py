@@ -47,6 +47,10 @@ async def health_details() -> tuple[int, dict[str, Any]]:
     models = worker.get("models", [])
     hit = sum(m.get("cache_hit_tokens", 0) for m in models)
     seen = sum(m.get("prompt_tokens", 0) for m in models)
+
+    def rate(key: str) -> float:  # a share of the prompt tokens seen
+        return round(sum(m.get(key, 0) for m in models) / seen, 4) if seen else 0.0
+
     body = {
         "status": "ok",
         "web": web,
@@ -59,6 +63,9 @@ async def health_details() -> tuple[int, dict[str, Any]]:
             "loading": worker.get("loading"),
             "draining": bool(worker.get("draining")),
             "prompt_cache_hit_rate": round(hit / seen, 4) if seen else 0.0,
+            # The prompt cache's tiers apart: memory, and disk (<data dir>/kv/).
+            "prompt_cache_memory_hit_rate": rate("memory_hit_tokens"),
+            "prompt_cache_disk_hit_rate": rate("disk_hit_tokens"),
             "loaded_models": [
                 {
                     k: m.get(k)
@@ -67,6 +74,9 @@ async def health_details() -> tuple[int, dict[str, Any]]:
                         "active_requests",
                         "weight_bytes",
                         "prompt_cache_bytes",
+                        "prompt_cache_entries",
+                        "disk_cache_bytes",
+                        "disk_cache_entries",
                         "tokens_generated",
                     )
                 }

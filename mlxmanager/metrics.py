@@ -176,6 +176,8 @@ class LiveCollector(Collector):
                 weights.add_metric([name, model], float(m.get("weight_bytes", 0)))
                 cache_bytes.add_metric([name, model, "memory"], float(m.get("prompt_cache_bytes", 0)))
                 cache_entries.add_metric([name, model, "memory"], float(m.get("prompt_cache_entries", 0)))
+                cache_bytes.add_metric([name, model, "disk"], float(m.get("disk_cache_bytes", 0)))
+                cache_entries.add_metric([name, model, "disk"], float(m.get("disk_cache_entries", 0)))
                 hit_tokens.add_metric([name, model], float(m.get("cache_hit_tokens", 0)))
                 prompt_tokens.add_metric([name, model], float(m.get("prompt_tokens", 0)))
         yield from (up, queue, active, memory, loaded, batch, queued, weights, cache_bytes, cache_entries,

@@ -62,6 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     preload = msgspec.json.decode(args.preload, type=list[ModelSpec]) if args.preload else []
     replicator = None
     group = init_group()
+    from inference.worker import disk_cache
+
+    try:
+        disk_budget = disk_cache.budget_from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
+    if group is None:  # a distributed worker's ranks each hold a shard of the KV: no disk tier
+        # The prompt cache's disk tier: <data dir>/kv/, scanned now (bad files removed).
+        disk_cache.configure(base / disk_cache.KV_DIR, disk_budget)
     if group is not None:
         # Started by `mlx.launch`: every rank loads models sharded over the group; rank 0
         # serves, the others follow its scheduler (inference/worker/distributed.py).
@@ -87,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         replicator=replicator,
     )
     asyncio.run(server.run())
+    store = disk_cache.shared()
+    if store is not None:  # a clean stop: the prompt-cache entries still queued reach the disk
+        store.flush(timeout=10)
 
 
 def parse_listen(parser: argparse.ArgumentParser, value: str) -> tuple[str, int]:

@@ -8,13 +8,24 @@ sequence's length. Measured in the worker: ~20 ms of the scheduler thread per re
 take seconds. This search walks the same trie breadth first, with linked paths (one tuple
 per node), and returns the same answer: the exact match, the longest cached prefix, and
 the shortest cached extension of the common prefix.
+
+With a disk tier (`disk_cache.ModelDisk`), every entry stored is written through to disk,
+and a lookup whose longest prefix on disk beats the memory tier's loads it from there (it
+is then in memory too). `count_hit` keeps memory and disk hits apart.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from mlx_lm.models.cache import LRUPromptCache, PromptTrie, PromptTrieResult
+from mlx_lm.models.cache import (
+    LRUPromptCache,
+    PromptTrie,
+    PromptTrieResult,
+    can_trim_prompt_cache,
+    trim_prompt_cache,
+)
 
 _VALUE = "__value__"  # PromptTrie's key for a node's entry
 
@@ -64,8 +75,52 @@ class _LinearTrie(PromptTrie):
 
 
 class PromptCache(LRUPromptCache):
-    """`LRUPromptCache` (longest cached prefix, LRU, byte cap) on the linear-time trie."""
+    """`LRUPromptCache` (longest cached prefix, LRU, byte cap) on the linear-time trie, with
+    an optional disk tier behind it."""
 
-    def __init__(self, max_size: int = 10, max_bytes: int = 1 << 63) -> None:
+    def __init__(self, max_size: int = 10, max_bytes: int = 1 << 63, disk: Any = None) -> None:
         super().__init__(max_size=max_size, max_bytes=max_bytes)
         self._trie = _LinearTrie()
+        self.disk = disk  # a disk_cache.ModelDisk, or None
+        self.memory_hit_tokens = 0
+        self.disk_hit_tokens = 0
+        self._last_from_disk = False
+
+    def fetch_nearest_cache(self, model: Any, tokens: list[int]) -> tuple[list[Any] | None, list[int]]:
+        cache, rest = super().fetch_nearest_cache(model, tokens)
+        self._last_from_disk = False
+        if self.disk is None:
+            return cache, rest
+        found = self.disk.nearest(tokens, better_than=len(tokens) - len(rest))
+        loaded = None if found is None else self.disk.load(found[0])
+        if loaded is None:
+            return cache, rest
+        entry_cache, entry_tokens = loaded
+        usable = found[1]  # type: ignore[index]
+        if usable < len(entry_tokens) and not can_trim_prompt_cache(entry_cache):
+            return cache, rest
+        # In memory from now on (already on disk: not written again).
+        super().insert_cache(model, entry_tokens, entry_cache)
+        disk_cache = copy.deepcopy(entry_cache)
+        if usable < len(entry_tokens):
+            trim_prompt_cache(disk_cache, len(entry_tokens) - usable)
+        self._last_from_disk = True
+        return disk_cache, tokens[usable:]
+
+    def insert_cache(
+        self, model: Any, tokens: list[int], prompt_cache: list[Any], *, cache_type: str = "assistant"
+    ) -> None:
+        super().insert_cache(model, tokens, prompt_cache, cache_type=cache_type)
+        if self.disk is not None:
+            self.disk.save(tokens, prompt_cache)
+
+    def count_hit(self, cached_tokens: int) -> None:
+        """Count the prefix the last `fetch_nearest_cache` served, by the tier it came from."""
+        if self._last_from_disk:
+            self.disk_hit_tokens += cached_tokens
+        else:
+            self.memory_hit_tokens += cached_tokens
+
+    def disk_stats(self) -> tuple[int, int]:
+        """Entries and bytes of this model on disk (0, 0 without a disk tier)."""
+        return (0, 0) if self.disk is None else self.disk.stats()

@@ -38,6 +38,10 @@ class LoadedOut(Schema):
     speculative: bool
     context_length: int | None
     keep_alive_s: float | None
+    disk_cache_bytes: int = 0
+    disk_cache_entries: int = 0
+    memory_hit_rate: float | None = None
+    disk_hit_rate: float | None = None
 
 
 class PoolOut(Schema):

@@ -35,6 +35,12 @@ class LoadedModel:
     context_length: int | None
     keep_alive_s: float | None
     kind: str = "llm"
+    # The prompt cache's disk tier (<data dir>/kv/): this model's entries and bytes there,
+    # and the shares of prompt tokens served from each tier.
+    disk_bytes: int = 0
+    disk_entries: int = 0
+    memory_hit_rate: float | None = None
+    disk_hit_rate: float | None = None
 
     memory_pct: float = 0.0  # share of the pool's limit
 
@@ -45,6 +51,14 @@ class LoadedModel:
     @property
     def hit_pct(self) -> float | None:
         return None if self.hit_rate is None else round(self.hit_rate * 100, 1)
+
+    @property
+    def memory_hit_pct(self) -> float | None:
+        return None if self.memory_hit_rate is None else round(self.memory_hit_rate * 100, 1)
+
+    @property
+    def disk_hit_pct(self) -> float | None:
+        return None if self.disk_hit_rate is None else round(self.disk_hit_rate * 100, 1)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +79,10 @@ class LoadedModel:
             "context_length": self.context_length,
             "keep_alive_s": self.keep_alive_s,
             "kind": self.kind,
+            "disk_cache_bytes": self.disk_bytes,
+            "disk_cache_entries": self.disk_entries,
+            "memory_hit_rate": self.memory_hit_rate,
+            "disk_hit_rate": self.disk_hit_rate,
         }
 
 
@@ -98,6 +116,10 @@ def _loaded(m: dict[str, Any], by_key: dict[tuple[str, bool, int | None], list[P
     users = by_key.get(_engine_key(m.get("path", ""), bool(m.get("speculative")), m.get("kv_bits")), [])
     names = [pr.name for pr in users]
     prompt_tokens = int(m.get("prompt_tokens") or 0)
+
+    def share(key: str) -> float | None:
+        return (int(m.get(key) or 0) / prompt_tokens) if prompt_tokens else None
+
     last_used = m.get("last_used")
     return LoadedModel(
         name=m.get("name", "?"),
@@ -117,6 +139,10 @@ def _loaded(m: dict[str, Any], by_key: dict[tuple[str, bool, int | None], list[P
         context_length=m.get("context_length"),
         keep_alive_s=m.get("keep_alive_s"),
         kind=str(m.get("kind") or "llm"),
+        disk_bytes=int(m.get("disk_cache_bytes") or 0),
+        disk_entries=int(m.get("disk_cache_entries") or 0),
+        memory_hit_rate=share("memory_hit_tokens"),
+        disk_hit_rate=share("disk_hit_tokens"),
     )
 
 

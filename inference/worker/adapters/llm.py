@@ -38,7 +38,7 @@ from mlx_lm.sample_utils import (
 from mlx_lm.utils import dequantize_model
 
 from inference import protocol as p
-from inference.worker import cpu_attention, structured
+from inference.worker import cpu_attention, disk_cache, structured
 from inference.worker import markup as mk
 from inference.worker.prompt_cache import PromptCache
 from inference.worker.prompts import BadRequest, Prompts
@@ -241,7 +241,9 @@ class LLMEngine:
         self._prefill_rate = 0.0  # prompt tokens/s, measured on this model's prefill chunks
         self._eos = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
         self._eos_ids = set(self.tokenizer.eos_token_ids)
-        self.prompt_cache = PromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
+        self.prompt_cache = PromptCache(
+            max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES, disk=self._disk_tier()
+        )
         self._by_uid: dict[int, _Active] = {}
         self._uid_by_request: dict[str, int] = {}
         self._sequential: dict[str, _Active] = {}
@@ -251,6 +253,19 @@ class LLMEngine:
         self.tokens_generated = 0
         self.cache_hit_tokens = 0
         self.prompt_tokens_seen = 0
+
+    def _disk_tier(self) -> disk_cache.ModelDisk | None:
+        """The prompt cache's disk tier for this model (none on a distributed worker: each
+        rank holds a shard of the KV). Keyed by the weights and how they are computed: the
+        same files dequantized, or cast to float32, make other KV values."""
+        if _GROUP is not None:
+            return None
+        quantized = any(
+            isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding) for _, m in self.model.named_modules()
+        )
+        dtypes = sorted({str(v.dtype) for v in _arrays(self.model)})
+        variant = f"quantized={quantized} dtypes={dtypes} cpu_attention={cpu_attention.enabled()}"
+        return disk_cache.for_model(self.spec.path, variant)
 
     # ---- bookkeeping -------------------------------------------------------------
 
@@ -271,6 +286,7 @@ class LLMEngine:
         return len(self._by_uid) + len(self._sequential) + len(self._waiting) + (self._solo is not None)
 
     def stats(self) -> dict[str, Any]:
+        disk_entries, disk_bytes = self.prompt_cache.disk_stats()
         return {
             "name": self.spec.name,
             "path": self.spec.path,
@@ -281,6 +297,10 @@ class LLMEngine:
             "prompt_cache_bytes": self.prompt_cache.nbytes,
             "prompt_cache_entries": len(self.prompt_cache),
             "cache_hit_tokens": self.cache_hit_tokens,
+            "memory_hit_tokens": self.prompt_cache.memory_hit_tokens,
+            "disk_hit_tokens": self.prompt_cache.disk_hit_tokens,
+            "disk_cache_entries": disk_entries,
+            "disk_cache_bytes": disk_bytes,
             "prompt_tokens": self.prompt_tokens_seen,
             "tokens_generated": self.tokens_generated,
             "load_seconds": round(self.load_seconds, 3),
@@ -384,6 +404,7 @@ class LLMEngine:
             else:
                 cache, rest = None, prompt
         cached = len(prompt) - len(rest)
+        self.prompt_cache.count_hit(cached)
         act = self._new_active(req, conn, prompt, cached, parser)
         sampler, processors = make_request_sampler(params), make_request_processors(params) + extra
         if self._solo_fits(rest, processors):

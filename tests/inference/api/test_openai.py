@@ -408,5 +408,14 @@ def test_follow_up_turn_hits_the_prompt_cache(gateway: Gateway) -> None:
     # The whole first turn (system prompt included) is reused, not recomputed.
     assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens
     assert r2.usage.prompt_tokens > r2.usage.prompt_tokens_details.cached_tokens
-    hit_rate = gateway.health().json()["worker"]["prompt_cache_hit_rate"]
-    assert 0 < hit_rate <= 1
+    worker = gateway.health().json()["worker"]
+    assert 0 < worker["prompt_cache_hit_rate"] <= 1
+    # The tiers apart: these hits came from memory; the prefix is written through to disk.
+    assert 0 < worker["prompt_cache_memory_hit_rate"] <= worker["prompt_cache_hit_rate"]
+    assert worker["prompt_cache_disk_hit_rate"] >= 0
+    for _ in range(200):
+        (model,) = [m for m in gateway.health().json()["worker"]["loaded_models"] if m["name"] == TINY]
+        if model["disk_cache_entries"]:
+            break
+        time.sleep(0.05)
+    assert model["disk_cache_entries"] >= 1 and model["disk_cache_bytes"] > 0

@@ -55,3 +55,11 @@ def test_a_stopped_worker_exits_cleanly_after_serving(demo_models: dict[str, Pat
             proc.wait()
     assert proc.returncode == 0, err[-2000:]
     assert "terminate called" not in err
+
+
+def test_a_bad_disk_cache_budget_stops_the_worker_with_a_clear_message(tmp_path: Path) -> None:
+    env = {**os.environ, "MLXM_DATA_DIR": str(tmp_path), "MLXM_DISK_CACHE_BYTES": "4GB"}
+    proc = subprocess.run([sys.executable, "-m", "inference.worker", "--socket", str(tmp_path / "w.sock")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert "MLXM_DISK_CACHE_BYTES must be a whole number of bytes, not '4GB'" in proc.stderr

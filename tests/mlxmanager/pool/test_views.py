@@ -11,9 +11,12 @@ from asgiref.sync import async_to_sync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from django.test import AsyncClient, Client
 
+from inference import protocol as p
+from inference.gateway import Target
 from mlxmanager.asgi import application
 from mlxmanager.pool import views
 from mlxmanager.pool.selectors import pool_state
+from mlxmanager.pool.services import engine_session
 from mlxmanager.profiles.models import Profile
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -203,3 +206,36 @@ async def test_every_model_type_loads_into_the_one_pool(
     assert state.used_bytes == sum(m.weight_bytes for m in state.loaded) > 0
     html = (await admin_aclient.post("/pool/p-tiny-tts/unload/", headers=HTMX)).content.decode()
     assert "Unloaded p-tiny-tts." in html
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_the_page_shows_the_prompt_caches_disk_tier(
+    admin_aclient: AsyncClient, start_worker, tiny: Profile
+) -> None:  # type: ignore[no-untyped-def]
+    """A long prefix written to disk by one worker is a disk hit for the next one (same data
+    dir): the page shows the disk tier's size and the hits of each tier."""
+    system = " ".join(f"tool{i} does thing{i % 7}" for i in range(120))
+
+    async def ask(rid: str) -> None:
+        req = p.Generate(request_id=rid, model=Target(tiny).spec,
+                         sampling=p.SamplingParams(max_tokens=4, temperature=0.0),
+                         messages=[{"role": "system", "content": system}, {"role": "user", "content": "hi"}])  # fmt: skip
+        async with engine_session() as client:
+            async for _ in client.generate(req):
+                pass
+
+    start_worker()
+    await ask("first")
+    for _ in range(300):
+        if (await pool_state()).loaded[0].disk_entries:
+            break
+        await asyncio.sleep(0.05)
+    start_worker()  # a fresh worker on the same data dir: nothing in memory
+    await ask("again")
+    (model,) = (await pool_state()).loaded
+    assert model.disk_entries == 1 and model.disk_bytes > 0
+    assert model.disk_hit_rate is not None and model.disk_hit_rate > 0.5 and model.memory_hit_rate == 0
+    html = (await admin_aclient.get("/pool/")).content.decode()
+    assert f"memory 0.0%, disk {model.disk_hit_pct}%" in html
+    assert "1 entry</div>" in html
