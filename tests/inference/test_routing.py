@@ -63,7 +63,7 @@ def test_conversations_share_keys_only_as_far_as_their_messages_agree() -> None:
 
 
 def test_structured_content_is_keyed_by_its_json() -> None:
-    parts = [{"type": "text", "text": "look"}, {"type": "image", "index": 0}]
+    parts: list[dict[str, Any]] = [{"type": "text", "text": "look"}, {"type": "image", "index": 0}]
     a = prefix_chain(gen([{"role": "user", "content": parts}]))
     same = prefix_chain(gen([{"role": "user", "content": [dict(x) for x in parts]}]))
     other = prefix_chain(gen([{"role": "user", "content": parts[:1]}]))
