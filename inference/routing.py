@@ -47,7 +47,15 @@ def prefix_chain(req: p.Generate) -> list[int]:
     """Cumulative hashes of `req`'s leading content: one per message (or prompt block).
 
     Python's `hash` of bytes is salted per process: the keys mean nothing outside this web
-    process, which is the only place they are kept."""
+    process, which is the only place they are kept. Content that can't be keyed (not JSON)
+    gives no chain: routing is a preference, never a reason to refuse a request."""
+    try:
+        return _chain(req)
+    except (TypeError, ValueError):
+        return []
+
+
+def _chain(req: p.Generate) -> list[int]:
     head = hash(
         (
             req.model.name,

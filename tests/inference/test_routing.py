@@ -108,3 +108,7 @@ def test_memory_forgets_what_a_restarted_worker_held() -> None:
     assert mem.match([1, 2], owner=101) == 0 and mem.match([3], owner=101) == 1
     mem.clear()
     assert mem.match([3], owner=101) == 0 and len(mem) == 0
+
+
+def test_content_that_cant_be_keyed_gives_no_chain() -> None:
+    assert prefix_chain(gen([{"role": "user", "content": [object()]}])) == []
