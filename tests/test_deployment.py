@@ -354,8 +354,8 @@ def test_requests_spread_over_two_workers_and_fail_over(
                  {"role": "user", "content": "first look"}]
                 for i in range(n)
             ]  # fmt: skip
-            firsts = await asyncio.gather(*(
-                client.chat.completions.create(model="tiny-random", messages=m, max_tokens=8, temperature=0)
+            firsts = await asyncio.gather(*(  # long enough to overlap: they spread
+                client.chat.completions.create(model="tiny-random", messages=m, max_tokens=64, temperature=0)
                 for m in starts
             ))  # fmt: skip
             follow_ups = [
@@ -363,9 +363,10 @@ def test_requests_spread_over_two_workers_and_fail_over(
                  {"role": "user", "content": "second look"}]
                 for m, f in zip(starts, firsts, strict=True)
             ]  # fmt: skip
+            # In reverse order: least-loaded alone would send them to the other worker.
             seconds = await asyncio.gather(*(
                 client.chat.completions.create(model="tiny-random", messages=m, max_tokens=8, temperature=0)
-                for m in follow_ups
+                for m in reversed(follow_ups)
             ))  # fmt: skip
             return [s.usage.prompt_tokens_details.cached_tokens for s in seconds]  # type: ignore[union-attr]
 
