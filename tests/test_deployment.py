@@ -347,10 +347,10 @@ def test_requests_spread_over_two_workers_and_fail_over(
         # Conversations started at once spread over both workers; their follow-up turns, sent
         # at once too, each go back to the worker holding their start (prefix routing,
         # inference/routing.py), whose prompt cache serves it.
-        async def conversations(n: int) -> list[int]:
+        async def conversations(n: int) -> list[float]:
             client = gw.async_openai()
             starts = [
-                [{"role": "system", "content": f"You review patch {i} of a series. " * 20},
+                [{"role": "system", "content": f"Patch {i}: you review it line by line. " * 20},
                  {"role": "user", "content": "first look"}]
                 for i in range(n)
             ]  # fmt: skip
@@ -368,12 +368,15 @@ def test_requests_spread_over_two_workers_and_fail_over(
                 client.chat.completions.create(model="tiny-random", messages=m, max_tokens=8, temperature=0)
                 for m in reversed(follow_ups)
             ))  # fmt: skip
-            return [s.usage.prompt_tokens_details.cached_tokens for s in seconds]  # type: ignore[union-attr]
+            # The worker holding the start has the system prompt cached; the other would have
+            # only the chat template's first few tokens.
+            return [s.usage.prompt_tokens_details.cached_tokens / s.usage.prompt_tokens  # type: ignore[union-attr]
+                    for s in seconds]  # fmt: skip
 
         before = (_tokens(gw.health().json()["worker"]["loaded_models"], "tiny-random"),
                   _tokens(_remote_health(address, secret)["models"], "tiny-random"))  # fmt: skip
         cached = arun(conversations(6))
-        assert all(c > 0 for c in cached), cached
+        assert all(share > 0.5 for share in cached), cached
         local_tokens = _tokens(gw.health().json()["worker"]["loaded_models"], "tiny-random")
         remote_tokens = _tokens(_remote_health(address, secret)["models"], "tiny-random")
         assert local_tokens > before[0] and remote_tokens > before[1], (before, local_tokens, remote_tokens)
