@@ -132,7 +132,10 @@ class WorkerGroup:
             state.last = None
             return
         state.last, state.error, state.down_until = health, "", 0.0
-        state.paths = {m.get("path", "") for m in health.get("models", [])}
+        paths = {m.get("path", "") for m in health.get("models", [])}
+        if state.paths - paths:  # a model was unloaded, and its prompt cache with it
+            state.prefixes.clear()
+        state.paths = paths
         state.active = int(health.get("active_requests", 0)) + int(health.get("queue_depth", 0))
 
     def _order(self, spec: p.ModelSpec, chain: list[int] | None = None) -> list[_State]:

@@ -273,6 +273,8 @@ Y = "You are agent Y, who writes release notes for a gateway. " * 12
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
 async def test_follow_up_turns_go_back_to_the_worker_that_holds_their_prefix(fleet: Fleet) -> None:
+    """Turns of two conversations on two workers: each goes back to its worker however the
+    load compares, except to a worker at its limit for the model or that unloaded it."""
     a, x1 = await fleet.ask(chat(X, "review this diff"))
     b = next(name for name, _ in fleet.group.clients() if name != a)
 
@@ -295,3 +297,12 @@ async def test_follow_up_turns_go_back_to_the_worker_that_holds_their_prefix(fle
     served, _ = await fleet.ask(chat(X, "review this diff", x1.text, "and the docs", x2.text, "thanks"))
     assert served == b
     await fleet.release()
+
+    # `b` unloads the model (its prompt cache goes with it): once its health says so, Y's
+    # next turn goes to `a`, which holds the model, rather than to a cold reload on `b`.
+    group = fleet.group
+    states = {s.name: s for s in [group.local, *group.remote.values()]}
+    await states[b].client.pool_command("unload", fleet.spec)
+    await asyncio.gather(*(group._check(s) for s in states.values()))
+    served, _ = await fleet.ask(chat(Y, "notes for 1.2", y1.text, "shorter", y2.text, "thanks"))
+    assert served == a
