@@ -20,7 +20,7 @@ request with a 58 kB system prompt and 20 tools (9.6 kB of JSON); 31 µs for a 7
 prompt; remembering a 20-element chain 1.8 µs, matching it against a full memory 0.3-1 µs.
 Strings are hashed as they are (Python's SipHash, ~2.5 GB/s), never copied or encoded.
 (With 2 cores shared by a load average of 10, every figure was 3-4× these: still well
-under a millisecond, against the tens of milliseconds of a prefill it saves.)
+under a millisecond, against the seconds of prefill a cache hit saves an agent.)
 """
 
 from __future__ import annotations
