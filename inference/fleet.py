@@ -2,9 +2,13 @@
 
 The embedded worker (the Unix socket `serve` starts) is always one of them; workers on
 other machines are the rows of the Workers page, reached over TCP (shared secret, TLS when
-the address says `tls://`). Each request goes to a worker that already holds its model, the
+the address says `tls://`). A generate request goes first to the worker this process sent
+the longest leading part of its conversation to (`inference/routing.py`: its prompt cache
+likely still holds that prefix), unless that worker is overloaded (the model's running
+requests at its `max_concurrent`, requests waiting in its queue, or the worker failing).
+Otherwise, and for every other request, a worker that already holds its model, the
 least loaded first (requests this web process has running there, plus what the worker last
-reported), else to the least loaded one that can load it. A worker that is down, refuses
+reported), else the least loaded one that can load it. A worker that is down, refuses
 the request as overloaded, or can't load the model before the first token is skipped for
 the next one; after the first token a failure ends the request (as with one worker).
 
@@ -23,6 +27,7 @@ from typing import Any, TypeVar
 
 from inference import protocol as p
 from inference.client import EngineClient, EngineDeadError, EngineRequestError
+from inference.routing import PrefixMemory, prefix_chain
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +50,22 @@ class _State:
         self.down_until = 0.0
         self.last: dict[str, Any] | None = None
         self.error = ""
+        self.prefixes = PrefixMemory()  # what was sent there (prefix routing)
+        self.running: dict[str, int] = {}  # model path -> this process's streams running there
+
+    def overloaded(self, spec: p.ModelSpec, now: float) -> bool:
+        """Failing, or `spec`'s model has requests waiting or all its slots taken there
+        (the worker's last report, or this process's own streams if more)."""
+        if self.down_until > now:
+            return True
+        limit, active = spec.max_concurrent, self.running.get(spec.path, 0)
+        for m in (self.last or {}).get("models", ()):
+            if m.get("path") == spec.path:
+                if m.get("queued_requests", 0) > 0:
+                    return True
+                limit = m.get("max_concurrent") or limit
+                active = max(active, m.get("active_requests", 0))
+        return active >= max(1, limit)
 
 
 class WorkerGroup:
@@ -111,10 +132,13 @@ class WorkerGroup:
             state.last = None
             return
         state.last, state.error, state.down_until = health, "", 0.0
-        state.paths = {m.get("path", "") for m in health.get("models", [])}
+        paths = {m.get("path", "") for m in health.get("models", [])}
+        if state.paths - paths:  # a model was unloaded, and its prompt cache with it
+            state.prefixes.clear()
+        state.paths = paths
         state.active = int(health.get("active_requests", 0)) + int(health.get("queue_depth", 0))
 
-    def _order(self, spec: p.ModelSpec) -> list[_State]:
+    def _order(self, spec: p.ModelSpec, chain: list[int] | None = None) -> list[_State]:
         members = [self.local, *self.remote.values()]
         if len(members) == 1:
             return members
@@ -123,40 +147,62 @@ class WorkerGroup:
         def load(s: _State) -> tuple[bool, bool, int]:
             return (s.down_until > now, spec.path not in s.paths, s.client.inflight + s.active)
 
-        return sorted(members, key=load)
+        ordered = sorted(members, key=load)
+        if chain:
+            best, depth = None, 0
+            for s in ordered:  # among equal matches, the least loaded
+                d = s.prefixes.match(chain, s.client.worker_pid)
+                if d > depth and not s.overloaded(spec, now):
+                    best, depth = s, d
+            if best is not None and best is not ordered[0]:
+                ordered.remove(best)
+                ordered.insert(0, best)
+        return ordered
 
     # ---- requests -------------------------------------------------------------
 
     def generate(self, req: p.Generate) -> AsyncGenerator[list[p.Output], None]:
-        return self._stream(req.model, lambda c: c.generate(req))
+        return self._stream(req.model, lambda c: c.generate(req), prefix=req)
 
     def speak(self, req: p.Speak) -> AsyncGenerator[p.AudioChunk, None]:
         return self._stream(req.model, lambda c: c.speak(req))
 
     async def _stream(
-        self, spec: p.ModelSpec, start: Callable[[EngineClient], AsyncGenerator[S, None]]
+        self,
+        spec: p.ModelSpec,
+        start: Callable[[EngineClient], AsyncGenerator[S, None]],
+        prefix: p.Generate | None = None,
     ) -> AsyncGenerator[S, None]:
-        """Relay one streamed answer; a worker that fails before its first item hands over."""
+        """Relay one streamed answer; a worker that fails before its first item hands over.
+        With `prefix` and several workers, its prefix chain picks the worker first and is
+        remembered for the one that answers."""
         await self._refresh()
+        chain = prefix_chain(prefix) if prefix is not None and self.remote else None
         last: Exception | None = None
-        for state in self._order(spec):
-            outputs = start(state.client)
+        for state in self._order(spec, chain):
+            state.running[spec.path] = state.running.get(spec.path, 0) + 1
             try:
-                first = await outputs.__anext__()
-            except (EngineDeadError, EngineRequestError) as exc:
-                await outputs.aclose()
-                if not self._skip(state, exc):
+                outputs = start(state.client)
+                try:
+                    first = await outputs.__anext__()
+                except (EngineDeadError, EngineRequestError) as exc:
+                    await outputs.aclose()
+                    if not self._skip(state, exc):
+                        raise
+                    last = exc
+                    continue
+                except BaseException:
+                    await outputs.aclose()
                     raise
-                last = exc
-                continue
-            except BaseException:
-                await outputs.aclose()
-                raise
-            async with aclosing(outputs):
-                yield first
-                async for batch in outputs:
-                    yield batch
-            return
+                if chain:
+                    state.prefixes.remember(chain, state.client.worker_pid)
+                async with aclosing(outputs):
+                    yield first
+                    async for batch in outputs:
+                        yield batch
+                return
+            finally:
+                state.running[spec.path] -= 1
         raise last if last is not None else EngineDeadError("no inference worker is available")
 
     def _skip(self, state: _State, exc: Exception) -> bool:
@@ -165,6 +211,7 @@ class WorkerGroup:
             return False
         if isinstance(exc, EngineDeadError):
             state.down_until = time.monotonic() + DOWN_FOR_S
+            state.prefixes.clear()
         if self.remote:
             log.warning("worker %s: %s; trying the next one", state.name, exc)
         return True

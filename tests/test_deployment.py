@@ -283,8 +283,10 @@ def test_requests_spread_over_two_workers_and_fail_over(
     demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The embedded worker plus one started with `inference_worker --listen` (shared secret):
-    concurrent requests land on both; a peer with the wrong secret is refused; when the remote
-    worker is killed, its traffic moves to the embedded one without a failed request."""
+    concurrent requests land on both; a conversation's follow-up turn goes back to the worker
+    holding its start and is served from its prompt cache; a peer with the wrong secret is
+    refused; when the remote worker is killed, its traffic moves to the embedded one without
+    a failed request."""
     import signal
 
     from inference.client import EngineDeadError
@@ -341,6 +343,43 @@ def test_requests_spread_over_two_workers_and_fail_over(
         local_tokens = _tokens(gw.health().json()["worker"]["loaded_models"], "tiny-random")
         remote_tokens = _tokens(_remote_health(address, secret)["models"], "tiny-random")
         assert local_tokens > 0 and remote_tokens > 0, (local_tokens, remote_tokens)
+
+        # Conversations started at once spread over both workers; their follow-up turns, sent
+        # at once too, each go back to the worker holding their start (prefix routing,
+        # inference/routing.py), whose prompt cache serves it.
+        async def conversations(n: int) -> list[float]:
+            client = gw.async_openai()
+            starts = [
+                [{"role": "system", "content": f"Patch {i}: you review it line by line. " * 20},
+                 {"role": "user", "content": "first look"}]
+                for i in range(n)
+            ]  # fmt: skip
+            firsts = await asyncio.gather(*(  # long enough to overlap: they spread
+                client.chat.completions.create(model="tiny-random", messages=m, max_tokens=64, temperature=0)
+                for m in starts
+            ))  # fmt: skip
+            follow_ups = [
+                [*m, {"role": "assistant", "content": f.choices[0].message.content or ""},
+                 {"role": "user", "content": "second look"}]
+                for m, f in zip(starts, firsts, strict=True)
+            ]  # fmt: skip
+            # In reverse order: least-loaded alone would send them to the other worker.
+            seconds = await asyncio.gather(*(
+                client.chat.completions.create(model="tiny-random", messages=m, max_tokens=8, temperature=0)
+                for m in reversed(follow_ups)
+            ))  # fmt: skip
+            # The worker holding the start has the system prompt cached; the other would have
+            # only the chat template's first few tokens.
+            return [s.usage.prompt_tokens_details.cached_tokens / s.usage.prompt_tokens  # type: ignore[union-attr]
+                    for s in seconds]  # fmt: skip
+
+        before = (_tokens(gw.health().json()["worker"]["loaded_models"], "tiny-random"),
+                  _tokens(_remote_health(address, secret)["models"], "tiny-random"))  # fmt: skip
+        cached = arun(conversations(6))
+        assert all(share > 0.5 for share in cached), cached
+        local_tokens = _tokens(gw.health().json()["worker"]["loaded_models"], "tiny-random")
+        remote_tokens = _tokens(_remote_health(address, secret)["models"], "tiny-random")
+        assert local_tokens > before[0] and remote_tokens > before[1], (before, local_tokens, remote_tokens)
 
         # Kill the remote worker: every request still succeeds, on the embedded one.
         os.killpg(remote.pid, signal.SIGKILL)
