@@ -3,7 +3,7 @@
 The embedded worker (the Unix socket `serve` starts) is always one of them; workers on
 other machines are the rows of the Workers page, reached over TCP (shared secret, TLS when
 the address says `tls://`). A generate request goes first to the worker this process sent
-the longest leading part of its conversation to (`inference/routing.py`: its prompt cache
+the longest leading part of its conversation to (`inference/affinity.py`: its prompt cache
 likely still holds that prefix), unless that worker is overloaded (the model's running
 requests at its `max_concurrent`, requests waiting in its queue, or the worker failing).
 Otherwise, and for every other request, a worker that already holds its model, the
@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from inference import protocol as p
 from inference.client import EngineClient, EngineDeadError, EngineRequestError
-from inference.routing import PrefixMemory, prefix_chain
+from inference.affinity import PrefixMemory, prefix_chain
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

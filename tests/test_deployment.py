@@ -346,7 +346,7 @@ def test_requests_spread_over_two_workers_and_fail_over(
 
         # Conversations started at once spread over both workers; their follow-up turns, sent
         # at once too, each go back to the worker holding their start (prefix routing,
-        # inference/routing.py), whose prompt cache serves it.
+        # inference/affinity.py), whose prompt cache serves it.
         async def conversations(n: int) -> list[float]:
             client = gw.async_openai()
             starts = [

@@ -1,4 +1,4 @@
-"""Prefix keys (inference/routing.py): what a request's chain is, and what a worker's bounded
+"""Prefix keys (inference/affinity.py): what a request's chain is, and what a worker's bounded
 memory of them answers."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from inference import protocol as p
-from inference.routing import PROMPT_BLOCK_CHARS, PrefixMemory, prefix_chain
+from inference.affinity import PROMPT_BLOCK_CHARS, PrefixMemory, prefix_chain
 
 SYSTEM = {"role": "system", "content": "You are a coding agent. " * 50}
 TOOLS = [{"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}]
