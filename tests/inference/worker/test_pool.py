@@ -143,7 +143,8 @@ def test_admin_commands(room_for_two: Scheduler, models: dict[str, Path]) -> Non
 def test_unloading_a_busy_model_is_refused(room_for_two: Scheduler, models: dict[str, Path]) -> None:
     s = room_for_two
     conn = Conn()
-    s.submit(conn, gen("busy", models["a"], "long", max_tokens=100_000))
+    # Long enough to be busy, short enough that its KV cache fits the small limit.
+    s.submit(conn, gen("busy", models["a"], "long", max_tokens=1_000))
     conn.inbox.get(timeout=30)
     err = command(s, models, "unload", "a")
     assert isinstance(err, p.RequestError) and "serving" in err.message
