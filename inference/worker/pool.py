@@ -145,6 +145,7 @@ class Pool:
         if engine is not None:
             self._engines.move_to_end(spec.key)
             engine.apply_policy(spec)
+            self._size_prompt_cache(engine, spec)
             return engine
         if not Path(spec.path).is_dir():
             raise ModelLoadError(f"could not load model '{spec.name}': no model directory at {spec.path}")
@@ -157,6 +158,7 @@ class Pool:
         except Exception as exc:
             raise ModelLoadError(f"could not load model '{spec.name}': {exc}") from exc
         log.info("loaded %s in %.2fs (%d MB)", spec.name, time.perf_counter() - t0, engine.weight_bytes >> 20)
+        self._size_prompt_cache(engine, spec)
         self._engines[spec.key] = engine
         return engine
 
@@ -177,6 +179,15 @@ class Pool:
 
     def prompt_cache_share(self, spec: p.ModelSpec) -> int:
         return spec.prompt_cache_bytes if spec.prompt_cache_bytes is not None else self.prompt_cache_bytes
+
+    def _size_prompt_cache(self, engine: Any, spec: p.ModelSpec) -> None:
+        """The engine's prompt cache takes its share: the profile's, else MLXM_PROMPT_CACHE_BYTES
+        (the latest request's profile wins, like the other pool policies)."""
+        cache = getattr(engine, "prompt_cache", None)
+        share = self.prompt_cache_share(spec)
+        if cache is not None and cache.max_bytes != share:
+            cache.max_bytes = share
+            cache.trim_to(n_bytes=share)
 
     def _load(self, spec: p.ModelSpec, dequantize: bool = False) -> Any:
         if spec.kind == "embeddings":

@@ -285,10 +285,6 @@ class LLMEngine:
         # BatchGenerator reads these on every step; more requests wait in its queue.
         self.batch.completion_batch_size = max(1, spec.max_concurrent)
         self.batch.prefill_batch_size = min(8, self.batch.completion_batch_size)
-        share = self._prompt_cache_share(spec)
-        if share != self.prompt_cache.max_bytes:
-            self.prompt_cache.max_bytes = share
-            self.prompt_cache.trim_to(n_bytes=share)
 
     def _prompt_cache_share(self, spec: p.ModelSpec) -> int:
         if self.pool is not None:
