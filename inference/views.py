@@ -45,6 +45,7 @@ async def health_details() -> tuple[int, dict[str, Any]]:
     except EngineDeadError as exc:
         return 503, {"status": "degraded", "web": web, "worker": {"state": "down", "detail": str(exc)}}
     models = worker.get("models", [])
+    memory = worker.get("memory") or {}
     hit = sum(m.get("cache_hit_tokens", 0) for m in models)
     seen = sum(m.get("prompt_tokens", 0) for m in models)
     body = {
@@ -59,6 +60,22 @@ async def health_details() -> tuple[int, dict[str, Any]]:
             "loading": worker.get("loading"),
             "draining": bool(worker.get("draining")),
             "prompt_cache_hit_rate": round(hit / seen, 4) if seen else 0.0,
+            # The memory limit and its parts (inference/worker/pool.py), MLX's own counts, and
+            # the worker process's resident memory.
+            "memory": {
+                k: memory.get(k)
+                for k in (
+                    "limit_bytes",
+                    "used_bytes",
+                    "weights_bytes",
+                    "kv_bytes",
+                    "prompt_cache_bytes",
+                    "free_bytes",
+                    "mlx_active_bytes",
+                    "mlx_peak_bytes",
+                    "rss_bytes",
+                )
+            },
             "loaded_models": [
                 {
                     k: m.get(k)
@@ -66,6 +83,8 @@ async def health_details() -> tuple[int, dict[str, Any]]:
                         "name",
                         "active_requests",
                         "weight_bytes",
+                        "weights_form",
+                        "kv_bytes",
                         "prompt_cache_bytes",
                         "tokens_generated",
                     )
