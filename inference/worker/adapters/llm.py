@@ -344,7 +344,8 @@ class LLMEngine:
             return True
         if self.pool is not None and self.pool.memory_limit - self.pool.weight_bytes < need:
             raise NoMemory(self._no_room(need))  # more than the limit holds with every cache empty
-        if self.pool is None or not self.pool.running:
+        if self.pool is None or not self.pool.running or _GROUP is not None:
+            # Over a distributed group every rank must decide alike: no clock-bound waits.
             raise NoMemory(self._no_room(need))
         deadline = time.monotonic() + memory.memory_wait_s()
         self._mem_waiting.append(_MemoryWait(req, conn, prompt, parser, extra, need, deadline))
