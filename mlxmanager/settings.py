@@ -8,7 +8,7 @@ from pathlib import Path
 import dj_database_url
 
 from inference import logsetup
-from inference.worker.memory import memory_limit_from_env as _memory_limit_from_env
+from inference.env import memory_limit_from_env as _memory_limit_from_env
 from mlxmanager import config
 
 BASE_DIR = Path(__file__).resolve().parent.parent

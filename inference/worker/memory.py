@@ -2,44 +2,30 @@
 
 One limit (`MLXM_MEMORY_LIMIT`) covers the loaded weights, the live requests' KV caches and
 the prompt caches together (the pool keeps it, `inference/worker/pool.py`). This module holds
-the pieces that need no MLX: parsing sizes, reading a model's weight sizes from its
-safetensors headers (what it will take once loaded, dequantized or not), and the KV bytes a
-token costs from a model's config.
+its settings (the limit's parsing is `inference/env.py`'s, shared with the web side), a
+model's weight sizes read from its safetensors headers (what it will take once loaded,
+dequantized or not), the KV bytes a token costs from a model's config, and what MLX reports
+(`mlx_memory`, the only function here that imports MLX).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_LIMIT_SHARE = 0.75  # of physical memory
+# The limit's parsing is shared with the web side (the downloads page flags models too large).
+from inference.env import DEFAULT_LIMIT_SHARE, memory_limit_from_env, parse_size, physical_memory
+
+__all__ = ["DEFAULT_LIMIT_SHARE", "memory_limit_from_env", "parse_size", "physical_memory"]
+
 DEFAULT_PROMPT_CACHE_BYTES = 512 * 1024 * 1024  # per model
 # mlx-lm's KVCache grows in steps of this many tokens.
 KV_STEP = 256
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 1 << 10,
-    "mib": 1 << 20,
-    "gib": 1 << 30,
-    "tib": 1 << 40,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 _DTYPE_BYTES = {
     "F64": 8,
@@ -56,48 +42,6 @@ _DTYPE_BYTES = {
     "BOOL": 1,
 }
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-
-
-def physical_memory() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 16 << 30
-
-
-def parse_size(raw: str | int, *, of: int | None = None, name: str = "size") -> int:
-    """Bytes from `raw`: a byte count ("1000000000"), a size ("12GB", "800MB", "1.5GiB"; GB
-    is 10^9, GiB 2^30) or, when `of` is given, a percentage of it ("75%")."""
-    if isinstance(raw, int):
-        return raw
-    text = raw.strip()
-    if text.endswith("%"):
-        if of is None:
-            raise ValueError(f"{name}: a percentage is not accepted here ({raw!r})")
-        try:
-            pct = float(text[:-1])
-        except ValueError:
-            raise ValueError(f"{name}: {raw!r} is not a percentage like '75%'") from None
-        if not 0 < pct <= 100:
-            raise ValueError(f"{name}: {raw!r} must be a percentage between 0 and 100")
-        return int(of * pct / 100)
-    match = _SIZE.match(text)
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in _UNITS:
-        raise ValueError(f"{name}: {raw!r} is not a size like '12GB', '800MB', '75%' or a byte count")
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def memory_limit_from_env(env: Any = None) -> int:
-    """MLXM_MEMORY_LIMIT (bytes, a size or a percentage of RAM), else its older spelling
-    MLXM_MEMORY_LIMIT_BYTES, else 75% of physical memory."""
-    env = os.environ if env is None else env
-    total = physical_memory()
-    for name in ("MLXM_MEMORY_LIMIT", "MLXM_MEMORY_LIMIT_BYTES"):
-        raw = env.get(name)
-        if raw:
-            return parse_size(raw, of=total, name=name)
-    return int(total * DEFAULT_LIMIT_SHARE)
 
 
 def prompt_cache_bytes_from_env(limit: int, env: Any = None) -> int:

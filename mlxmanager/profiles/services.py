@@ -92,7 +92,7 @@ def _size(value: Any, param: str) -> int | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):
-        from inference.worker.memory import parse_size
+        from inference.env import parse_size
 
         try:
             value = parse_size(value, name=param)

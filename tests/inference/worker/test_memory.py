@@ -10,46 +10,6 @@ import pytest
 from inference.worker import memory
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("1000000000", 1_000_000_000),
-        ("12GB", 12 * 1000**3),
-        ("800MB", 800 * 1000**2),
-        ("800 mb", 800 * 1000**2),
-        ("1.5GiB", int(1.5 * (1 << 30))),
-        ("64KiB", 64 << 10),
-        ("75%", 750),
-        ("12.5%", 125),
-    ],
-)
-def test_sizes_and_percentages(raw: str, expected: int) -> None:
-    assert memory.parse_size(raw, of=1000) == expected
-
-
-@pytest.mark.parametrize("raw", ["", "twelve", "12 parsecs", "-5GB", "0%", "150%", "%"])
-def test_bad_sizes_are_refused_with_the_setting_named(raw: str) -> None:
-    with pytest.raises(ValueError, match="MLXM_MEMORY_LIMIT"):
-        memory.parse_size(raw, of=1000, name="MLXM_MEMORY_LIMIT")
-
-
-def test_a_percentage_needs_a_whole() -> None:
-    with pytest.raises(ValueError, match="percentage"):
-        memory.parse_size("50%")
-
-
-def test_memory_limit_forms() -> None:
-    ram = memory.physical_memory()
-    assert memory.memory_limit_from_env({"MLXM_MEMORY_LIMIT": "12GB"}) == 12 * 1000**3
-    assert memory.memory_limit_from_env({"MLXM_MEMORY_LIMIT": "50%"}) == ram // 2
-    # The older name is an alias; the new one wins when both are set.
-    assert memory.memory_limit_from_env({"MLXM_MEMORY_LIMIT_BYTES": "1000"}) == 1000
-    assert (
-        memory.memory_limit_from_env({"MLXM_MEMORY_LIMIT_BYTES": "1000", "MLXM_MEMORY_LIMIT": "2KB"}) == 2000
-    )
-    assert memory.memory_limit_from_env({}) == int(ram * 0.75)
-
-
 def test_prompt_cache_share_forms() -> None:
     limit = 8 * 1000**3
     assert memory.prompt_cache_bytes_from_env(limit, {}) == 512 << 20
