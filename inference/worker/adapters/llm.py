@@ -312,17 +312,31 @@ class LLMEngine:
 
     @property
     def kv_bytes(self) -> int:
-        """The reservations of the requests holding a KV cache now (finished ones dropped)."""
+        """The reservations of the requests holding a KV cache now (finished ones dropped).
+        The batch's rows share one cache as long as its longest row (mlx-lm pads them to it):
+        they count as that many rows of the largest reservation."""
         live = {a.request_id for a in self._by_uid.values()} | set(self._sequential)
         live |= {req.request_id for req, _ in self._waiting}
         if self._solo is not None:
             live.add(self._solo.act.request_id)
         if len(live) != len(self._kv):
             self._kv = {rid: n for rid, n in self._kv.items() if rid in live}
-        return sum(self._kv.values())
+        rows = self._batch_reservations()
+        return sum(self._kv.values()) - sum(rows) + len(rows) * max(rows, default=0)
+
+    def _batch_reservations(self) -> list[int]:
+        return [self._kv[a.request_id] for a in self._by_uid.values() if a.request_id in self._kv]
+
+    def _kv_increase(self, need: int) -> int:
+        """What a new request of KV `need` adds: a batch row lengthens every row to the longest."""
+        if self.spec.kv_bits is not None:
+            return need  # the sequential lane: a cache of its own
+        rows = self._batch_reservations()
+        longest = max(rows, default=0)
+        return (len(rows) + 1) * max(longest, need) - len(rows) * longest
 
     def _room_for(self, need: int) -> bool:
-        return self.pool is None or self.pool.make_kv_room(self, need)
+        return self.pool is None or self.pool.make_kv_room(self, self._kv_increase(need))
 
     def _no_room(self, need: int) -> str:
         pool = self.pool

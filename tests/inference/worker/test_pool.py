@@ -301,14 +301,21 @@ def test_a_request_waiting_past_the_memory_wait_is_refused_while_the_other_conti
 def test_memory_stats_split_weights_kv_and_prompt_cache(models: dict[str, Path]) -> None:
     s = make_sched(1 << 30)
     try:
+        assert isinstance(_run(s, gen("warm", models["a"], "hello", max_tokens=2)), p.Output)
+        long = gen("long", models["a"], "a long answer " * 20, max_tokens=1500)
+        short = gen("short", models["a"], "short", max_tokens=1000)
+        needs = [_kv_need(s, long), _kv_need(s, short)]
+        assert needs[0] > needs[1]
         conn = Conn()
-        s.submit(conn, gen("long", models["a"], "a long answer", max_tokens=1500))
-        conn.inbox.get(timeout=30)
-        s._refresh_snapshot()
-        running = s.snapshot["memory"]
-        assert running["weights_bytes"] == _engine(s).weight_bytes
-        assert running["kv_bytes"] > 0  # the live request's reservation
-        collect(conn, {"long"}, timeout=120)
+        s.submit(conn, long)
+        s.submit(conn, short)
+        # Both rows in one batch: mlx-lm pads them to the longest, so both count as the longest.
+        deadline = time.monotonic() + 30
+        while s.snapshot["memory"]["kv_bytes"] != 2 * needs[0]:
+            assert time.monotonic() < deadline, s.snapshot["memory"]
+            time.sleep(0.01)
+        assert s.snapshot["memory"]["weights_bytes"] == _engine(s).weight_bytes
+        collect(conn, {"long", "short"}, timeout=120)
         s._refresh_snapshot()
         idle = s.snapshot["memory"]
         assert idle["kv_bytes"] == 0
