@@ -32,8 +32,8 @@ Scenarios (the issue's a-e), each `--runs` times, the servers' order alternating
  (e) gateway vs in-process (single stream, and BatchGenerator aggregate at N streams).
 Plus the worker's CPU levers as ratios in the same run, single stream through the gateway
 (a second gateway with the lever's environment): OpenBLAS vs MLXM_BLAS=reference and
-OPENBLAS_NUM_THREADS 1 vs 2 (float32 SmolLM2), MLXM_CPU_DEQUANTIZE_MAX_BYTES=4e9 vs the
-default (the q4 demo model).
+OPENBLAS_NUM_THREADS 1 vs 2 (float32 SmolLM2), MLXM_CPU_DEQUANTIZE=off vs the default
+(dequantized at load when it fits the memory budget; the q4 demo model).
 
     python benchmarks/bench_engine.py [--runs 3] [--quick] [--models tiny-random,smollm2-135m-f32]
         [--scenarios a,b,c,d,e,levers] [--write docs/benchmarks.md]
@@ -678,8 +678,8 @@ def levers_for(threads_default: str) -> list[Lever]:
               {"MLXM_BLAS": "reference"}, {}),
         Lever("OpenBLAS threads", F32_PROFILE, f"OPENBLAS_NUM_THREADS={threads_default} (default)",
               f"OPENBLAS_NUM_THREADS={other}", {}, {"OPENBLAS_NUM_THREADS": other}),
-        Lever("dequantize at load", Q4_MODEL, "q4 as loaded (default)",
-              "MLXM_CPU_DEQUANTIZE_MAX_BYTES=4000000000", {}, {"MLXM_CPU_DEQUANTIZE_MAX_BYTES": "4000000000"}),
+        Lever("dequantize at load", Q4_MODEL, "q4 as loaded (MLXM_CPU_DEQUANTIZE=off)",
+              "dequantized at load (default: it fits the budget)", {"MLXM_CPU_DEQUANTIZE": "off"}, {}),
     ]  # fmt: skip
 
 

@@ -26,8 +26,8 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 from inference import protocol as p
-from inference.client import EngineClient, EngineDeadError, EngineRequestError
 from inference.affinity import PrefixMemory, prefix_chain
+from inference.client import EngineClient, EngineDeadError, EngineRequestError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

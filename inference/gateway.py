@@ -43,6 +43,7 @@ class Target:
             keep_alive_s=float(pr.keep_alive_seconds) if pr.keep_alive_seconds else None,
             max_concurrent=pr.max_concurrent or 32,
             context_length=pr.context_length,
+            prompt_cache_bytes=pr.prompt_cache_bytes,
         )
 
 

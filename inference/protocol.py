@@ -59,6 +59,8 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     keep_alive_s: float | None = None
     max_concurrent: int = 32
     context_length: int | None = None
+    # This model's prompt-cache share in bytes (None: the worker's MLXM_PROMPT_CACHE_BYTES).
+    prompt_cache_bytes: int | None = None
 
     @property
     def key(self) -> tuple[str, str | None, int, int | None]:

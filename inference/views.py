@@ -45,6 +45,7 @@ async def health_details() -> tuple[int, dict[str, Any]]:
     except EngineDeadError as exc:
         return 503, {"status": "degraded", "web": web, "worker": {"state": "down", "detail": str(exc)}}
     models = worker.get("models", [])
+    memory = worker.get("memory") or {}
     hit = sum(m.get("cache_hit_tokens", 0) for m in models)
     seen = sum(m.get("prompt_tokens", 0) for m in models)
 
@@ -66,6 +67,22 @@ async def health_details() -> tuple[int, dict[str, Any]]:
             # The prompt cache's tiers apart: memory, and disk (<data dir>/kv/).
             "prompt_cache_memory_hit_rate": rate("memory_hit_tokens"),
             "prompt_cache_disk_hit_rate": rate("disk_hit_tokens"),
+            # The memory limit and its parts (inference/worker/pool.py), MLX's own counts, and
+            # the worker process's resident memory.
+            "memory": {
+                k: memory.get(k)
+                for k in (
+                    "limit_bytes",
+                    "used_bytes",
+                    "weights_bytes",
+                    "kv_bytes",
+                    "prompt_cache_bytes",
+                    "free_bytes",
+                    "mlx_active_bytes",
+                    "mlx_peak_bytes",
+                    "rss_bytes",
+                )
+            },
             "loaded_models": [
                 {
                     k: m.get(k)
@@ -73,6 +90,8 @@ async def health_details() -> tuple[int, dict[str, Any]]:
                         "name",
                         "active_requests",
                         "weight_bytes",
+                        "weights_form",
+                        "kv_bytes",
                         "prompt_cache_bytes",
                         "prompt_cache_entries",
                         "disk_cache_bytes",

@@ -160,14 +160,18 @@ class LiveCollector(Collector):
             mem = state.get("memory", {})
             weight_total = float(sum(m.get("weight_bytes", 0) for m in models))
             cache_total = float(sum(m.get("prompt_cache_bytes", 0) for m in models))
+            kv_total = float(sum(m.get("kv_bytes", 0) for m in models))
             limit = float(mem.get("limit_bytes") or 0)
             memory.add_metric([name, "weights"], weight_total)
+            memory.add_metric([name, "kv"], kv_total)
             memory.add_metric([name, "prompt_cache"], cache_total)
             if limit:
                 memory.add_metric([name, "limit"], limit)
-                memory.add_metric([name, "free"], max(limit - weight_total - cache_total, 0.0))
+                memory.add_metric([name, "free"], max(limit - weight_total - kv_total - cache_total, 0.0))
             if mem.get("rss_bytes"):
                 memory.add_metric([name, "resident"], float(mem["rss_bytes"]))
+            if mem.get("mlx_peak_bytes"):
+                memory.add_metric([name, "mlx_peak"], float(mem["mlx_peak_bytes"]))
             for m in models:
                 model = str(m.get("name", ""))
                 loaded.add_metric([name, model, str(m.get("kind", ""))], 1.0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import dj_database_url
 
 from inference import logsetup
+from inference.env import memory_limit_from_env as _memory_limit_from_env
 from mlxmanager import config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -238,11 +239,9 @@ MLXM_HF_CACHE_DIR = Path(
     or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
 ).expanduser()
 MLXM_MODEL_DIRS = [Path(p).expanduser() for p in os.environ.get("MLXM_MODEL_DIRS", "").split(os.pathsep) if p]
-# Models larger than this are flagged as not fitting (default: 75% of physical RAM).
-MLXM_MEMORY_LIMIT_BYTES = int(
-    os.environ.get("MLXM_MEMORY_LIMIT_BYTES")
-    or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4
-)
+# The worker's memory limit (MLXM_MEMORY_LIMIT: bytes, "12GB" or "75% of RAM"; the older
+# MLXM_MEMORY_LIMIT_BYTES is an alias): models larger are flagged as not fitting.
+MLXM_MEMORY_LIMIT_BYTES = _memory_limit_from_env()
 MLXM_DOWNLOAD_CONCURRENCY = int(os.environ.get("MLXM_DOWNLOAD_CONCURRENCY", "2"))
 
 # Team gateway: audit log, cloud credentials, routing rules, upstream calls (docs/architecture.md).

@@ -1,22 +1,26 @@
-"""The model pool: loads on demand, keeps models resident within a memory limit.
+"""The model pool: loads on demand, keeps models resident within one memory limit.
 
-Admission control: before a load, idle unpinned models are evicted least-recently-used
-first until the new model's estimated size fits; if it still doesn't fit (everything left
-is busy or pinned), the load is refused with `PoolFull` (the gateway answers 503), never
-an out-of-memory crash. Idle models past their keep-alive are unloaded by `expire`.
+The limit (`MLXM_MEMORY_LIMIT`, inference/worker/memory.py) covers the loaded weights, the
+live requests' KV caches and the prompt caches together (`used_bytes`). Admission control:
+before a load, idle unpinned models are evicted least-recently-used first until the new
+model's size (as it will be loaded: dequantized or cast to float32 on the CPU) fits; if it
+still doesn't fit (everything left is busy or pinned), the load is refused with `PoolFull`
+(the gateway answers 503), never an out-of-memory crash. Before a request's prefill its KV
+need is checked by `make_kv_room`, which gives back prompt-cache entries least recently used
+first. Idle models past their keep-alive are unloaded by `expire`.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from inference import protocol as p
+from inference.worker import memory
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +34,33 @@ class PoolFull(Exception):
 
 
 def default_memory_limit() -> int:
-    """MLXM_MEMORY_LIMIT_BYTES, else 75% of physical memory."""
-    raw = os.environ.get("MLXM_MEMORY_LIMIT_BYTES")
-    if raw:
-        return int(raw)
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 16 << 30
-    return int(total * 0.75)
+    """MLXM_MEMORY_LIMIT (or MLXM_MEMORY_LIMIT_BYTES), else 75% of physical memory."""
+    return memory.memory_limit_from_env()
 
 
-def estimate_bytes(spec: p.ModelSpec) -> int:
-    """What loading `spec` will take, from its weight files on disk."""
+def _float32(spec: p.ModelSpec) -> bool:
+    """Whether the engine casts `spec`'s half-precision weights to float32 (text models on
+    the CPU, see adapters/llm.py)."""
+    return spec.kind == "llm" and memory.use_float32()
+
+
+def estimate_bytes(spec: p.ModelSpec, *, dequantize: bool = False) -> int:
+    """What loading `spec` will take, from its weight files' headers: as loaded (float32 on
+    the CPU), or dequantized to float32 when `dequantize`."""
     total = 0
     for path in filter(None, (spec.path, spec.draft_path)):
-        total += sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+        sizes = memory.weight_sizes(path, float32=_float32(spec))
+        total += sizes.float32_bytes if dequantize and sizes.bits else sizes.loaded_bytes
     return total
+
+
+def is_quantized(spec: p.ModelSpec) -> bool:
+    return memory.weight_sizes(spec.path, float32=False).bits is not None
+
+
+def _prompt_cache_bytes(engine: Any) -> int:
+    cache = getattr(engine, "prompt_cache", None)
+    return int(cache.nbytes) if cache is not None else 0
 
 
 class Pool:
@@ -54,6 +68,8 @@ class Pool:
 
     def __init__(self, *, memory_limit: int | None = None, max_models: int = 16) -> None:
         self.memory_limit = memory_limit if memory_limit is not None else default_memory_limit()
+        # Each model's prompt-cache share, unless its profile sets one (ModelSpec.prompt_cache_bytes).
+        self.prompt_cache_bytes = memory.prompt_cache_bytes_from_env(self.memory_limit)
         self.max_models = max_models
         self._engines: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self.evictions = 0
@@ -65,8 +81,61 @@ class Pool:
         return len(self._engines)
 
     @property
-    def used_bytes(self) -> int:
+    def weight_bytes(self) -> int:
         return sum(e.weight_bytes for e in self._engines.values())
+
+    @property
+    def kv_bytes(self) -> int:
+        """The live requests' KV caches (their reservations: prompt + max_tokens each)."""
+        return sum(int(getattr(e, "kv_bytes", 0)) for e in self._engines.values())
+
+    @property
+    def prompt_cache_used(self) -> int:
+        return sum(_prompt_cache_bytes(e) for e in self._engines.values())
+
+    @property
+    def used_bytes(self) -> int:
+        return self.weight_bytes + self.kv_bytes + self.prompt_cache_used
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.memory_limit - self.used_bytes)
+
+    @property
+    def running(self) -> int:
+        """Requests generating now in any engine (what will free KV room when they end)."""
+        return sum(int(getattr(e, "running", e.active)) for e in self._engines.values())
+
+    def make_kv_room(self, engine: Any, need: int) -> bool:
+        """Whether `need` more bytes of KV cache fit under the limit, after giving back prompt
+        cache entries least recently used first: `engine`'s own, then the other models'
+        (least recently used model first)."""
+        if need <= self.memory_limit - self.used_bytes:
+            return True
+        others = sorted((e for e in self._engines.values() if e is not engine), key=lambda e: e.last_used)
+        for e in [engine, *others]:
+            cache = getattr(e, "prompt_cache", None)
+            if cache is None or not cache.nbytes:
+                continue
+            short = need - (self.memory_limit - self.used_bytes)
+            cache.trim_to(n_bytes=max(0, cache.nbytes - short))
+            if need <= self.memory_limit - self.used_bytes:
+                return True
+        return False
+
+    def memory_stats(self) -> dict[str, int]:
+        weights, kv, cache = self.weight_bytes, self.kv_bytes, self.prompt_cache_used
+        used = weights + kv + cache
+        return {
+            "used_bytes": used,
+            "limit_bytes": self.memory_limit,
+            "weights_bytes": weights,
+            "kv_bytes": kv,
+            "prompt_cache_bytes": cache,
+            "free_bytes": max(0, self.memory_limit - used),
+            "evictions": self.evictions,
+            **memory.mlx_memory(),
+        }
 
     def find(self, spec: p.ModelSpec) -> Any | None:
         return self._engines.get(spec.key)
@@ -76,21 +145,51 @@ class Pool:
         if engine is not None:
             self._engines.move_to_end(spec.key)
             engine.apply_policy(spec)
+            self._size_prompt_cache(engine, spec)
             return engine
         if not Path(spec.path).is_dir():
             raise ModelLoadError(f"could not load model '{spec.name}': no model directory at {spec.path}")
-        self._make_room(spec)
-        log.info("loading %s from %s", spec.name, spec.path)
+        dequantize = self._dequantize(spec)
+        self._make_room(spec, estimate_bytes(spec, dequantize=dequantize))
+        log.info("loading %s from %s%s", spec.name, spec.path, " (dequantizing)" if dequantize else "")
         t0 = time.perf_counter()
         try:
-            engine = self._load(spec)
+            engine = self._load(spec, dequantize)
         except Exception as exc:
             raise ModelLoadError(f"could not load model '{spec.name}': {exc}") from exc
         log.info("loaded %s in %.2fs (%d MB)", spec.name, time.perf_counter() - t0, engine.weight_bytes >> 20)
+        self._size_prompt_cache(engine, spec)
         self._engines[spec.key] = engine
         return engine
 
-    def _load(self, spec: p.ModelSpec) -> Any:
+    def _dequantize(self, spec: p.ModelSpec) -> bool:
+        """On the CPU, whether to dequantize a quantized text model at load (MLX's CPU quantized
+        matmul is several times slower than float32's): when its float32 weights fit what is
+        free under the limit, less a margin for its prompt cache and one full context of KV.
+        MLXM_CPU_DEQUANTIZE=off never does, =on always does."""
+        if not _float32(spec) or not is_quantized(spec):
+            return False
+        mode = memory.cpu_dequantize_mode()
+        if mode != "auto":
+            return mode == "on"
+        config = memory.read_config(spec.path)
+        context = spec.context_length or int(config.get("max_position_embeddings") or 0) or 4096
+        margin = self.prompt_cache_share(spec) + memory.kv_bytes_per_token(config, 4) * min(context, 8192)
+        return estimate_bytes(spec, dequantize=True) + margin <= self.memory_limit - self.used_bytes
+
+    def prompt_cache_share(self, spec: p.ModelSpec) -> int:
+        return spec.prompt_cache_bytes if spec.prompt_cache_bytes is not None else self.prompt_cache_bytes
+
+    def _size_prompt_cache(self, engine: Any, spec: p.ModelSpec) -> None:
+        """The engine's prompt cache takes its share: the profile's, else MLXM_PROMPT_CACHE_BYTES
+        (the latest request's profile wins, like the other pool policies)."""
+        cache = getattr(engine, "prompt_cache", None)
+        share = self.prompt_cache_share(spec)
+        if cache is not None and cache.max_bytes != share:
+            cache.max_bytes = share
+            cache.trim_to(n_bytes=share)
+
+    def _load(self, spec: p.ModelSpec, dequantize: bool = False) -> Any:
         if spec.kind == "embeddings":
             from inference.worker.adapters.embeddings import EmbeddingEngine
 
@@ -111,15 +210,14 @@ class Pool:
             raise ModelLoadError(f"model kind '{spec.kind}' is not supported yet")
         from inference.worker.adapters.llm import LLMEngine
 
-        return LLMEngine(spec)
+        return LLMEngine(spec, dequantize=dequantize, pool=self)
 
     def _evictable(self) -> list[tuple[Any, ...]]:
         """Idle, unpinned engines, least recently used first."""
         idle = [(e.last_used, key) for key, e in self._engines.items() if e.active == 0 and not e.pinned]
         return [key for _, key in sorted(idle, key=lambda t: t[0])]
 
-    def _make_room(self, spec: p.ModelSpec) -> None:
-        need = estimate_bytes(spec)
+    def _make_room(self, spec: p.ModelSpec, need: int) -> None:
         if need > self.memory_limit:
             raise PoolFull(
                 f"model '{spec.name}' needs about {need >> 20} MB, more than the pool's memory limit "
@@ -131,6 +229,8 @@ class Pool:
         ):
             self.unload(victims.pop(0), reason="to make room")
             self.evictions += 1
+        if self.used_bytes + need > self.memory_limit:
+            self.make_kv_room(None, need)  # the prompt caches give back what they hold
         if self.used_bytes + need > self.memory_limit:
             busy = ", ".join(e.spec.name for e in self._engines.values())
             raise PoolFull(

@@ -265,7 +265,7 @@ class Scheduler(threading.Thread):
     ) -> tuple[Any, Any]:
         """Run `call(engine)` on the engine for `spec` (loading it), which must be of `kind`.
         Returns (engine, result), or (None, None) once the failure is reported to the client."""
-        from inference.worker.adapters.llm import BadRequest
+        from inference.worker.adapters.llm import BadRequest, NoMemory
 
         engine = self._with_engine(conn, request_id, spec, what)
         kinds = (kind,) if isinstance(kind, str) else kind
@@ -275,6 +275,8 @@ class Scheduler(threading.Thread):
             return engine, call(engine)
         except BadRequest as exc:
             self._fail(conn, request_id, p.ERR_BAD_REQUEST, str(exc))
+        except NoMemory as exc:
+            self._fail(conn, request_id, p.ERR_OVERLOADED, str(exc))
         except Exception as exc:
             log.exception("could not %s %s", what, request_id)
             self._fail(conn, request_id, p.ERR_INTERNAL, f"could not {what}: {exc}")
@@ -407,10 +409,6 @@ class Scheduler(threading.Thread):
             "models": models,
             "active_requests": sum(m["active_requests"] for m in models),
             "loading": self.snapshot.get("loading"),
-            "memory": {
-                "used_bytes": self.pool.used_bytes,
-                "limit_bytes": self.pool.memory_limit,
-                "evictions": self.pool.evictions,
-            },
+            "memory": self.pool.memory_stats(),
             "history": list(self.history),
         }

@@ -48,6 +48,7 @@ _TRACKED: dict[str, tuple[str, tuple[str, ...]]] = {
             "draft_model_path",
             "num_draft_tokens",
             "kv_bits",
+            "prompt_cache_bytes",
             "is_default",
             "enabled",
         ),

@@ -18,6 +18,12 @@ router = Router(tags=["pool"])
 class MemoryOut(Schema):
     used_bytes: int
     limit_bytes: int
+    weights_bytes: int
+    kv_bytes: int
+    prompt_cache_bytes: int
+    free_bytes: int
+    mlx_active_bytes: int | None
+    mlx_peak_bytes: int | None
     evictions: int
 
 
@@ -27,6 +33,8 @@ class LoadedOut(Schema):
     profiles: list[str]
     path: str
     weight_bytes: int
+    weights_form: str
+    kv_bytes: int
     prompt_cache_bytes: int
     active_requests: int
     queued_requests: int
@@ -68,6 +76,12 @@ async def get_pool(request: HttpRequest) -> dict[str, Any]:
         "memory": {
             "used_bytes": state.used_bytes,
             "limit_bytes": state.limit_bytes,
+            "weights_bytes": state.weights_bytes,
+            "kv_bytes": state.kv_bytes,
+            "prompt_cache_bytes": state.prompt_cache_bytes,
+            "free_bytes": state.free_bytes,
+            "mlx_active_bytes": state.mlx_active_bytes,
+            "mlx_peak_bytes": state.mlx_peak_bytes,
             "evictions": state.evictions,
         },
         "queue_depth": state.queue_depth,

@@ -24,6 +24,8 @@ class LoadedModel:
     path: str
     weight_bytes: int
     cache_bytes: int
+    kv_bytes: int
+    weights_form: str
     active: int
     queued: int
     tokens_per_s: float
@@ -67,6 +69,8 @@ class LoadedModel:
             "profiles": self.profiles,
             "path": self.path,
             "weight_bytes": self.weight_bytes,
+            "weights_form": self.weights_form,
+            "kv_bytes": self.kv_bytes,
             "prompt_cache_bytes": self.cache_bytes,
             "active_requests": self.active,
             "queued_requests": self.queued,
@@ -92,6 +96,14 @@ class PoolState:
     detail: str = ""
     used_bytes: int = 0
     limit_bytes: int = 0
+    # The limit's parts (the worker's Pool.memory_stats): weights, live KV, prompt caches.
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    prompt_cache_bytes: int = 0
+    free_bytes: int = 0
+    # What MLX reports: its arrays now, and the most they held since the worker started.
+    mlx_active_bytes: int | None = None
+    mlx_peak_bytes: int | None = None
     evictions: int = 0
     queue_depth: int = 0
     loading: str | None = None
@@ -128,6 +140,8 @@ def _loaded(m: dict[str, Any], by_key: dict[tuple[str, bool, int | None], list[P
         path=m.get("path", ""),
         weight_bytes=int(m.get("weight_bytes") or 0),
         cache_bytes=int(m.get("prompt_cache_bytes") or 0),
+        kv_bytes=int(m.get("kv_bytes") or 0),
+        weights_form=str(m.get("weights_form") or ""),
         active=int(m.get("active_requests") or 0),
         queued=int(m.get("queued_requests") or 0),
         tokens_per_s=float(m.get("tokens_per_s") or 0.0),
@@ -162,11 +176,18 @@ async def pool_state(*, now: float | None = None) -> PoolState:
     memory = health.get("memory") or {}
     limit = int(memory.get("limit_bytes") or 0)
     for m in loaded:
-        m.memory_pct = m.weight_bytes / limit * 100 if limit else 0.0
+        m.memory_pct = (m.weight_bytes + m.kv_bytes + m.cache_bytes) / limit * 100 if limit else 0.0
+    mlx_active, mlx_peak = memory.get("mlx_active_bytes"), memory.get("mlx_peak_bytes")
     return PoolState(
         up=True,
         used_bytes=int(memory.get("used_bytes") or 0),
         limit_bytes=limit,
+        weights_bytes=int(memory.get("weights_bytes") or 0),
+        kv_bytes=int(memory.get("kv_bytes") or 0),
+        prompt_cache_bytes=int(memory.get("prompt_cache_bytes") or 0),
+        free_bytes=int(memory.get("free_bytes") or 0),
+        mlx_active_bytes=int(mlx_active) if mlx_active is not None else None,
+        mlx_peak_bytes=int(mlx_peak) if mlx_peak is not None else None,
         evictions=int(memory.get("evictions") or 0),
         queue_depth=int(health.get("queue_depth") or 0),
         loading=health.get("loading"),

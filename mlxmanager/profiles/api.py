@@ -38,6 +38,7 @@ class ProfileOut(Schema):
     draft_model_path: str | None = None
     num_draft_tokens: int | None = None
     kv_bits: int | None = None
+    prompt_cache_bytes: int | None = None
     pinned: bool | None = None
     preload: bool | None = None
     keep_alive_seconds: int | None = None
@@ -76,6 +77,8 @@ class ProfilePatch(Schema):
     draft_model_path: str | None = None
     num_draft_tokens: int | None = None
     kv_bits: int | None = None
+    # Bytes, or a size such as "2GB" or "512MiB"; null: the worker's MLXM_PROMPT_CACHE_BYTES.
+    prompt_cache_bytes: int | str | None = None
     pinned: bool | None = None
     preload: bool | None = None
     keep_alive_seconds: int | None = None
@@ -91,7 +94,7 @@ class ProfileIn(ProfilePatch):
 
 
 # Fields where JSON null means "clear it" rather than "missing".
-_NULLABLE = {"context_length", "max_output_tokens", "kv_bits", "keep_alive_seconds"}
+_NULLABLE = {"context_length", "max_output_tokens", "kv_bits", "keep_alive_seconds", "prompt_cache_bytes"}
 
 
 def _values(body: ProfilePatch) -> dict[str, Any]:

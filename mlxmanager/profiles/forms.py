@@ -98,6 +98,12 @@ class ProfileForm(forms.Form):
         widget=forms.NumberInput(attrs={"min": 1, "placeholder": "no cap"}),
         help_text="Requests asking for more get a 400.",
     )
+    prompt_cache_bytes = forms.CharField(
+        label="Prompt cache",
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "worker default"}),
+        help_text='Bytes of cached prompt prefixes kept for this model, e.g. "2GB".',
+    )
     max_concurrent = forms.IntegerField(
         initial=32,
         widget=forms.NumberInput(attrs={"min": 1, "max": 256}),
@@ -148,6 +154,7 @@ class ProfileForm(forms.Form):
                 "pinned",
                 "preload",
                 "keep_alive_seconds",
+                "prompt_cache_bytes",
             )
         }
         initial.update({k: v for k, v in defaults.items() if k != "stop"})
@@ -204,6 +211,7 @@ class ProfileForm(forms.Form):
             "pinned": bool(d.get("pinned")),
             "preload": bool(d.get("preload")),
             "keep_alive_seconds": d.get("keep_alive_seconds"),
+            "prompt_cache_bytes": (d.get("prompt_cache_bytes") or "").strip() or None,
         }
         if not values["kind"]:
             del values["kind"]  # detected from the model's config.json

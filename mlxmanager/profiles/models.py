@@ -71,6 +71,11 @@ class Profile(models.Model):
         choices=[(4, "4-bit"), (8, "8-bit")],
         help_text="Quantize the KV cache. Requests to this profile are then served one at a time.",
     )
+    prompt_cache_bytes = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="This model's prompt-cache share in bytes (blank: the worker's MLXM_PROMPT_CACHE_BYTES).",
+    )
     is_default = models.BooleanField(default=False)
     is_test_model = models.BooleanField(default=False)
     enabled = models.BooleanField(default=True)

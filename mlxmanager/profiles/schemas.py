@@ -77,6 +77,7 @@ class ProfileOptions(TypedDict, total=False):
     draft_model_path: str
     num_draft_tokens: int
     kv_bits: int | None
+    prompt_cache_bytes: int | str | None
     pinned: bool
     preload: bool
     keep_alive_seconds: int | None

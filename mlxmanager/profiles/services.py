@@ -84,6 +84,23 @@ def _int_between(value: Any, param: str, low: int, high: int, *, optional: bool 
     return value
 
 
+MAX_PROMPT_CACHE_BYTES = 1 << 50
+
+
+def _size(value: Any, param: str) -> int | None:
+    """Bytes from a whole number or a size such as "2GB" / "512MiB" (None: unset)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        from inference.env import parse_size
+
+        try:
+            value = parse_size(value, name=param)
+        except ValueError as exc:
+            raise DomainError(str(exc), param=param) from None
+    return _int_between(value, param, 0, MAX_PROMPT_CACHE_BYTES)
+
+
 def _model_dir(path: str, param: str) -> str:
     path = (path or "").strip()
     if not path:
@@ -243,6 +260,8 @@ def _clean(values: dict[str, Any], *, instance: Profile | None = None) -> dict[s
         if values["kv_bits"] not in (None, 4, 8):
             raise DomainError("kv_bits must be 4, 8 or empty (no KV quantization)", param="kv_bits")
         out["kv_bits"] = values["kv_bits"]
+    if "prompt_cache_bytes" in values:
+        out["prompt_cache_bytes"] = _size(values["prompt_cache_bytes"], "prompt_cache_bytes")
     if "keep_alive_seconds" in values:
         out["keep_alive_seconds"] = _int_between(
             values["keep_alive_seconds"], "keep_alive_seconds", 1, 30 * 86400, optional=True

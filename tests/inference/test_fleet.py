@@ -17,9 +17,9 @@ import pytest
 import pytest_asyncio
 
 from inference import protocol as p
+from inference.affinity import prefix_chain
 from inference.client import EngineClient, EngineDeadError
 from inference.fleet import WorkerGroup, _State
-from inference.affinity import prefix_chain
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

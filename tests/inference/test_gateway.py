@@ -70,6 +70,9 @@ def test_spec_carries_pool_policy() -> None:
     )
     spec = gateway.Target(pr).spec
     assert (spec.pinned, spec.keep_alive_s, spec.max_concurrent, spec.context_length) == (True, 60.0, 4, 2048)
+    assert spec.prompt_cache_bytes is None  # the worker's MLXM_PROMPT_CACHE_BYTES
+    pr.prompt_cache_bytes = 3_000_000
+    assert gateway.Target(pr).spec.prompt_cache_bytes == 3_000_000
 
 
 def test_profile_caps_max_tokens() -> None:

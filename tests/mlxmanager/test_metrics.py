@@ -94,15 +94,17 @@ def test_observe_keeps_labels_bounded_and_counts_tokens() -> None:
 
 def test_live_figures_of_a_worker() -> None:
     state = {"queue_depth": 2, "active_requests": 3,
-             "memory": {"limit_bytes": 1000, "rss_bytes": 700},
+             "memory": {"limit_bytes": 1000, "rss_bytes": 700, "mlx_peak_bytes": 650},
              "models": [{"name": "tiny", "kind": "llm", "active_requests": 3, "queued_requests": 2,
-                         "weight_bytes": 400, "prompt_cache_bytes": 100, "prompt_cache_entries": 4,
-                         "cache_hit_tokens": 50, "prompt_tokens": 80,
+                         "weight_bytes": 400, "kv_bytes": 150, "prompt_cache_bytes": 100,
+                         "prompt_cache_entries": 4, "cache_hit_tokens": 50, "prompt_tokens": 80,
                          "disk_cache_bytes": 3000, "disk_cache_entries": 2}]}  # fmt: skip
     text = metrics.render({"workers": [{"name": "embedded", "state": state}], "breakers": {"cloud-a": "open"}},
                           multiprocess_dir=None).decode()  # fmt: skip
-    assert _value(text, "mlxm_worker_memory_bytes", kind="free") == 500
+    assert _value(text, "mlxm_worker_memory_bytes", kind="kv") == 150
+    assert _value(text, "mlxm_worker_memory_bytes", kind="free") == 350  # limit - weights - KV - cache
     assert _value(text, "mlxm_worker_memory_bytes", kind="resident") == 700
+    assert _value(text, "mlxm_worker_memory_bytes", kind="mlx_peak") == 650
     assert _value(text, "mlxm_model_batch_size", model="tiny") == 3
     assert _value(text, "mlxm_prompt_cache_bytes", model="tiny", tier="memory") == 100
     assert _value(text, "mlxm_prompt_cache_bytes", model="tiny", tier="disk") == 3000

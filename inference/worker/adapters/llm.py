@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Generator, Iterator
@@ -38,18 +37,19 @@ from mlx_lm.sample_utils import (
 from mlx_lm.utils import dequantize_model
 
 from inference import protocol as p
-from inference.worker import cpu_attention, disk_cache, structured
+from inference.worker import cpu_attention, disk_cache, memory, structured
 from inference.worker import markup as mk
 from inference.worker.prompt_cache import PromptCache
 from inference.worker.prompts import BadRequest, Prompts
 
-__all__ = ["BadRequest", "LLMEngine"]
+__all__ = ["BadRequest", "LLMEngine", "NoMemory"]
 
 log = logging.getLogger(__name__)
 
-# Prompt-cache budget per model; a cached prefix is reused by any later prompt sharing it.
+# Prompt-cache budget per model (default; the pool's MLXM_PROMPT_CACHE_BYTES or the profile's
+# own share applies); a cached prefix is reused by any later prompt sharing it.
 PROMPT_CACHE_ENTRIES = 32
-PROMPT_CACHE_BYTES = 512 * 1024 * 1024
+PROMPT_CACHE_BYTES = memory.DEFAULT_PROMPT_CACHE_BYTES
 # Prompt tokens prefilled per step (chunked prefill). While other requests decode, a chunk is
 # cut so that it takes about PREFILL_SLICE_S at the model's measured prefill rate (at least
 # PREFILL_MIN_STEP tokens): a long prompt then freezes the others for about that long at a time.
@@ -59,6 +59,23 @@ PREFILL_SLICE_S = float(os.environ.get("MLXM_PREFILL_SLICE_MS", "1000")) / 1000
 # A lone request whose uncached prompt is at most this long decodes on mlx-lm's
 # generate_step (less work per token than a batch of one) until a second request arrives.
 SOLO_MAX_PREFILL = PREFILL_STEP
+
+
+class NoMemory(Exception):
+    """A request's KV cache doesn't fit under the memory limit (the client gets a 503)."""
+
+
+@dataclass
+class _MemoryWait:
+    """A request waiting for KV room under the memory limit (LLMEngine._retry_memory_waits)."""
+
+    req: p.Generate
+    conn: Any
+    prompt: list[int]
+    parser: mk.OutputParser
+    extra: list[Any]
+    need: int
+    deadline: float  # time.monotonic()
 
 
 class _SeededSampler:
@@ -162,17 +179,9 @@ class _Solo:
     started: bool = False
 
 
-# Opt-in: dequantize quantized models at load (CPU only) when their float32 weights fit this
-# budget, trading memory for OpenBLAS GEMMs. Off by default until benchmarks show a gain.
-CPU_DEQUANTIZE_MAX_BYTES = int(os.environ.get("MLXM_CPU_DEQUANTIZE_MAX_BYTES", "0"))
-
-
 def _use_float32() -> bool:
     """Half-precision math is slow on CPUs without native fp16 (Linux, mlx[cpu])."""
-    setting = os.environ.get("MLXM_CPU_FLOAT32", "auto").lower()
-    if setting in {"0", "false", "no", "off"}:
-        return False
-    return setting in {"1", "true", "yes", "on"} or sys.platform != "darwin"
+    return memory.use_float32()
 
 
 # Set by a worker running over an MLX distributed group: models load tensor-sharded over it.
@@ -204,19 +213,32 @@ class LLMEngine:
     kind = "llm"
     _solo: _Solo | None = None  # a lone request on generate_step (see _Solo)
 
-    def __init__(self, spec: p.ModelSpec) -> None:
+    def __init__(self, spec: p.ModelSpec, *, dequantize: bool = False, pool: Any = None) -> None:
+        """`dequantize`: on the CPU, dequantize a quantized model to float32 at load (the pool
+        decides from its memory budget). `pool`: the Pool keeping the memory limit, which
+        admits each request's KV cache (None: no limit)."""
         self.spec = spec
         self.pinned = spec.pinned
+        self.pool = pool
         t0 = time.perf_counter()
         if _GROUP is not None and spec.draft_path:
             raise BadRequest("speculative decoding is not available on a distributed worker")
         self.model, self.tokenizer, config = _load(spec.path)
         self.model_context = int(config.get("max_position_embeddings") or 0) or None
         self.draft_model = mlx_load(spec.draft_path)[0] if spec.draft_path else None
+        self.weights_form = _weights_form(self.model)
         if _use_float32():
-            self.model = _to_float32(self.model)
+            self.model = _to_float32(self.model, dequantize=dequantize)
             if self.draft_model is not None:
-                self.draft_model = _to_float32(self.draft_model)
+                self.draft_model = _to_float32(self.draft_model, dequantize=dequantize)
+            self.weights_form = _weights_form(self.model, was=self.weights_form)
+        # KV bytes per token of context (both models' caches with a draft model).
+        self._kv_per_token = memory.kv_bytes_per_token(config, _float_bytes(self.model), spec.kv_bits)
+        if spec.draft_path and self.draft_model is not None:
+            draft_config = memory.read_config(spec.draft_path)
+            self._kv_per_token += memory.kv_bytes_per_token(draft_config, _float_bytes(self.draft_model))
+        self._kv: dict[str, int] = {}  # request id -> its KV reservation, while it runs
+        self._mem_waiting: deque[_MemoryWait] = deque()
         if cpu_attention.enabled():
             cpu_attention.use_for(self.model)
         self.kv_group_size = _kv_group_size(self.model, spec.kv_bits)
@@ -242,7 +264,7 @@ class LLMEngine:
         self._eos = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
         self._eos_ids = set(self.tokenizer.eos_token_ids)
         self.prompt_cache = PromptCache(
-            max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES, disk=self._disk_tier()
+            max_size=PROMPT_CACHE_ENTRIES, max_bytes=self._prompt_cache_share(spec), disk=self._disk_tier()
         )
         self._by_uid: dict[int, _Active] = {}
         self._uid_by_request: dict[str, int] = {}
@@ -277,13 +299,108 @@ class LLMEngine:
         self.batch.completion_batch_size = max(1, spec.max_concurrent)
         self.batch.prefill_batch_size = min(8, self.batch.completion_batch_size)
 
+    def _prompt_cache_share(self, spec: p.ModelSpec) -> int:
+        if self.pool is not None:
+            return int(self.pool.prompt_cache_share(spec))
+        return spec.prompt_cache_bytes if spec.prompt_cache_bytes is not None else PROMPT_CACHE_BYTES
+
     @property
     def context_length(self) -> int | None:
         return self.spec.context_length or self.model_context
 
     @property
     def active(self) -> int:
+        return self.running + len(self._mem_waiting)
+
+    @property
+    def running(self) -> int:
+        """Requests started or queued in this engine, not counting those waiting for memory."""
         return len(self._by_uid) + len(self._sequential) + len(self._waiting) + (self._solo is not None)
+
+    # ---- memory ------------------------------------------------------------------
+
+    def kv_need(self, tokens: int) -> int:
+        """Bytes of KV cache a request of `tokens` (prompt + max_tokens) takes at most."""
+        return self._kv_per_token * memory.kv_tokens(tokens)
+
+    @property
+    def kv_bytes(self) -> int:
+        """The reservations of the requests holding a KV cache now (finished ones dropped).
+        The batch's rows share one cache as long as its longest row (mlx-lm pads them to it):
+        they count as that many rows of the largest reservation."""
+        live = {a.request_id for a in self._by_uid.values()} | set(self._sequential)
+        live |= {req.request_id for req, _ in self._waiting}
+        if self._solo is not None:
+            live.add(self._solo.act.request_id)
+        if len(live) != len(self._kv):
+            self._kv = {rid: n for rid, n in self._kv.items() if rid in live}
+        rows = self._batch_reservations()
+        return sum(self._kv.values()) - sum(rows) + len(rows) * max(rows, default=0)
+
+    def _batch_reservations(self) -> list[int]:
+        return [self._kv[a.request_id] for a in self._by_uid.values() if a.request_id in self._kv]
+
+    def _kv_increase(self, need: int) -> int:
+        """What a new request of KV `need` adds: a batch row lengthens every row to the longest."""
+        if self.spec.kv_bits is not None:
+            return need  # the sequential lane: a cache of its own
+        rows = self._batch_reservations()
+        longest = max(rows, default=0)
+        return (len(rows) + 1) * max(longest, need) - len(rows) * longest
+
+    def _room_for(self, need: int) -> bool:
+        return self.pool is None or self.pool.make_kv_room(self, self._kv_increase(need))
+
+    def _no_room(self, need: int) -> str:
+        pool = self.pool
+        free = max(0, pool.memory_limit - pool.used_bytes) if pool is not None else 0
+        limit = pool.memory_limit if pool is not None else 0
+        return (
+            f"needs about {_mb(need)} MB of KV cache; {_mb(free)} MB free under the memory limit "
+            f"of {_mb(limit)} MB. Retry later, or shorten the prompt or max_tokens."
+        )
+
+    def _reserve(
+        self, req: p.Generate, conn: Any, prompt: list[int], parser: mk.OutputParser, extra: list[Any]
+    ) -> bool:
+        """Reserve the request's KV cache under the memory limit. False: it waits (other
+        requests are running, whose end frees room); raises NoMemory when nothing will."""
+        need = self.kv_need(len(prompt) + req.sampling.max_tokens)
+        if (not self._mem_waiting or self.pool is None or not self.pool.running) and self._room_for(need):
+            self._kv[req.request_id] = need
+            return True
+        if self.pool is not None and self.pool.memory_limit - self.pool.weight_bytes < need:
+            raise NoMemory(self._no_room(need))  # more than the limit holds with every cache empty
+        if self.pool is None or not self.pool.running or _GROUP is not None:
+            # Over a distributed group every rank must decide alike: no clock-bound waits.
+            raise NoMemory(self._no_room(need))
+        deadline = time.monotonic() + memory.memory_wait_s()
+        self._mem_waiting.append(_MemoryWait(req, conn, prompt, parser, extra, need, deadline))
+        return False
+
+    def _retry_memory_waits(self, outputs: list[tuple[Any, Any]]) -> None:
+        """Start the requests waiting for memory that fit now, in arrival order; refuse those
+        past MLXM_MEMORY_WAIT_S, or all once nothing runs that could free room."""
+        while self._mem_waiting:
+            wait = self._mem_waiting[0]
+            if self._room_for(wait.need):
+                self._mem_waiting.popleft()
+                self._kv[wait.req.request_id] = wait.need
+                try:
+                    self._begin(wait.req, wait.conn, wait.prompt, wait.parser, wait.extra)
+                except Exception as exc:  # noqa: BLE001 - one request's failure, not the step's
+                    self._kv.pop(wait.req.request_id, None)
+                    outputs.append((wait.conn, _error(wait.req.request_id, p.ERR_INTERNAL, str(exc))))
+                continue
+            stuck = self.pool is None or not self.pool.running
+            if not stuck and time.monotonic() < wait.deadline:
+                return
+            self._mem_waiting.popleft()
+            self._arrivals.pop(wait.req.request_id, None)
+            message = self._no_room(wait.need)
+            if not stuck:
+                message += f" (waited {memory.memory_wait_s():.0f}s for running requests to finish)"
+            outputs.append((wait.conn, _error(wait.req.request_id, p.ERR_OVERLOADED, message)))
 
     def stats(self) -> dict[str, Any]:
         disk_entries, disk_bytes = self.prompt_cache.disk_stats()
@@ -294,7 +411,11 @@ class LLMEngine:
             "active_requests": self.active,
             "queued_requests": len(self._waiting),
             "weight_bytes": self.weight_bytes,
+            "weights_form": self.weights_form,
+            "kv_bytes": self.kv_bytes,
+            "memory_waiting": len(self._mem_waiting),
             "prompt_cache_bytes": self.prompt_cache.nbytes,
+            "prompt_cache_limit_bytes": self.prompt_cache.max_bytes,
             "prompt_cache_entries": len(self.prompt_cache),
             "cache_hit_tokens": self.cache_hit_tokens,
             "memory_hit_tokens": self.prompt_cache.memory_hit_tokens,
@@ -387,6 +508,13 @@ class LLMEngine:
         req = self._check_context(req, prompt)
         parser, extra = self._prepare(req, prompt)  # compiles grammars: errors are the client's
         self._note_arrival(req.request_id, arrived)
+        if self._reserve(req, conn, prompt, parser, extra):
+            self._begin(req, conn, prompt, parser, extra)
+
+    def _begin(
+        self, req: p.Generate, conn: Any, prompt: list[int], parser: mk.OutputParser, extra: list[Any]
+    ) -> None:
+        """Start a request whose KV cache is reserved (or queue it on the sequential lane)."""
         if self.spec.kv_bits is not None and self._sequential:
             self._waiting.append((req, conn))  # one quantized-KV stream at a time
             return
@@ -513,6 +641,10 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> bool:
         self._arrivals.pop(request_id, None)
+        for i, wait in enumerate(self._mem_waiting):
+            if wait.req.request_id == request_id:
+                del self._mem_waiting[i]
+                return True
         if self._solo is not None and self._solo.act.request_id == request_id:
             self._solo.steps.close()
             self._solo = None
@@ -535,6 +667,8 @@ class LLMEngine:
         """Drop every request (after a failed step); returns (request_id, conn) pairs."""
         dropped = [(a.request_id, a.conn) for a in [*self._by_uid.values(), *self._sequential.values()]]
         dropped += [(req.request_id, conn) for req, conn in self._waiting]
+        dropped += [(w.req.request_id, w.conn) for w in self._mem_waiting]
+        self._mem_waiting.clear()
         if self._solo is not None:
             dropped.append((self._solo.act.request_id, self._solo.act.conn))
             self._solo = None
@@ -551,9 +685,11 @@ class LLMEngine:
         acts = [*self._by_uid.values(), *self._sequential.values()]
         if self._solo is not None:
             acts.append(self._solo.act)
-        return [a.request_id for a in acts if a.conn is conn] + [
-            req.request_id for req, c in self._waiting if c is conn
-        ]
+        return (
+            [a.request_id for a in acts if a.conn is conn]
+            + [req.request_id for req, c in self._waiting if c is conn]
+            + [w.req.request_id for w in self._mem_waiting if w.conn is conn]
+        )
 
     def _token_text(self, token: int) -> str:
         text = self._token_texts.get(token)
@@ -638,6 +774,8 @@ class LLMEngine:
     def step(self) -> list[tuple[Any, p.Output]]:
         """Run one step; return (connection, output) for every request that advanced."""
         outputs: list[tuple[Any, p.Output]] = []
+        if self._mem_waiting:
+            self._retry_memory_waits(outputs)
         if self._solo is not None:
             self._step_solo(self._solo, outputs)
         if self._by_uid:
@@ -839,6 +977,42 @@ def _kv_group_size(model: Any, kv_bits: int | None) -> int:
     raise ValueError(f"kv_bits needs a head dimension divisible by 32; this model's is {head_dim}")
 
 
+def _mb(n: int) -> int:
+    return round(n / 1e6)
+
+
+def _error(request_id: str, code: str, message: str) -> Any:
+    return p.RequestError(request_id=request_id, code=code, message=message)
+
+
+def _quant_bits(model: Any) -> int | None:
+    bits = [
+        m.bits for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding)
+    ]
+    return max(set(bits), key=bits.count) if bits else None
+
+
+_DTYPE_NAMES = {mx.float32: "float32", mx.float16: "float16", mx.bfloat16: "bfloat16"}
+
+
+def _float_bytes(model: Any) -> int:
+    """Bytes per element of the model's float weights (its activations' and KV cache's dtype)."""
+    sizes = [v.dtype.size for v in _arrays(model) if v.dtype in _DTYPE_NAMES]
+    return max(set(sizes), key=sizes.count) if sizes else 2
+
+
+def _weights_form(model: Any, *, was: str | None = None) -> str:
+    """How the weights are held: "4-bit", "float16", "float32 (dequantized from 4-bit)"..."""
+    bits = _quant_bits(model)
+    if bits is not None:
+        return f"{bits}-bit"
+    names = [_DTYPE_NAMES[v.dtype] for v in _arrays(model) if v.dtype in _DTYPE_NAMES]
+    form = max(set(names), key=names.count) if names else "float32"
+    if was and was != form:
+        return f"{form} ({'dequantized' if was.endswith('-bit') else 'cast'} from {was})"
+    return form
+
+
 def _arrays(model: Any) -> list[Any]:
     return [v for _, v in cast(list[tuple[str, Any]], tree_flatten(model.parameters()))]
 
@@ -847,22 +1021,11 @@ def _nbytes(model: Any) -> int:
     return sum(int(v.nbytes) for v in _arrays(model))
 
 
-def _float32_bytes(model: Any) -> int:
-    """Size of the model's weights once dequantized to float32."""
-    total = 0
-    for _, module in model.named_modules():
-        if isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding):
-            total += module.weight.size * (32 // module.bits) * 4
-    return total + sum(int(v.size) * 4 for v in _arrays(model) if v.dtype != mx.uint32)
-
-
-def _to_float32(model: Any) -> Any:
-    """Float32 weights for the CPU: half-precision cast up, small quantized models dequantized."""
+def _to_float32(model: Any, *, dequantize: bool = False) -> Any:
+    """Float32 weights for the CPU: half-precision cast up; a quantized model dequantized when
+    `dequantize` (the pool's budget decides, see Pool._dequantize)."""
     half = {mx.float16, mx.bfloat16}
-    quantized = any(
-        isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding) for _, m in model.named_modules()
-    )
-    if quantized and _float32_bytes(model) <= CPU_DEQUANTIZE_MAX_BYTES:
+    if dequantize and _quant_bits(model) is not None:
         model = dequantize_model(model)
     if any(v.dtype in half for v in _arrays(model)):
         model.set_dtype(mx.float32, lambda dtype: dtype in half)

@@ -56,6 +56,7 @@ from inference.worker.adapters.llm import (
     BadRequest,
     LLMEngine,
     _nbytes,
+    _weights_form,
     make_request_processors,
     make_request_sampler,
 )
@@ -244,6 +245,13 @@ class VisionEngine(LLMEngine):
         self._eos = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
         self._eos_ids = set(self.tokenizer.eos_token_ids)
         self.prompt_cache = PromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
+        # The memory budget's KV admission is the text engine's (LLMEngine._reserve); here the
+        # weights and the prompt cache count under the pool's limit.
+        self.pool = None
+        self.weights_form = _weights_form(self.model)
+        self._kv_per_token = 0
+        self._kv = {}
+        self._mem_waiting = deque()
         self._by_uid = {}
         self._uid_by_request = {}
         self._sequential = {}

@@ -351,6 +351,16 @@ def test_healthz(gateway: Gateway) -> None:
     assert body["worker"]["state"] == "up"
     assert isinstance(body["worker"]["queue_depth"], int)
     assert isinstance(body["worker"]["loaded_models"], list)
+    tiny(gateway, max_tokens=4)
+    worker = gateway.health().json()["worker"]
+    # The memory limit's parts: weights, live KV caches, prompt caches; MLX's own counts.
+    mem = worker["memory"]
+    assert mem["weights_bytes"] > 0 and mem["limit_bytes"] > 0
+    assert mem["used_bytes"] == mem["weights_bytes"] + mem["kv_bytes"] + mem["prompt_cache_bytes"]
+    assert mem["free_bytes"] == mem["limit_bytes"] - mem["used_bytes"]
+    assert mem["mlx_peak_bytes"] >= mem["mlx_active_bytes"] > 0 and mem["rss_bytes"] > 0
+    model = next(m for m in worker["loaded_models"] if m["name"] == TINY)
+    assert model["weights_form"] == "float32" and model["kv_bytes"] >= 0
 
 
 # ---- resilience ----------------------------------------------------------------------
@@ -386,6 +396,34 @@ def test_worker_killed_mid_stream_recovers(own_gateway: Gateway) -> None:
         time.sleep(0.2)
     text, finish, _ = tiny(gw, max_tokens=5)
     assert finish == "length" and text
+
+
+def test_a_request_whose_kv_cache_cannot_fit_is_a_clear_503(
+    demo_models: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[type-arg]
+    """Under a memory limit just above the weights, a short request is served and a long one
+    (its KV cache alone passes the limit) gets 503 saying what it needs, never a dead worker."""
+    from inference.worker import memory
+    from tests.conftest import start_gateway, stop_gateway
+
+    path = demo_models[TINY]
+    weights = memory.weight_sizes(path, float32=True).loaded_bytes
+    per_token = memory.kv_bytes_per_token(memory.read_config(path), 4)
+    monkeypatch.setenv("MLXM_MEMORY_LIMIT", str(weights + per_token * 600))
+    gw = start_gateway(tmp_path / "gw", demo_models)
+    try:
+        pid = gw.worker_pid()
+        text, finish, _ = tiny(gw, max_tokens=8)
+        assert finish == "length" and text
+        with pytest.raises(openai.InternalServerError) as exc:
+            tiny(gw, max_tokens=1500)
+        assert exc.value.status_code == 503
+        assert "MB of KV cache" in exc.value.message and "memory limit" in exc.value.message
+        text, finish, _ = tiny(gw, "still here?", max_tokens=8)
+        assert finish == "length" and text
+        assert gw.worker_pid() == pid  # no out-of-memory death, no restart
+    finally:
+        stop_gateway(gw)
 
 
 def test_unknown_v1_path_is_json_404(gateway: Gateway) -> None:

@@ -45,6 +45,12 @@ async def test_load_pin_unload_round_trip(admin_aclient: AsyncClient, worker: st
     assert resp.json() == {"message": "Loaded tiny-chat."}
     model = (await loaded(api))["tiny-chat"]
     assert model["weight_bytes"] > 0 and model["pinned"] is False
+    assert model["weights_form"] == "float32" and model["kv_bytes"] == 0
+    memory = (await api.get("/api/pool")).json()["memory"]
+    assert memory["weights_bytes"] == model["weight_bytes"]
+    assert memory["used_bytes"] == memory["weights_bytes"] + memory["kv_bytes"] + memory["prompt_cache_bytes"]
+    assert memory["free_bytes"] == memory["limit_bytes"] - memory["used_bytes"]
+    assert memory["mlx_peak_bytes"] >= memory["mlx_active_bytes"] > 0
     assert model["profile"] == "tiny-chat" and model["active_requests"] == 0
     assert model["cache_hit_rate"] is None  # no prompts yet
     assert (await api.get("/api/pool")).json()["not_loaded"] == []

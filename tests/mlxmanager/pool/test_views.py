@@ -126,6 +126,8 @@ async def test_page_load_and_unload_with_htmx(admin_aclient: AsyncClient, worker
     html = (await admin_aclient.post("/pool/tiny-chat/load/", headers=HTMX)).content.decode()
     assert "Loaded tiny-chat." in html and 'hx-swap-oob="true"' in html
     assert 'data-model="tiny-chat"' in html  # now in the loaded table
+    assert '<div class="hint weights-form">float32</div>' in html  # how its weights are held
+    assert "weights " in html and " · KV " in html and " · prompt cache " in html and " · free " in html
     assert 'aria-label="Unload tiny-chat"' in html and 'aria-label="Pin tiny-chat"' in html
     assert "Every enabled profile is loaded." in html
 

@@ -128,3 +128,33 @@ def test_members_see_only_what_they_need_to_pick_a_model(
         (full,) = full if isinstance(full, list) else [full]
         assert full["model_path"] == str(model) and full["system_prompt"] == "SECRET-SYSTEM-PROMPT"
         assert full["kv_bits"] is None and "keep_alive_seconds" in full
+
+
+def test_prompt_cache_share_in_bytes_or_a_size(admin_api: ApiClient, model: Path) -> None:
+    resp = admin_api.post(
+        "/api/profiles", {"name": "a", "model_path": str(model), "prompt_cache_bytes": "2GB"}
+    )
+    assert resp.status_code == 201, resp.content
+    assert resp.json()["prompt_cache_bytes"] == 2 * 1000**3
+    resp = admin_api.client.patch(
+        "/api/profiles/a",
+        {"prompt_cache_bytes": 1_000_000},
+        content_type="application/json",
+        headers={"X-CSRFToken": admin_api.csrf},
+    )
+    assert resp.status_code == 200 and resp.json()["prompt_cache_bytes"] == 1_000_000
+    resp = admin_api.client.patch(
+        "/api/profiles/a",
+        {"prompt_cache_bytes": None},
+        content_type="application/json",
+        headers={"X-CSRFToken": admin_api.csrf},
+    )
+    assert resp.status_code == 200 and resp.json()["prompt_cache_bytes"] is None  # the worker's default
+    for bad in ("lots", -1, "50%"):
+        body = assert_problem(
+            admin_api.post(
+                "/api/profiles", {"name": "b", "model_path": str(model), "prompt_cache_bytes": bad}
+            ),
+            400,
+        )
+        assert body["param"] == "prompt_cache_bytes", bad

@@ -39,6 +39,7 @@ def form_data(model: Path, **overrides: object) -> dict[str, object]:
         "max_concurrent": "16",
         "pinned": "on",
         "keep_alive_seconds": "900",
+        "prompt_cache_bytes": "1.5GB",
     }
     data.update(overrides)
     return data
@@ -98,6 +99,7 @@ def test_create_through_the_form(admin_client: Client, model: Path) -> None:
         900,
     )
     assert p.system_prompt == "You are terse." and p.enabled
+    assert p.prompt_cache_bytes == 1_500_000_000
     assert "Created profile qwen-small." in admin_client.get("/profiles/").content.decode()
 
 
@@ -120,6 +122,7 @@ def test_free_text_path_wins_over_the_picker(admin_client: Client, model: Path, 
         ({"chat_template_kwargs": "{not json"}, "not valid JSON"),
         ({"chat_template_kwargs": "[1]"}, "JSON object"),
         ({"max_concurrent": "0"}, "between 1 and 256"),
+        ({"prompt_cache_bytes": "a lot"}, "is not a size like"),
     ],
 )
 def test_form_errors_are_shown_beside_the_field(
