@@ -66,7 +66,58 @@ def wait_idle(timeout: float) -> bool:
     return not pending
 
 
+# A hub that cannot be reached at all (no DNS, connection refused, a firewall dropping
+# packets) is found out by one plain request with a short connect timeout before the real
+# call, instead of after huggingface_hub's retries. A success is remembered for a while.
+_REACHABLE_TTL = 30.0
+_reachable: dict[str, float] = {}
+
+
+def unreachable_message(detail: str) -> str:
+    """The one message every page shows when the hub cannot be reached."""
+    return (
+        f"Cannot reach the hub at {endpoint()}: {detail}. Check MLXM_HF_ENDPOINT, the proxy "
+        "(HTTPS_PROXY) and this machine's network; a gated or private model also needs a "
+        "Hugging Face token."
+    )
+
+
+def check_reachable() -> None:
+    """Raise HubUnavailable at once (within MLXM_HF_CONNECT_TIMEOUT) if the hub cannot be reached."""
+    import httpx
+
+    url = endpoint()
+    if time.monotonic() - _reachable.get(url, -_REACHABLE_TTL) < _REACHABLE_TTL:
+        return
+    connect = float(getattr(settings, "MLXM_HF_CONNECT_TIMEOUT", 3.0))
+    timeout = httpx.Timeout(max(connect, float(getattr(settings, "MLXM_HF_TIMEOUT", 15.0))), connect=connect)
+    try:
+        # Any HTTP answer, even an error status, means the hub is there.
+        with httpx.Client(timeout=timeout, trust_env=True, follow_redirects=False) as http:
+            http.head(url + "/")
+    except httpx.ConnectTimeout as exc:
+        raise HubUnavailable(unreachable_message(f"no connection within {connect:g} s")) from exc
+    except httpx.HTTPError as exc:
+        raise HubUnavailable(unreachable_message(_network_detail(exc))) from exc
+    _reachable[url] = time.monotonic()
+
+
+def forget_reachable() -> None:
+    _reachable.clear()
+
+
+def _network_detail(exc: BaseException) -> str:
+    text = _first_line(exc) or type(exc).__name__
+    # "[Errno -2] Name or service not known" → something a person can act on.
+    if "Name or service not known" in text or "nodename nor servname" in text or "Errno -2" in text:
+        return "the host name could not be resolved"
+    if "Connection refused" in text or "Errno 111" in text:
+        return "the connection was refused"
+    return text.rstrip(".")
+
+
 def _with_deadline(fn: Callable[[], T]) -> T:
+    check_reachable()
     timeout = float(getattr(settings, "MLXM_HF_TIMEOUT", 15.0))
     future = _executor.submit(fn)
     _inflight.add(future)
@@ -74,8 +125,10 @@ def _with_deadline(fn: Callable[[], T]) -> T:
     try:
         return future.result(timeout=timeout)
     except FutureTimeout as exc:
+        _reachable.clear()
         raise HubUnavailable(
-            f"The hub at {endpoint()} did not answer within {timeout:g} s; try again later."
+            f"The hub at {endpoint()} did not answer within {timeout:g} s; try again later. If this "
+            "keeps happening, check MLXM_HF_ENDPOINT, the proxy (HTTPS_PROXY) and the network."
         ) from exc
 
 
@@ -168,9 +221,8 @@ def hub_error(exc: BaseException, *, repo_id: str, revision: str | None = None) 
             return HubUnavailable("The hub is rate limiting requests (HTTP 429); try again in a minute.")
         return HubUnavailable(f"The hub answered HTTP {status} for '{repo_id}'; try again later.")
     if is_network_error(exc):
-        return HubUnavailable(
-            f"Cannot reach the hub at {endpoint()}: {_first_line(exc) or type(exc).__name__}"
-        )
+        _reachable.clear()
+        return HubUnavailable(unreachable_message(_network_detail(exc)))
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return InsufficientStorage("The disk is full: free some space, then resume the download.")
     return None

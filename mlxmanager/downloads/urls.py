@@ -4,6 +4,7 @@ from mlxmanager.downloads import views
 
 urlpatterns = [
     path("models/discover/", views.discover, name="discover"),
+    path("models/open/", views.model_open, name="model-open"),
     path("models/hub-token/", views.hub_token, name="hub-token"),
     path("models/discover/<path:repo_id>/", views.model_detail, name="model-detail"),
     path("models/local/", views.local_models, name="local-models"),

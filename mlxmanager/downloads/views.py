@@ -17,6 +17,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from inference import encoders
 from mlxmanager.downloads import analysis, hub, selectors, services
+from mlxmanager.downloads.errors import HubUnavailable
 from mlxmanager.downloads.models import HubToken
 from mlxmanager.errors import DomainError
 from mlxmanager.permissions import admin_required, admin_stream
@@ -63,10 +64,23 @@ def _search_filters(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-def _discover_context(request: HttpRequest) -> dict[str, Any]:
+def _discover_context(request: HttpRequest, *, search: bool = True) -> dict[str, Any]:
+    """The page's context; `search=False` for the page itself, which renders at once and asks
+    for its results in the background (static/js/discover.js)."""
     filters = _search_filters(request)
-    results: list[Any] = []
+    results: list[Any] | None = None
     error = None
+    base = {
+        "quant_choices": list(analysis.QUANT_FILTERS.items()),
+        "filters": filters,
+        "type_choices": TYPE_CHOICES,
+        "sort_choices": SORT_CHOICES,
+        "limit_choices": LIMIT_CHOICES,
+        "hub_endpoint": hub.endpoint(),
+    }
+    if not search:
+        return {**base, "results": None, "error": None}
+    results = []
     try:
         results = selectors.hub_model_search(
             query=filters["q"],
@@ -79,23 +93,33 @@ def _discover_context(request: HttpRequest) -> dict[str, Any]:
         )
     except DomainError as exc:
         error = exc.message
-    return {
-        "quant_choices": list(analysis.QUANT_FILTERS.items()),
-        "filters": filters,
-        "results": results,
-        "error": error,
-        "type_choices": TYPE_CHOICES,
-        "sort_choices": SORT_CHOICES,
-        "limit_choices": LIMIT_CHOICES,
-    }
+    return {**base, "results": results, "error": error}
 
 
 @admin_required
 @require_GET
 def discover(request: HttpRequest) -> HttpResponse:
+    """The page renders without waiting for the hub; its script fetches the results partial
+    (an htmx request) once per query."""
     if _htmx(request):
         return render(request, "downloads/discover.html#results", _discover_context(request))
-    return render(request, "downloads/discover.html", {**_discover_context(request), **_token_context()})
+    return render(
+        request, "downloads/discover.html", {**_discover_context(request, search=False), **_token_context()}
+    )
+
+
+@admin_required
+@require_GET
+def model_open(request: HttpRequest) -> HttpResponse:
+    """"Add by repo id": straight to the model's page, no search needed."""
+    raw = request.GET.get("repo_id", "")
+    try:
+        repo_id = hub.check_repo_id(raw)
+    except DomainError as exc:
+        context = {**_discover_context(request, search=False), **_token_context()}
+        context.update(open_error=exc.message, open_repo_id=raw)
+        return render(request, "downloads/discover.html", context, status=400)
+    return redirect("model-detail", repo_id=repo_id)
 
 
 @admin_required
@@ -105,9 +129,16 @@ def model_detail(request: HttpRequest, repo_id: str) -> HttpResponse:
     try:
         detail = selectors.hub_model_detail(repo_id=repo_id, revision=revision)
     except DomainError as exc:
-        return render(
-            request, "downloads/model.html", {"repo_id": repo_id, "error": exc.message}, status=exc.status
-        )
+        # The page itself works: a hub that can't be reached is a message with a retry
+        # (status 200), not an error page; an unknown or gated repo keeps its status.
+        status = 200 if isinstance(exc, HubUnavailable) else exc.status
+        context = {
+            "repo_id": repo_id,
+            "error": exc.message,
+            "retryable": isinstance(exc, HubUnavailable),
+            "download": selectors.download_for_repo(repo_id=repo_id) if "/" in repo_id else None,
+        }
+        return render(request, "downloads/model.html", context, status=status)
     context: dict[str, Any] = {
         "repo_id": detail.repo_id,
         "detail": detail,
