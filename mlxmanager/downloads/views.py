@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -153,6 +154,9 @@ def model_detail(request: HttpRequest, repo_id: str) -> HttpResponse:
 def _downloads_context(**extra: Any) -> dict[str, Any]:
     items = selectors.download_list()
     conversions = selectors.conversion_list()
+    usage = selectors.profiles_using()
+    for d in items:  # a finished download's profiles: "Load" them, or "Create profile"
+        d.used_by = usage.get(str(Path(d.local_dir).resolve()), []) if d.local_dir else []  # type: ignore[attr-defined]
     return {
         "downloads": items,
         "conversions": conversions,
@@ -317,12 +321,23 @@ def conversion_create(request: HttpRequest) -> HttpResponse:
     return redirect("downloads")
 
 
+_CONVERSION_ACTIONS: dict[str, Callable[..., Any]] = {
+    "cancel": services.conversion_cancel,
+    "retry": services.conversion_retry,
+    "dismiss": services.conversion_dismiss,
+}
+
+
 @admin_required
 @require_POST
-def conversion_cancel(request: HttpRequest, conversion_id: int) -> HttpResponse:
+def conversion_action(request: HttpRequest, conversion_id: int, action: str) -> HttpResponse:
+    """Cancel a conversion under way; retry or dismiss a failed (or cancelled) one."""
+    handler = _CONVERSION_ACTIONS.get(action)
+    if handler is None:
+        return HttpResponse("unknown action", status=404)
     error = None
     try:
-        services.conversion_cancel(conversion_id=conversion_id, user=request.user)
+        handler(conversion_id=conversion_id, user=request.user)
     except DomainError as exc:
         error = exc.message
     context = _downloads_context(error=error)
@@ -342,8 +357,10 @@ def _local_context(**extra: Any) -> dict[str, Any]:
     models = selectors.local_model_list()
     return {
         "models": models,
-        # Unquantized checkpoints are what mlx_lm.convert takes.
-        "convert_sources": [m for m in models if not m.quantization],
+        "fingerprint": _local_fingerprint(models),
+        # Only what mlx_lm.convert takes: text models' transformers checkpoints (not
+        # speech, embeddings or vision models, nor a model that is already MLX).
+        "convert_sources": [m for m in models if m.convertible],
         "q_bits_choices": services.Q_BITS,
         "q_group_choices": services.Q_GROUP_SIZES,
         "dtype_choices": services.DTYPES,
@@ -351,9 +368,23 @@ def _local_context(**extra: Any) -> dict[str, Any]:
     }
 
 
+def _local_fingerprint(models: list[selectors.LocalModel]) -> str:
+    import hashlib
+
+    seen = repr([(m.id, m.name, m.size_bytes, m.kind, m.quantization, m.used_by) for m in models])
+    return hashlib.sha256(seen.encode()).hexdigest()[:16]
+
+
 @admin_required
 @require_GET
 def local_models(request: HttpRequest) -> HttpResponse:
+    """The page; with htmx, the panel, or (`?list=<fingerprint>`, the live poll) the list,
+    204 while it has not changed."""
+    if _htmx(request) and "list" in request.GET:
+        context = _local_context()
+        if request.GET["list"] == context["fingerprint"]:
+            return HttpResponse(status=204)
+        return render(request, "downloads/local.html#local-list", context)
     template = "downloads/local.html#local-panel" if _htmx(request) else "downloads/local.html"
     return render(request, template, _local_context())
 

@@ -49,7 +49,10 @@ def _form_page(request: HttpRequest, profile: Profile | None) -> HttpResponse:
                 form.add_service_error(exc.param, exc.message)
         status = 400
     else:
-        initial = ProfileForm.initial_for(profile, {m.path for m in local}) if profile else None
+        if profile is not None:
+            initial = ProfileForm.initial_for(profile, {m.path for m in local})
+        else:  # "Create profile" from a local model, a download or a folder: ?path=<dir>
+            initial = selectors.profile_suggestion(path=request.GET.get("path", "")) or None
         form = ProfileForm(initial=initial, local_models=local)
     context = {"form": form, "profile": profile, "local_models": local}
     return render(request, "profiles/form.html", context, status=status)
