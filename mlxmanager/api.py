@@ -13,8 +13,8 @@ from ninja.security import django_auth
 from ninja.types import DictStrAny
 
 from mlxmanager.accounts.api import router as keys_router
-from mlxmanager.apidocs import SWAGGER_SETTINGS, AppLayoutSwagger
 from mlxmanager.accounts.api import tokens_router, users_router
+from mlxmanager.apidocs import SWAGGER_SETTINGS, AppLayoutSwagger
 from mlxmanager.audit.api import router as audit_router
 from mlxmanager.credentials.api import router as credentials_router
 from mlxmanager.downloads.api import router as downloads_router

@@ -390,7 +390,9 @@ def conversion_retry(*, conversion_id: int, user: Any = None) -> Conversion:
     if old is None:
         raise NotFound(f"no conversion {conversion_id}")
     if old.status not in (Conversion.Status.FAILED, Conversion.Status.CANCELLED):
-        raise Conflict(f"the conversion is {old.get_status_display().lower()}: only a failed or cancelled one is retried")
+        raise Conflict(
+            f"the conversion is {old.get_status_display().lower()}: only a failed or cancelled one is retried"
+        )
     with transaction.atomic():
         new = conversion_create(
             source=old.source, name=old.name, q_bits=old.q_bits, q_group_size=old.q_group_size,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -112,7 +112,7 @@ def discover(request: HttpRequest) -> HttpResponse:
 @admin_required
 @require_GET
 def model_open(request: HttpRequest) -> HttpResponse:
-    """"Add by repo id": straight to the model's page, no search needed."""
+    """ "Add by repo id": straight to the model's page, no search needed."""
     raw = request.GET.get("repo_id", "")
     try:
         repo_id = hub.check_repo_id(raw)
@@ -133,13 +133,13 @@ def model_detail(request: HttpRequest, repo_id: str) -> HttpResponse:
         # The page itself works: a hub that can't be reached is a message with a retry
         # (status 200), not an error page; an unknown or gated repo keeps its status.
         status = 200 if isinstance(exc, HubUnavailable) else exc.status
-        context = {
+        failed: dict[str, Any] = {
             "repo_id": repo_id,
             "error": exc.message,
             "retryable": isinstance(exc, HubUnavailable),
             "download": selectors.download_for_repo(repo_id=repo_id) if "/" in repo_id else None,
         }
-        return render(request, "downloads/model.html", context, status=status)
+        return render(request, "downloads/model.html", failed, status=status)
     context: dict[str, Any] = {
         "repo_id": detail.repo_id,
         "detail": detail,

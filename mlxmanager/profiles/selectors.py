@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -100,7 +101,7 @@ _KIND_FOR_TYPE = {
 }
 
 
-def profile_suggestion(*, path: str) -> dict[str, object]:
+def profile_suggestion(*, path: str) -> dict[str, Any]:
     """Initial values of the profile form for the model folder at `path`: the folder (as the
     model choice when it is a known local model, else as the typed path), a name derived from
     it that no profile has yet, the type detected from its config.json, and its context length.
@@ -112,7 +113,7 @@ def profile_suggestion(*, path: str) -> dict[str, object]:
     from mlxmanager.downloads import analysis
 
     path = (path or "").strip()
-    initial: dict[str, object] = {}
+    initial: dict[str, Any] = {}
     if not path:
         return initial
     known = {m.path for m in local_model_dirs()}
