@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from huggingface_hub import HfApi, hf_hub_download
@@ -67,7 +70,7 @@ def wait_idle(timeout: float) -> bool:
 
 
 # A hub that cannot be reached at all (no DNS, connection refused, a firewall dropping
-# packets) is found out by one plain request with a short connect timeout before the real
+# packets) is found out by opening one TCP connection, with a short timeout, before the real
 # call, instead of after huggingface_hub's retries. A success is remembered for a while.
 _REACHABLE_TTL = 30.0
 _reachable: dict[str, float] = {}
@@ -82,23 +85,38 @@ def unreachable_message(detail: str) -> str:
     )
 
 
-def check_reachable() -> None:
-    """Raise HubUnavailable at once (within MLXM_HF_CONNECT_TIMEOUT) if the hub cannot be reached."""
-    import httpx
+def _connect_address(url: str) -> tuple[str, int, str]:
+    """Where a request to `url` first connects: the proxy the environment names for it
+    (HTTPS_PROXY, ALL_PROXY, minus NO_PROXY, as httpx reads them), else the host itself."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    default_port = 443 if parts.scheme == "https" else 80
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return p.hostname or "", p.port or (443 if p.scheme == "https" else 80), f"the proxy {p.hostname}"
+    return host, parts.port or default_port, host
 
+
+def check_reachable() -> None:
+    """Raise HubUnavailable at once if no connection to the hub (or its proxy) can be opened
+    within MLXM_HF_CONNECT_TIMEOUT seconds. A plain TCP connection: no request reaches the hub."""
     url = endpoint()
     if time.monotonic() - _reachable.get(url, -_REACHABLE_TTL) < _REACHABLE_TTL:
         return
     connect = float(getattr(settings, "MLXM_HF_CONNECT_TIMEOUT", 3.0))
-    timeout = httpx.Timeout(max(connect, float(getattr(settings, "MLXM_HF_TIMEOUT", 15.0))), connect=connect)
+    host, port, what = _connect_address(url)
     try:
-        # Any HTTP answer, even an error status, means the hub is there.
-        with httpx.Client(timeout=timeout, trust_env=True, follow_redirects=False) as http:
-            http.head(url + "/")
-    except httpx.ConnectTimeout as exc:
-        raise HubUnavailable(unreachable_message(f"no connection within {connect:g} s")) from exc
-    except httpx.HTTPError as exc:
-        raise HubUnavailable(unreachable_message(_network_detail(exc))) from exc
+        socket.create_connection((host, port), timeout=connect).close()
+    except socket.gaierror as exc:
+        raise HubUnavailable(unreachable_message(f"the name {what} could not be resolved")) from exc
+    except TimeoutError as exc:
+        raise HubUnavailable(unreachable_message(f"no connection to {what} within {connect:g} s")) from exc
+    except ConnectionRefusedError as exc:
+        raise HubUnavailable(unreachable_message(f"{what} refused the connection")) from exc
+    except OSError as exc:
+        raise HubUnavailable(unreachable_message(f"no connection to {what} ({exc.strerror or exc})")) from exc
     _reachable[url] = time.monotonic()
 
 
