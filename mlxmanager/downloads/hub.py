@@ -70,10 +70,8 @@ def wait_idle(timeout: float) -> bool:
 
 
 # A hub that cannot be reached at all (no DNS, connection refused, a firewall dropping
-# packets) is found out by opening one TCP connection, with a short timeout, before the real
-# call, instead of after huggingface_hub's retries. A success is remembered for a while.
-_REACHABLE_TTL = 30.0
-_reachable: dict[str, float] = {}
+# packets) is found out by opening one TCP connection, with a short timeout, before each
+# call, instead of after huggingface_hub's retries (one handshake: cheap next to the call).
 
 
 def unreachable_message(detail: str) -> str:
@@ -103,8 +101,6 @@ def check_reachable() -> None:
     """Raise HubUnavailable at once if no connection to the hub (or its proxy) can be opened
     within MLXM_HF_CONNECT_TIMEOUT seconds. A plain TCP connection: no request reaches the hub."""
     url = endpoint()
-    if time.monotonic() - _reachable.get(url, -_REACHABLE_TTL) < _REACHABLE_TTL:
-        return
     connect = float(getattr(settings, "MLXM_HF_CONNECT_TIMEOUT", 3.0))
     host, port, what = _connect_address(url)
     try:
@@ -117,11 +113,6 @@ def check_reachable() -> None:
         raise HubUnavailable(unreachable_message(f"{what} refused the connection")) from exc
     except OSError as exc:
         raise HubUnavailable(unreachable_message(f"no connection to {what} ({exc.strerror or exc})")) from exc
-    _reachable[url] = time.monotonic()
-
-
-def forget_reachable() -> None:
-    _reachable.clear()
 
 
 def _network_detail(exc: BaseException) -> str:
@@ -143,7 +134,6 @@ def _with_deadline(fn: Callable[[], T]) -> T:
     try:
         return future.result(timeout=timeout)
     except FutureTimeout as exc:
-        _reachable.clear()
         raise HubUnavailable(
             f"The hub at {endpoint()} did not answer within {timeout:g} s; try again later. If this "
             "keeps happening, check MLXM_HF_ENDPOINT, the proxy (HTTPS_PROXY) and the network."
@@ -239,7 +229,6 @@ def hub_error(exc: BaseException, *, repo_id: str, revision: str | None = None) 
             return HubUnavailable("The hub is rate limiting requests (HTTP 429); try again in a minute.")
         return HubUnavailable(f"The hub answered HTTP {status} for '{repo_id}'; try again later.")
     if is_network_error(exc):
-        _reachable.clear()
         return HubUnavailable(unreachable_message(_network_detail(exc)))
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return InsufficientStorage("The disk is full: free some space, then resume the download.")

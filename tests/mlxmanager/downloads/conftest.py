@@ -208,9 +208,6 @@ def hub_settings(settings: Any, fakehub: FakeHub, tmp_path: Path) -> dict[str, P
     settings.MLXM_MEMORY_LIMIT_BYTES = 1 * GiB
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     cache.clear()
-    from mlxmanager.downloads import hub
-
-    hub.forget_reachable()  # a port reused by the next test's fake hub starts unknown
     return {"data": data, "models": data / "models", "hf_cache": tmp_path / "hf-cache"}
 
 
