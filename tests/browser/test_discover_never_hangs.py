@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import NEEDS_CHROMIUM, log_in
-from tests.browser.test_discover_and_download import MODEL, Server, hub, server  # noqa: F401, F811
+from tests.browser.test_discover_and_download import MODEL, Server, hub, server  # noqa: F401
 from tests.mlxmanager.downloads.conftest import QWEN
 from tests.mlxmanager.downloads.fakehub import FakeHub
 
@@ -26,18 +26,18 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 expect = sync_api.expect
 
 
-def searches(hub: FakeHub) -> int:
-    return len(hub.gets("/api/models"))
+def searches(fake: FakeHub) -> int:
+    return len(fake.gets("/api/models"))
 
 
-def settle(hub: FakeHub, quiet_s: float = 1.5) -> int:
+def settle(fake: FakeHub, quiet_s: float = 1.5) -> int:
     """The hub's search count once no search has arrived for `quiet_s` (longer than the pause
     the page waits before it searches)."""
-    count, since = searches(hub), time.monotonic()
+    count, since = searches(fake), time.monotonic()
     while time.monotonic() - since < quiet_s:
         time.sleep(0.1)
-        if searches(hub) != count:
-            count, since = searches(hub), time.monotonic()
+        if searches(fake) != count:
+            count, since = searches(fake), time.monotonic()
     return count
 
 
