@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import NEEDS_CHROMIUM, log_in
+from tests.browser.conftest import NEEDS_CHROMIUM, log_in, shot
 from tests.conftest import Gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("live"), NEEDS_CHROMIUM]
@@ -61,6 +61,7 @@ def test_the_v1_reference_renders_from_our_origin_only(gateway: Gateway, open_pa
     expect(chat).to_be_visible()
     expect(page.get_by_role("button", name="Authorize")).to_be_visible()
     expect(page.locator(".topbar nav")).to_be_visible()  # inside the app's layout
+    shot(page, "v1-reference.png")
     assert requests and all(
         url.startswith(gateway.url + "/") or url.startswith("data:") for url in requests
     ), [u for u in requests if not u.startswith(gateway.url + "/")]
