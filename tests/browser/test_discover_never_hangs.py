@@ -43,8 +43,9 @@ def settle(fake: FakeHub, quiet_s: float = 1.5) -> int:
 
 @pytest.fixture
 def page(open_page: Any, server: Server) -> Any:  # noqa: F811
-    page = open_page(timeout_ms=20_000)
-    page.on("dialog", lambda dialog: dialog.accept())
+    page = open_page(allowed=(400,), timeout_ms=20_000)  # one 400: deleting a model a profile uses
+    page.dialogs = []
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.accept()))
     log_in(page, server.url)
     return page
 
@@ -134,3 +135,9 @@ def test_create_a_profile_from_a_local_model(server: Server, page: Any) -> None:
     row = page.locator("#local-list tr", has_text="acme--Tiny-Chat-1B")
     expect(row.locator(".badge")).to_have_text("tiny-chat-1b")
     expect(row.get_by_role("button", name="Load tiny-chat-1b")).to_be_visible()
+
+    # Delete asks first, naming the profile; the server refuses while the profile uses it.
+    row.get_by_role("button", name="Delete").click()
+    expect(page.locator("#local-panel [role=alert]")).to_contain_text("the profile tiny-chat-1b uses it")
+    assert page.dialogs and "The profile tiny-chat-1b uses it" in page.dialogs[-1], page.dialogs
+    assert folder.is_dir()
