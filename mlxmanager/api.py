@@ -6,7 +6,7 @@ import logging
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from ninja import NinjaAPI, Swagger
+from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import django_auth
@@ -14,6 +14,7 @@ from ninja.types import DictStrAny
 
 from mlxmanager.accounts.api import router as keys_router
 from mlxmanager.accounts.api import tokens_router, users_router
+from mlxmanager.apidocs import SWAGGER_SETTINGS, AppLayoutSwagger
 from mlxmanager.audit.api import router as audit_router
 from mlxmanager.credentials.api import router as credentials_router
 from mlxmanager.downloads.api import router as downloads_router
@@ -40,15 +41,14 @@ class _Parser(Parser):
         return data
 
 
-# /api/docs: Swagger UI from our own static files ("ninja" in INSTALLED_APPS), without the
-# online validator badge (an image from validator.swagger.io).
+# /api/docs: Swagger UI from our own static files, inside the app's layout (mlxmanager/apidocs.py).
 api = NinjaAPI(
     title="MLX Manager API",
     version="1",
     urls_namespace="api",
     auth=django_auth,
     parser=_Parser(),
-    docs=Swagger(settings={"validatorUrl": None}),
+    docs=AppLayoutSwagger(settings=SWAGGER_SETTINGS),
 )
 
 

@@ -233,6 +233,10 @@ MLXM_WORKER_TLS_CA = os.environ.get("MLXM_WORKER_TLS_CA") or None
 # credentials store keeps it encrypted; it is never logged.
 MLXM_HF_ENDPOINT = os.environ.get("MLXM_HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 MLXM_HF_TOKEN = os.environ.get("HF_TOKEN") or None
+# Pages give up on a hub that cannot be connected to after this many seconds (a search or a
+# model page: MLXM_HF_TIMEOUT in all).
+MLXM_HF_CONNECT_TIMEOUT = float(os.environ.get("MLXM_HF_CONNECT_TIMEOUT") or 3.0)
+MLXM_HF_TIMEOUT = float(os.environ.get("MLXM_HF_TIMEOUT") or 15.0)
 # Scanned for models already on disk, besides MLXM_MODELS_DIR (folders: os.pathsep-separated).
 MLXM_HF_CACHE_DIR = Path(
     os.environ.get("HF_HUB_CACHE")

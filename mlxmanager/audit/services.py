@@ -33,6 +33,7 @@ ACTIONS: dict[str, str] = {
     "mlxmanager.hub_token.set": "Hugging Face token saved",
     "mlxmanager.conversion.created": "Model conversion queued",
     "mlxmanager.conversion.cancelled": "Model conversion cancelled",
+    "mlxmanager.conversion.dismissed": "Model conversion dismissed",
     "mlxmanager.hub_token.removed": "Hugging Face token removed",
     "mlxmanager.credential.created": "Credential created",
     "mlxmanager.credential.changed": "Credential changed",

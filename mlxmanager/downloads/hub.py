@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from huggingface_hub import HfApi, hf_hub_download
@@ -66,7 +69,64 @@ def wait_idle(timeout: float) -> bool:
     return not pending
 
 
+# A hub that cannot be reached at all (no DNS, connection refused, a firewall dropping
+# packets) is found out by opening one TCP connection, with a short timeout, before each
+# call, instead of after huggingface_hub's retries (one handshake: cheap next to the call).
+
+
+def unreachable_message(detail: str) -> str:
+    """The one message every page shows when the hub cannot be reached."""
+    return (
+        f"Cannot reach the hub at {endpoint()}: {detail}. Check MLXM_HF_ENDPOINT, the proxy "
+        "(HTTPS_PROXY) and this machine's network; a gated or private model also needs a "
+        "Hugging Face token."
+    )
+
+
+def _connect_address(url: str) -> tuple[str, int, str]:
+    """Where a request to `url` first connects: the proxy the environment names for it
+    (HTTPS_PROXY, ALL_PROXY, minus NO_PROXY, as httpx reads them), else the host itself."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    default_port = 443 if parts.scheme == "https" else 80
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return p.hostname or "", p.port or (443 if p.scheme == "https" else 80), f"the proxy {p.hostname}"
+    return host, parts.port or default_port, host
+
+
+def check_reachable() -> None:
+    """Raise HubUnavailable at once if no connection to the hub (or its proxy) can be opened
+    within MLXM_HF_CONNECT_TIMEOUT seconds. A plain TCP connection: no request reaches the hub."""
+    url = endpoint()
+    connect = float(getattr(settings, "MLXM_HF_CONNECT_TIMEOUT", 3.0))
+    host, port, what = _connect_address(url)
+    try:
+        socket.create_connection((host, port), timeout=connect).close()
+    except socket.gaierror as exc:
+        raise HubUnavailable(unreachable_message(f"the name {what} could not be resolved")) from exc
+    except TimeoutError as exc:
+        raise HubUnavailable(unreachable_message(f"no connection to {what} within {connect:g} s")) from exc
+    except ConnectionRefusedError as exc:
+        raise HubUnavailable(unreachable_message(f"{what} refused the connection")) from exc
+    except OSError as exc:
+        raise HubUnavailable(unreachable_message(f"no connection to {what} ({exc.strerror or exc})")) from exc
+
+
+def _network_detail(exc: BaseException) -> str:
+    text = _first_line(exc) or type(exc).__name__
+    # "[Errno -2] Name or service not known" → something a person can act on.
+    if "Name or service not known" in text or "nodename nor servname" in text or "Errno -2" in text:
+        return "the host name could not be resolved"
+    if "Connection refused" in text or "Errno 111" in text:
+        return "the connection was refused"
+    return text.rstrip(".")
+
+
 def _with_deadline(fn: Callable[[], T]) -> T:
+    check_reachable()
     timeout = float(getattr(settings, "MLXM_HF_TIMEOUT", 15.0))
     future = _executor.submit(fn)
     _inflight.add(future)
@@ -75,7 +135,8 @@ def _with_deadline(fn: Callable[[], T]) -> T:
         return future.result(timeout=timeout)
     except FutureTimeout as exc:
         raise HubUnavailable(
-            f"The hub at {endpoint()} did not answer within {timeout:g} s; try again later."
+            f"The hub at {endpoint()} did not answer within {timeout:g} s; try again later. If this "
+            "keeps happening, check MLXM_HF_ENDPOINT, the proxy (HTTPS_PROXY) and the network."
         ) from exc
 
 
@@ -168,9 +229,7 @@ def hub_error(exc: BaseException, *, repo_id: str, revision: str | None = None) 
             return HubUnavailable("The hub is rate limiting requests (HTTP 429); try again in a minute.")
         return HubUnavailable(f"The hub answered HTTP {status} for '{repo_id}'; try again later.")
     if is_network_error(exc):
-        return HubUnavailable(
-            f"Cannot reach the hub at {endpoint()}: {_first_line(exc) or type(exc).__name__}"
-        )
+        return HubUnavailable(unreachable_message(_network_detail(exc)))
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return InsufficientStorage("The disk is full: free some space, then resume the download.")
     return None

@@ -175,6 +175,7 @@ class LocalModel:
     repo_id: str | None = None
     commit: str | None = None
     used_by: list[str] = field(default_factory=list)
+    quantization_config: bool = False
 
     @property
     def kind_label(self) -> str:
@@ -187,6 +188,15 @@ class LocalModel:
     @property
     def deletable(self) -> bool:
         return self.source in (SOURCE_MODELS, SOURCE_HF_CACHE)
+
+    @property
+    def convertible(self) -> bool:
+        """Whether mlx_lm.convert takes it: a text model's transformers checkpoint, not one
+        that is already MLX (quantized, or published by mlx-community) nor a speech,
+        embeddings or vision model (mlx-lm converts language models only)."""
+        if self.kind != analysis.TEXT or self.quantization_config:
+            return False
+        return not (self.repo_id or "").lower().startswith("mlx-community/")
 
 
 def local_model_id(path: Path) -> str:
@@ -226,6 +236,7 @@ def _describe(path: Path, *, source: str, size: int, **extra: Any) -> LocalModel
         kind=analysis.detect_type(config, files=files),
         model_type=model_type,
         quantization=quant.label if quant else analysis.dtype(config),
+        quantization_config=quant is not None,
         **extra,
     )
 
@@ -281,6 +292,11 @@ def _profile_usage() -> dict[Path, list[str]]:
             if p:
                 usage[Path(p).expanduser().resolve()].append(name)
     return usage
+
+
+def profiles_using() -> dict[str, list[str]]:
+    """The profiles using each model folder (its resolved path, as a string)."""
+    return {str(path): sorted(names) for path, names in _profile_usage().items()}
 
 
 def local_model_list() -> list[LocalModel]:

@@ -381,3 +381,34 @@ def conversion_cancel(*, conversion_id: int, user: Any = None) -> Conversion:
         conversion.save(update_fields=["status", "finished_at", "updated_at"])
         conversion.log_action("mlxmanager.conversion.cancelled", user=user, data={"name": conversion.name})
     return conversion
+
+
+def conversion_retry(*, conversion_id: int, user: Any = None) -> Conversion:
+    """Queue a failed or cancelled conversion again, with the same source, name and recipe;
+    the old row gives way to the new one."""
+    old = Conversion.objects.filter(pk=conversion_id).first()
+    if old is None:
+        raise NotFound(f"no conversion {conversion_id}")
+    if old.status not in (Conversion.Status.FAILED, Conversion.Status.CANCELLED):
+        raise Conflict(
+            f"the conversion is {old.get_status_display().lower()}: only a failed or cancelled one is retried"
+        )
+    with transaction.atomic():
+        new = conversion_create(
+            source=old.source, name=old.name, q_bits=old.q_bits, q_group_size=old.q_group_size,
+            dtype=old.dtype, user=user,
+        )  # fmt: skip
+        Conversion.objects.filter(pk=old.pk).delete()
+    return new
+
+
+def conversion_dismiss(*, conversion_id: int, user: Any = None) -> None:
+    """Forget a finished conversion (failed, cancelled or completed); its output, if any, stays."""
+    with transaction.atomic():
+        conversion = Conversion.objects.select_for_update().filter(pk=conversion_id).first()
+        if conversion is None:
+            raise NotFound(f"no conversion {conversion_id}")
+        if conversion.is_active:
+            raise Conflict("the conversion is under way: cancel it first")
+        conversion.log_action("mlxmanager.conversion.dismissed", user=user, data={"name": conversion.name})
+        conversion.delete()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -17,6 +18,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from inference import encoders
 from mlxmanager.downloads import analysis, hub, selectors, services
+from mlxmanager.downloads.errors import HubUnavailable
 from mlxmanager.downloads.models import HubToken
 from mlxmanager.errors import DomainError
 from mlxmanager.permissions import admin_required, admin_stream
@@ -63,10 +65,23 @@ def _search_filters(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-def _discover_context(request: HttpRequest) -> dict[str, Any]:
+def _discover_context(request: HttpRequest, *, search: bool = True) -> dict[str, Any]:
+    """The page's context; `search=False` for the page itself, which renders at once and asks
+    for its results in the background (static/js/discover.js)."""
     filters = _search_filters(request)
-    results: list[Any] = []
+    results: list[Any] | None = None
     error = None
+    base = {
+        "quant_choices": list(analysis.QUANT_FILTERS.items()),
+        "filters": filters,
+        "type_choices": TYPE_CHOICES,
+        "sort_choices": SORT_CHOICES,
+        "limit_choices": LIMIT_CHOICES,
+        "hub_endpoint": hub.endpoint(),
+    }
+    if not search:
+        return {**base, "results": None, "error": None}
+    results = []
     try:
         results = selectors.hub_model_search(
             query=filters["q"],
@@ -79,23 +94,33 @@ def _discover_context(request: HttpRequest) -> dict[str, Any]:
         )
     except DomainError as exc:
         error = exc.message
-    return {
-        "quant_choices": list(analysis.QUANT_FILTERS.items()),
-        "filters": filters,
-        "results": results,
-        "error": error,
-        "type_choices": TYPE_CHOICES,
-        "sort_choices": SORT_CHOICES,
-        "limit_choices": LIMIT_CHOICES,
-    }
+    return {**base, "results": results, "error": error}
 
 
 @admin_required
 @require_GET
 def discover(request: HttpRequest) -> HttpResponse:
+    """The page renders without waiting for the hub; its script fetches the results partial
+    (an htmx request) once per query."""
     if _htmx(request):
         return render(request, "downloads/discover.html#results", _discover_context(request))
-    return render(request, "downloads/discover.html", {**_discover_context(request), **_token_context()})
+    return render(
+        request, "downloads/discover.html", {**_discover_context(request, search=False), **_token_context()}
+    )
+
+
+@admin_required
+@require_GET
+def model_open(request: HttpRequest) -> HttpResponse:
+    """ "Add by repo id": straight to the model's page, no search needed."""
+    raw = request.GET.get("repo_id", "")
+    try:
+        repo_id = hub.check_repo_id(raw)
+    except DomainError as exc:
+        context = {**_discover_context(request, search=False), **_token_context()}
+        context.update(open_error=exc.message, open_repo_id=raw)
+        return render(request, "downloads/discover.html", context, status=400)
+    return redirect("model-detail", repo_id=repo_id)
 
 
 @admin_required
@@ -105,9 +130,16 @@ def model_detail(request: HttpRequest, repo_id: str) -> HttpResponse:
     try:
         detail = selectors.hub_model_detail(repo_id=repo_id, revision=revision)
     except DomainError as exc:
-        return render(
-            request, "downloads/model.html", {"repo_id": repo_id, "error": exc.message}, status=exc.status
-        )
+        # The page itself works: a hub that can't be reached is a message with a retry
+        # (status 200), not an error page; an unknown or gated repo keeps its status.
+        status = 200 if isinstance(exc, HubUnavailable) else exc.status
+        failed: dict[str, Any] = {
+            "repo_id": repo_id,
+            "error": exc.message,
+            "retryable": isinstance(exc, HubUnavailable),
+            "download": selectors.download_for_repo(repo_id=repo_id) if "/" in repo_id else None,
+        }
+        return render(request, "downloads/model.html", failed, status=status)
     context: dict[str, Any] = {
         "repo_id": detail.repo_id,
         "detail": detail,
@@ -122,6 +154,9 @@ def model_detail(request: HttpRequest, repo_id: str) -> HttpResponse:
 def _downloads_context(**extra: Any) -> dict[str, Any]:
     items = selectors.download_list()
     conversions = selectors.conversion_list()
+    usage = selectors.profiles_using()
+    for d in items:  # a finished download's profiles: "Load" them, or "Create profile"
+        d.used_by = usage.get(str(Path(d.local_dir).resolve()), []) if d.local_dir else []  # type: ignore[attr-defined]
     return {
         "downloads": items,
         "conversions": conversions,
@@ -286,12 +321,23 @@ def conversion_create(request: HttpRequest) -> HttpResponse:
     return redirect("downloads")
 
 
+_CONVERSION_ACTIONS: dict[str, Callable[..., Any]] = {
+    "cancel": services.conversion_cancel,
+    "retry": services.conversion_retry,
+    "dismiss": services.conversion_dismiss,
+}
+
+
 @admin_required
 @require_POST
-def conversion_cancel(request: HttpRequest, conversion_id: int) -> HttpResponse:
+def conversion_action(request: HttpRequest, conversion_id: int, action: str) -> HttpResponse:
+    """Cancel a conversion under way; retry or dismiss a failed (or cancelled) one."""
+    handler = _CONVERSION_ACTIONS.get(action)
+    if handler is None:
+        return HttpResponse("unknown action", status=404)
     error = None
     try:
-        services.conversion_cancel(conversion_id=conversion_id, user=request.user)
+        handler(conversion_id=conversion_id, user=request.user)
     except DomainError as exc:
         error = exc.message
     context = _downloads_context(error=error)
@@ -311,8 +357,10 @@ def _local_context(**extra: Any) -> dict[str, Any]:
     models = selectors.local_model_list()
     return {
         "models": models,
-        # Unquantized checkpoints are what mlx_lm.convert takes.
-        "convert_sources": [m for m in models if not m.quantization],
+        "fingerprint": _local_fingerprint(models),
+        # Only what mlx_lm.convert takes: text models' transformers checkpoints (not
+        # speech, embeddings or vision models, nor a model that is already MLX).
+        "convert_sources": [m for m in models if m.convertible],
         "q_bits_choices": services.Q_BITS,
         "q_group_choices": services.Q_GROUP_SIZES,
         "dtype_choices": services.DTYPES,
@@ -320,9 +368,23 @@ def _local_context(**extra: Any) -> dict[str, Any]:
     }
 
 
+def _local_fingerprint(models: list[selectors.LocalModel]) -> str:
+    import hashlib
+
+    seen = repr([(m.id, m.name, m.size_bytes, m.kind, m.quantization, m.used_by) for m in models])
+    return hashlib.sha256(seen.encode()).hexdigest()[:16]
+
+
 @admin_required
 @require_GET
 def local_models(request: HttpRequest) -> HttpResponse:
+    """The page; with htmx, the panel, or (`?list=<fingerprint>`, the live poll) the list,
+    204 while it has not changed."""
+    if _htmx(request) and "list" in request.GET:
+        context = _local_context()
+        if request.GET["list"] == context["fingerprint"]:
+            return HttpResponse(status=204)
+        return render(request, "downloads/local.html#local-list", context)
     template = "downloads/local.html#local-panel" if _htmx(request) else "downloads/local.html"
     return render(request, template, _local_context())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -87,3 +88,65 @@ def local_model_dirs(*, profiles: list[Profile] | None = None) -> list[LocalMode
         if model is not None:
             model.used_by.append(pr.name)
     return sorted(found.values(), key=lambda m: m.label.lower())
+
+
+# What a new profile of a model folder starts from: the "Create profile" buttons of Local
+# models and Downloads, and Discover's "register a local folder", open the form with these.
+_KIND_FOR_TYPE = {
+    "text": Profile.KIND_LLM,
+    "vision": Profile.KIND_VISION,
+    "embeddings": Profile.KIND_EMBEDDINGS,
+    "stt": Profile.KIND_STT,
+    "tts": Profile.KIND_TTS,
+}
+
+
+def profile_suggestion(*, path: str) -> dict[str, Any]:
+    """Initial values of the profile form for the model folder at `path`: the folder (as the
+    model choice when it is a known local model, else as the typed path), a name derived from
+    it that no profile has yet, the type detected from its config.json, and its context length.
+    A folder that is missing or has no config.json gives the path alone (the form says why
+    when it is submitted)."""
+    import json
+    import re
+
+    from mlxmanager.downloads import analysis
+
+    path = (path or "").strip()
+    initial: dict[str, Any] = {}
+    if not path:
+        return initial
+    known = {m.path for m in local_model_dirs()}
+    if path in known:
+        initial["model_choice"] = path
+    else:
+        initial["model_path_other"] = path
+    folder = Path(path).expanduser()
+    # <org>--<name> (our downloads), a snapshot in the HF cache (…/models--org--name/snapshots/sha)
+    base = folder.name
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        base = folder.parent.parent.name[len("models--") :]
+    base = base.split("--")[-1]
+    slug = re.sub(r"[^a-z0-9_-]+", "-", base.lower()).strip("-_")[:90] or "model"
+    name, n = slug, 2
+    taken = set(Profile.objects.values_list("name", flat=True))
+    while name in taken:
+        name, n = f"{slug}-{n}", n + 1
+    initial["name"] = name
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return initial
+    if not isinstance(config, dict):
+        return initial
+    files = [p.name for p in folder.glob("*.json")] + [
+        p.relative_to(folder).as_posix() for p in folder.glob("*/*.json")
+    ]
+    kind = _KIND_FOR_TYPE.get(analysis.detect_type(config, files=files))
+    if kind:
+        initial["kind"] = kind
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    context = config.get("max_position_embeddings") or (text_config or {}).get("max_position_embeddings")
+    if isinstance(context, int) and context >= 16:
+        initial["context_length"] = context
+    return initial

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -49,7 +51,11 @@ def _form_page(request: HttpRequest, profile: Profile | None) -> HttpResponse:
                 form.add_service_error(exc.param, exc.message)
         status = 400
     else:
-        initial = ProfileForm.initial_for(profile, {m.path for m in local}) if profile else None
+        initial: dict[str, Any] | None
+        if profile is not None:
+            initial = ProfileForm.initial_for(profile, {m.path for m in local})
+        else:  # "Create profile" from a local model, a download or a folder: ?path=<dir>
+            initial = selectors.profile_suggestion(path=request.GET.get("path", "")) or None
         form = ProfileForm(initial=initial, local_models=local)
     context = {"form": form, "profile": profile, "local_models": local}
     return render(request, "profiles/form.html", context, status=status)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import NEEDS_CHROMIUM, log_in
+from tests.browser.conftest import NEEDS_CHROMIUM, log_in, shot
 from tests.conftest import Gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("live"), NEEDS_CHROMIUM]
@@ -46,3 +46,23 @@ def test_swagger_ui_renders_from_our_origin_only(gateway: Gateway, open_page: An
     ), [u for u in requests if not u.startswith(gateway.url + "/")]
     assert any(u.endswith("/static/ninja/swagger-ui-bundle.js") for u in requests), requests
     assert not violations, violations
+
+
+def test_the_v1_reference_renders_from_our_origin_only(gateway: Gateway, open_page: Any) -> None:
+    page = open_page()
+    log_in(page, gateway.url)
+    page.get_by_role("link", name="/v1 reference").click()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.reload()
+    expect(page.get_by_role("heading", name="Gateway API reference (/v1)")).to_be_visible()
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("MLX Manager gateway")
+    chat = page.locator(".opblock-post", has=page.locator("[data-path='/v1/chat/completions']")).first
+    expect(chat).to_be_visible()
+    expect(page.get_by_role("button", name="Authorize")).to_be_visible()
+    expect(page.locator(".topbar nav")).to_be_visible()  # inside the app's layout
+    shot(page, "v1-reference.png")
+    assert requests and all(
+        url.startswith(gateway.url + "/") or url.startswith("data:") for url in requests
+    ), [u for u in requests if not u.startswith(gateway.url + "/")]
+    assert any(u.endswith("/docs/v1/openapi.json") for u in requests), requests

@@ -90,12 +90,14 @@ MEMBER_PAGES = {
     "playground-delete",
     "keys",
     "key-revoke",
+    "v1-docs",
+    "v1-openapi",
 }
 # Pages for admins only: every URL and method answers 403 to a member.
 ADMIN_PAGES = {
     *("profile-create", "profile-edit", "profile-delete", "pool", "pool-events", "pool-action"),
-    *("discover", "hub-token", "model-detail", "local-models", "local-model-delete"),
-    *("conversion-create", "conversion-cancel", "downloads", "download-events", "download-action"),
+    *("discover", "hub-token", "model-detail", "model-open", "local-models", "local-model-delete"),
+    *("conversion-create", "conversion-action", "downloads", "download-events", "download-action"),
     *("users", "user-change", "audit", "audit-summary", "audit-actions"),
     *("audit-export-csv", "audit-export-jsonl", "credentials", "credential-test", "credential-secret"),
     *("credential-toggle", "credential-delete", "rules", "rule-order", "rule-test", "rule-move"),

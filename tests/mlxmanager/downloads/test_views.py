@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.db import connection
@@ -11,7 +13,7 @@ from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
 
 from mlxmanager.downloads import services, storage, views
-from mlxmanager.downloads.models import Download
+from mlxmanager.downloads.models import Conversion, Download
 from mlxmanager.profiles.models import Profile
 from tests.mlxmanager.downloads.conftest import BIG, BIN_ONLY, EMBED, QWEN, VISION, make_model_dir, wait_for
 
@@ -56,15 +58,24 @@ def test_nav_links_only_for_admins(admin_client: Client, member_client: Client) 
 # --- discover ------------------------------------------------------------------------
 
 
-def test_discover_lists_mlx_models(admin_client: Client) -> None:
-    resp = admin_client.get("/models/discover/")
+def test_discover_page_renders_without_asking_the_hub(admin_client: Client, fakehub) -> None:
+    resp = admin_client.get("/models/discover/?q=qwen")
     assert resp.status_code == 200
     html = resp.content.decode()
     assert "<h1>Discover models</h1>" in html
+    assert '<div id="results" aria-busy="true">' in html and "Searching the hub…" in html
+    assert "js/discover.js" in html and 'role="status"' in html and 'value="qwen"' in html
+    assert not fakehub.requests  # the results come from the page's script, in the background
+
+
+def test_discover_lists_mlx_models(admin_client: Client) -> None:
+    resp = admin_client.get("/models/discover/", **HTMX)
+    assert resp.status_code == 200
+    html = resp.content.decode()
     assert f'href="/models/discover/{QWEN}/"' in html
     assert "50k" in html  # downloads, compact
     assert "acme/pytorch-only" not in html  # MLX-ready only by default
-    assert 'name="mlx" checked' in html
+    assert 'name="mlx" checked' in admin_client.get("/models/discover/").content.decode()
 
 
 def test_discover_search_with_htmx_returns_the_results_only(admin_client: Client) -> None:
@@ -76,24 +87,59 @@ def test_discover_search_with_htmx_returns_the_results_only(admin_client: Client
 
 
 def test_discover_quantization_filter(admin_client: Client) -> None:
-    html = admin_client.get("/models/discover/?q=&sort=downloads&limit=30&mlx=on&quant=bf16").content.decode()
+    url = "/models/discover/?q=&sort=downloads&limit=30&mlx=on&quant=bf16"
+    html = admin_client.get(url, **HTMX).content.decode()
     assert EMBED in html and QWEN not in html
-    assert '<option value="bf16" selected>' in html and "bfloat16 (not quantized)" in html
+    page = admin_client.get(url).content.decode()
+    assert '<option value="bf16" selected>' in page and "bfloat16 (not quantized)" in page
 
 
 def test_discover_unchecking_mlx_only(admin_client: Client) -> None:
-    html = admin_client.get("/models/discover/?q=&sort=downloads&limit=30").content.decode()
-    assert BIN_ONLY in html and 'name="mlx" checked' not in html
+    url = "/models/discover/?q=&sort=downloads&limit=30"
+    assert BIN_ONLY in admin_client.get(url, **HTMX).content.decode()
+    assert 'name="mlx" checked' not in admin_client.get(url).content.decode()
 
 
 def test_discover_shows_hub_errors_inline(admin_client: Client, fakehub, settings) -> None:
     settings.MLXM_HF_TIMEOUT = 0.3
     fakehub.inject(503, path_contains="/api/models", times=1)  # retried after 1 s: too late
-    resp = admin_client.get("/models/discover/")
+    resp = admin_client.get("/models/discover/", **HTMX)
     assert resp.status_code == 200
     html = resp.content.decode()
-    assert 'role="alert"' in html and "did not answer within 0.3 s" in html and "No results." in html
+    assert 'role="alert"' in html and "did not answer within 0.3 s" in html
+    assert "<table" not in html and ">Retry</button>" in html and "data-retry" in html
     wait_for(lambda: len(fakehub.gets("/api/models")) == 2)  # the abandoned call ends first
+
+
+def test_discover_with_an_unreachable_hub_says_what_to_check(admin_client: Client, fakehub) -> None:
+    fakehub.stop()
+    resp = admin_client.get("/models/discover/?q=qwen", **HTMX)
+    assert resp.status_code == 200
+    html = resp.content.decode()
+    assert html.count('role="alert"') == 1 and ">Retry</button>" in html
+    assert f"Cannot reach the hub at {fakehub.url}" in html and "refused the connection" in html
+    for what in ("MLXM_HF_ENDPOINT", "HTTPS_PROXY", "token"):
+        assert what in html, what
+    assert "Errno" not in html and "Searching" not in html
+    from mlxmanager.downloads import hub
+
+    assert hub.wait_idle(0)  # failed before huggingface_hub started its retries
+
+
+def test_discover_offers_add_by_repo_id_and_a_local_folder(admin_client: Client) -> None:
+    html = admin_client.get("/models/discover/").content.decode()
+    assert 'action="/models/open/"' in html and 'name="repo_id"' in html
+    assert 'action="/profiles/new/"' in html and 'name="path"' in html
+
+
+def test_add_by_repo_id_opens_the_model_page(admin_client: Client) -> None:
+    resp = admin_client.get("/models/open/", {"repo_id": f"  {QWEN}/ "})
+    assert resp.status_code == 302 and resp["Location"] == f"/models/discover/{QWEN}/"
+    bad = admin_client.get("/models/open/", {"repo_id": "not a repo id"})
+    assert bad.status_code == 400
+    html = bad.content.decode()
+    assert "is not a valid model id (expected org/name)" in html and 'role="alert"' in html
+    assert 'value="not a repo id"' in html
 
 
 # --- model page ---------------------------------------------------------------------
@@ -126,6 +172,15 @@ def test_model_page_shows_the_facts(admin_client: Client) -> None:
 def test_model_page_for_a_model_too_large(admin_client: Client, settings) -> None:
     settings.MLXM_MEMORY_LIMIT_BYTES = 1000
     assert 'badge bad">too large' in admin_client.get(f"/models/discover/{EMBED}/").content.decode()
+
+
+def test_model_page_with_an_unreachable_hub_offers_a_retry(admin_client: Client, fakehub) -> None:
+    fakehub.stop()
+    resp = admin_client.get(f"/models/discover/{QWEN}/")
+    assert resp.status_code == 200  # a message on the page, not an error page
+    html = resp.content.decode()
+    assert f"Cannot reach the hub at {fakehub.url}" in html and "MLXM_HF_ENDPOINT" in html
+    assert f'href="/models/discover/{QWEN}/">Retry</a>' in html and "Errno" not in html
 
 
 def test_model_page_unknown_repo(admin_client: Client) -> None:
@@ -281,6 +336,49 @@ def test_local_models_page(admin_client: Client, hub_settings) -> None:
     assert "org--used" in html and "org--free" in html
     assert 'badge">chat' in html
     assert html.count(">Delete</button>") == 2
+    # From a model to serving: a profile of each, and Load for the profile using one.
+    assert html.count(">Create profile</a>") == 2
+    assert f'href="/profiles/new/?path={quote(str(used))}"' in html
+    assert 'action="/pool/chat/load/"' in html and html.count(">Load</button>") == 1
+    # Deleting names the profiles that use the model before anything happens.
+    assert "The profile chat uses it: change or delete it first." in html
+
+
+def test_local_models_update_live(admin_client: Client, hub_settings) -> None:
+    make_model_dir(hub_settings["models"] / "org--first")
+    html = admin_client.get("/models/local/").content.decode()
+    poll = re.search(r'hx-get="/models/local/\?list=(\w+)" hx-trigger="every 4s"', html)
+    assert poll is not None
+    unchanged = admin_client.get(f"/models/local/?list={poll.group(1)}", **HTMX)
+    assert unchanged.status_code == 204  # htmx swaps nothing: focus and scroll stay put
+    make_model_dir(hub_settings["models"] / "org--second")
+    changed = admin_client.get(f"/models/local/?list={poll.group(1)}", **HTMX)
+    body = changed.content.decode()
+    assert changed.status_code == 200 and body.lstrip().startswith('<div id="local-list"')
+    assert "org--second" in body and poll.group(1) not in body
+
+
+def test_the_converter_offers_only_what_mlx_lm_converts(admin_client: Client, hub_settings) -> None:
+    models = hub_settings["models"]
+    make_model_dir(models / "org--llama-hf", {"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    make_model_dir(
+        models / "org--llama-4bit",
+        {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "quantization": {"bits": 4, "group_size": 64},
+        },
+    )
+    make_model_dir(
+        models / "org--whisper",
+        {"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"]},
+    )
+    make_model_dir(models / "org--kokoro", {"model_type": "kokoro", "istftnet": {}})
+    make_model_dir(models / "org--bert", {"model_type": "bert", "architectures": ["BertModel"]})
+    html = admin_client.get("/models/local/").content.decode()
+    form = html[html.index('<section id="convert-form"') :]
+    options = re.findall(r'<option value="([^"]+)"[^>]*>([^<]+)</option>', form.split("</select>")[0])
+    assert [label.split(" — ")[0] for _, label in options] == ["org--llama-hf"]
 
 
 def test_local_model_delete_refused_with_a_message(admin_client: Client, hub_settings) -> None:
@@ -353,3 +451,50 @@ def test_convert_form_on_local_models_queues_and_the_downloads_page_shows_it(
     assert ok.status_code == 302 and ok["Location"] == "/downloads/"
     html = admin_client.get("/downloads/").content.decode()
     assert "ckpt-8bit" in html and "8-bit, group size 64" in html and "queued" in html
+
+
+def _failed_conversion(tmp_path: Path, name: str = "ckpt-4bit") -> Conversion:
+    ckpt = make_model_dir(tmp_path / "ckpt", {"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    conversion = services.conversion_create(source=str(ckpt), name=name, q_bits=4)
+    Conversion.objects.filter(pk=conversion.pk).update(status=Conversion.Status.FAILED, error="out of memory")
+    return conversion
+
+
+def test_a_failed_conversion_can_be_retried(admin_client: Client, tmp_path: Path) -> None:
+    failed = _failed_conversion(tmp_path)
+    page = admin_client.get("/downloads/").content.decode()
+    assert (
+        f'hx-post="/conversions/{failed.pk}/retry/"' in page
+        and f'hx-post="/conversions/{failed.pk}/dismiss/"' in page
+    )
+    resp = admin_client.post(f"/conversions/{failed.pk}/retry/", **HTMX)
+    assert resp.status_code == 200
+    (again,) = Conversion.objects.all()
+    assert again.pk != failed.pk and again.status == "queued" and again.error == ""
+    assert (again.source, again.name, again.q_bits) == (failed.source, failed.name, 4)
+    assert "ckpt-4bit" in resp.content.decode() and "queued" in resp.content.decode()
+    refused = admin_client.post(f"/conversions/{again.pk}/retry/", **HTMX)
+    assert (
+        refused.status_code == 400 and "only a failed or cancelled one is retried" in refused.content.decode()
+    )
+
+
+def test_a_failed_conversion_can_be_dismissed(admin_client: Client, tmp_path: Path) -> None:
+    failed = _failed_conversion(tmp_path)
+    resp = admin_client.post(f"/conversions/{failed.pk}/dismiss/")
+    assert resp.status_code == 302 and not Conversion.objects.exists()
+    assert admin_client.post(f"/conversions/{failed.pk}/dismiss/").status_code == 400
+    queued = services.conversion_create(source=str(tmp_path / "ckpt"), name="other")
+    busy = admin_client.post(f"/conversions/{queued.pk}/dismiss/", **HTMX)
+    assert busy.status_code == 400 and "cancel it first" in busy.content.decode()
+    assert admin_client.post(f"/conversions/{queued.pk}/explode/").status_code == 404
+
+
+def test_a_finished_download_offers_create_profile_and_load(admin_client: Client, hub_settings) -> None:
+    local = make_model_dir(hub_settings["models"] / "org--done")
+    Download.objects.create(repo_id="org/done", local_dir=str(local), status=Download.Status.COMPLETED)
+    html = admin_client.get("/downloads/").content.decode()
+    assert f'href="/profiles/new/?path={quote(str(local))}"' in html and ">Load</button>" not in html
+    Profile.objects.create(name="done-chat", model_path=str(local))
+    html = admin_client.get("/downloads/").content.decode()
+    assert 'action="/pool/done-chat/load/"' in html and ">Load</button>" in html

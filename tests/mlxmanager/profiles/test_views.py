@@ -200,3 +200,55 @@ def test_members_are_not_shown_the_model_path_or_system_prompt(
     boss = Client()
     boss.force_login(admin)
     assert str(model) in boss.get("/profiles/").content.decode()
+
+
+# --- "Create profile" from a model folder (Local models, Downloads, Discover) -----------
+
+
+QWEN_CONFIG = {
+    "model_type": "qwen3",
+    "architectures": ["Qwen3ForCausalLM"],
+    "max_position_embeddings": 40960,
+    "quantization": {"group_size": 64, "bits": 4},
+}
+
+
+def test_create_form_is_prefilled_from_the_models_config(admin_client: Client, make_model_dir) -> None:  # type: ignore[no-untyped-def]
+    path = make_model_dir("mlx-community--Qwen3-0.6B-4bit", config=QWEN_CONFIG)
+    html = admin_client.get("/profiles/new/", {"path": str(path)}).content.decode()
+    assert f'<option value="{path}" selected>' in html  # a known local model: picked in the list
+    assert 'name="name" value="qwen3-0-6b-4bit"' in html
+    assert '<option value="llm" selected>' in html
+    assert 'name="context_length" value="40960"' in html
+    # Submitting it as prefilled creates the profile.
+    resp = admin_client.post(
+        "/profiles/new/",
+        form_data(path, name="qwen3-0-6b-4bit", kind="llm", context_length="40960", kv_bits="", pinned=""),
+    )
+    assert resp.status_code == 302, resp.content.decode()[-2000:]
+    profile = Profile.objects.get(name="qwen3-0-6b-4bit")
+    assert profile.model_path == str(path) and profile.context_length == 40960
+
+
+def test_prefill_detects_other_kinds_and_avoids_taken_names(
+    admin_client: Client, make_model_dir, model: Path
+) -> None:  # type: ignore[no-untyped-def]
+    Profile.objects.create(name="whisper-tiny", model_path=str(model))
+    whisper = make_model_dir(
+        "mlx-community--whisper-tiny",
+        config={"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"]},
+    )
+    html = admin_client.get("/profiles/new/", {"path": str(whisper)}).content.decode()
+    assert '<option value="stt" selected>' in html and 'name="name" value="whisper-tiny-2"' in html
+
+
+def test_prefill_with_a_folder_outside_the_models_dir(admin_client: Client, tmp_path: Path) -> None:
+    folder = tmp_path / "elsewhere" / "My Model"
+    folder.mkdir(parents=True)
+    html = admin_client.get("/profiles/new/", {"path": str(folder)}).content.decode()
+    assert f'name="model_path_other" value="{folder}"' in html and 'name="name" value="my-model"' in html
+    assert '<option value="" selected>Detect from the model' in html  # no config.json: nothing guessed
+    resp = admin_client.post(
+        "/profiles/new/", form_data(folder, name="my-model", model_choice="", model_path_other=str(folder))
+    )
+    assert resp.status_code == 400 and "config.json" in resp.content.decode()
