@@ -361,9 +361,12 @@ class LLMEngine:
             return msgspec.structs.replace(req, sampling=sampling)
         return req
 
-    def add(self, req: p.Generate, conn: Any, *, arrived: float | None = None) -> None:
-        """Start (or queue) a generation; `arrived`: when it reached the worker (perf_counter)."""
-        prompt = self._tokenize(req)
+    def add(
+        self, req: p.Generate, conn: Any, *, arrived: float | None = None, prompt: list[int] | None = None
+    ) -> None:
+        """Start (or queue) a generation; `arrived`: when it reached the worker (perf_counter);
+        `prompt`: its tokens, when the scheduler tokenized it already (a request that waited)."""
+        prompt = self._tokenize(req) if prompt is None else prompt
         req = self._check_context(req, prompt)
         parser, extra = self._prepare(req, prompt)  # compiles grammars: errors are the client's
         self._note_arrival(req.request_id, arrived)
