@@ -49,6 +49,27 @@ def max_header_bytes() -> int:
     return int(os.environ.get("MLXM_MAX_HEADER_BYTES", str(64 * 1024)))
 
 
+def priority_weights() -> dict[str, float]:
+    """MLXM_PRIORITY_WEIGHTS, "admin=2" or "admin=3,member=1": the weight of a role's turns in
+    the worker's fair queue (inference/worker/fairness.py); a role not named weighs 1."""
+    weights: dict[str, float] = {}
+    for part in os.environ.get("MLXM_PRIORITY_WEIGHTS", "").split(","):
+        if not part.strip():
+            continue
+        role, sep, value = (x.strip() for x in part.partition("="))
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = 0.0
+        if not sep or role not in ("admin", "member") or not 0 < weight < 1000:
+            raise ValueError(
+                f"MLXM_PRIORITY_WEIGHTS: {part.strip()!r} is not ROLE=WEIGHT with a role of admin or "
+                'member and a weight above 0 and below 1000 (e.g. "admin=2")'
+            )
+        weights[role] = weight
+    return weights
+
+
 def header_read_timeout() -> float:
     """Seconds a request's line and headers may take to arrive, from the connection or the
     request's first byte (408 and a close past it)."""

@@ -269,6 +269,8 @@ MLXM_AUDIO_MAX_BYTES = int(os.environ.get("MLXM_AUDIO_MAX_BYTES", str(25 * 1024 
 MLXM_AUDIO_MAX_SECONDS = float(os.environ.get("MLXM_AUDIO_MAX_SECONDS", "600"))
 # Text-to-speech input, in characters (OpenAI's limit).
 MLXM_SPEECH_MAX_CHARS = int(os.environ.get("MLXM_SPEECH_MAX_CHARS", "4096"))
+# The weight of each role's turns in the worker's fair queue ("admin=2"; unnamed roles: 1).
+MLXM_PRIORITY_WEIGHTS = config.priority_weights()
 MLXM_UPSTREAM_TIMEOUT = float(os.environ.get("MLXM_UPSTREAM_TIMEOUT", "60"))
 MLXM_UPSTREAM_RETRIES = int(os.environ.get("MLXM_UPSTREAM_RETRIES", "2"))
 MLXM_UPSTREAM_BACKOFF = float(os.environ.get("MLXM_UPSTREAM_BACKOFF", "0.25"))
