@@ -449,7 +449,10 @@ class Scheduler(threading.Thread):
                     engine = self.pool.get(spec)
                 except Exception as exc:
                     log.warning("could not load %s for its waiting requests: %s", spec.name, exc)
-                    self._fail_waiting(lambda q, k=key: q.req.model.key == k, p.ERR_MODEL_LOAD, str(exc))
+                    for lost in waiting.clear():
+                        self.waiting -= 1
+                        self._unlane(key, lane_of(lost.req))
+                        self._fail(lost.conn, lost.req.request_id, p.ERR_MODEL_LOAD, str(exc))
                     break
                 if engine.active >= self._slots(engine):
                     break
@@ -466,10 +469,7 @@ class Scheduler(threading.Thread):
 
         req = item.req
         try:
-            if engine.kind == "llm":
-                engine.add(req, item.conn, arrived=item.arrived, prompt=item.prompt)
-            else:
-                engine.add(req, item.conn, arrived=item.arrived)
+            engine.add(req, item.conn, arrived=item.arrived, prompt=item.prompt)
         except BadRequest as exc:
             self._fail(item.conn, req.request_id, p.ERR_BAD_REQUEST, str(exc))
             return
