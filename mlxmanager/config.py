@@ -9,9 +9,16 @@ import os
 import secrets
 from pathlib import Path
 
-from inference.env import PRIVATE_UMASK, data_dir, make_private, worker_socket
+from inference.env import PRIVATE_UMASK, data_dir, make_private, queue_limits, worker_socket
 
-__all__ = ["PRIVATE_UMASK", "data_dir", "make_private", "read_or_create_secret", "worker_socket"]
+__all__ = [
+    "PRIVATE_UMASK",
+    "data_dir",
+    "make_private",
+    "queue_limits",
+    "read_or_create_secret",
+    "worker_socket",
+]
 
 
 def read_or_create_secret(path: Path, nbytes: int = 48) -> str:

@@ -16,11 +16,12 @@ MLXM_MAX_USER_CONCURRENT, MLXM_QUEUE_TIMEOUT).
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from inference.env import queue_limits
 
 T = TypeVar("T")
 
@@ -167,19 +168,6 @@ class FairQueue(Generic[T]):
         return items
 
 
-def _env_number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, not {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be 0 or more, not {raw!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class Limits:
     """The queue's settings; None: no limit.
@@ -194,17 +182,9 @@ class Limits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
-        env = os.environ if env is None else env
-        max_queue = _env_number(env, "MLXM_MAX_QUEUE", int)
-        max_user = _env_number(env, "MLXM_MAX_USER_CONCURRENT", int)
-        timeout = _env_number(env, "MLXM_QUEUE_TIMEOUT", float)
-        if max_user == 0:
-            raise ValueError("MLXM_MAX_USER_CONCURRENT must be 1 or more (unset: no limit)")
-        return cls(
-            max_queue=None if max_queue is None else int(max_queue),
-            max_user=None if max_user is None else int(max_user),
-            timeout_s=timeout or None,
-        )
+        """From MLXM_MAX_QUEUE, MLXM_MAX_USER_CONCURRENT and MLXM_QUEUE_TIMEOUT (ValueError
+        naming a bad one)."""
+        return cls(*queue_limits(env))
 
 
 def retry_after(service_s: float | None, ahead: int, slots: int) -> int:
