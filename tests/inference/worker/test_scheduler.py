@@ -410,6 +410,9 @@ def test_another_users_request_is_not_stuck_behind_a_flood(driven: Any, demo_mod
     assert engine.active == 2 and d.sched.waiting == 14  # the batch holds only its 2 rows
     d.send(conn_b, of_user("b0", path, "b", spec, max_tokens=tokens))
     assert d.sched.waiting == 15
+    d.sched._refresh_snapshot()  # what /healthz and the pool page show
+    (model,) = d.sched.snapshot["models"]
+    assert model["queued_requests"] == 15 and model["active_requests"] == 2
 
     rows: list[int] = []
 
