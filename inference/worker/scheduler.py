@@ -20,6 +20,8 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from inference import protocol as p
 from inference.worker.fairness import FairQueue, Limits, retry_after
 from inference.worker.pool import ModelLoadError, Pool, PoolFull
@@ -46,7 +48,7 @@ class _AbortAll:
 
 
 def waiting_spec(waiting: FairQueue[_Queued]) -> p.ModelSpec:
-    """The model spec of a queue's latest-pushed request (they all share one engine)."""
+    """The model spec of one of a queue's requests (they all share one engine)."""
     return next(iter(waiting)).req.model
 
 
@@ -62,6 +64,7 @@ def _ends(item: Any) -> bool:
 # Which engine kinds serve each request type.
 GENERATES = ("llm", "vision")
 SERVICE_EMA = 0.2  # weight of the latest request in a model's average time per request
+IMAGE_COST = 256  # prompt tokens an image counts for in the fair queue (before it is encoded)
 
 
 class QueueFull(Exception):
@@ -77,7 +80,7 @@ class _Queued:
 
     __slots__ = ("arrived", "conn", "prompt", "req")
 
-    def __init__(self, conn: Any, req: p.Generate, arrived: float | None, prompt: list[int]) -> None:
+    def __init__(self, conn: Any, req: p.Generate, arrived: float | None, prompt: list[int] | None) -> None:
         self.conn = conn
         self.req = req
         self.arrived = arrived
@@ -401,11 +404,16 @@ class Scheduler(threading.Thread):
                 f"its {self._slots(engine)} running one(s) (MLXM_MAX_QUEUE); retry later",
                 self._retry_after(engine, ahead),
             )
-        prompt = engine._tokenize(req)  # the prompt's length is its cost; errors are the client's
-        req = engine._check_context(req, prompt)
+        prompt: list[int] | None = None
+        if req.images:  # the engine expands images into tokens when it starts the request
+            cost = len(msgspec.json.encode(req.messages)) // 4 + IMAGE_COST * len(req.images)
+        else:  # the prompt's length is its cost; errors are the client's, at once
+            prompt = engine._tokenize(req)
+            req = engine._check_context(req, prompt)
+            cost = len(prompt)
         if waiting is None:
             waiting = self._queues[key] = FairQueue()
-        waiting.push(lane, _Queued(conn, req, arrived, prompt), cost=len(prompt), weight=req.weight,
+        waiting.push(lane, _Queued(conn, req, arrived, prompt), cost=cost, weight=req.weight,
                      now=time.perf_counter())  # fmt: skip
         self._per_lane[(key, lane)] += 1
         self.waiting += 1

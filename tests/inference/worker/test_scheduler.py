@@ -515,3 +515,29 @@ def test_a_queued_request_with_a_bad_prompt_is_refused_at_once(
     (err,) = [i for i in drained(conn) if isinstance(i, p.RequestError)]
     assert err.request_id == "long" and err.code == p.ERR_BAD_REQUEST and "context length" in err.message
     assert d.sched.waiting == 0
+
+
+def test_image_requests_wait_their_turn_and_then_run(driven: Any, demo_models: dict[str, Path]) -> None:
+    """An image request queues on an estimate of its cost (its images are encoded when it starts)."""
+    import io
+
+    from PIL import Image
+
+    from inference.worker.testmodels.media import TINY_LLAVA_NAME
+
+    out = io.BytesIO()
+    Image.new("RGB", (50, 40), "red").save(out, "PNG")
+    spec = p.ModelSpec(name="vlm", path=str(demo_models[TINY_LLAVA_NAME]), kind="vision", max_concurrent=1)
+    d = driven()
+    conn = Conn()
+    for user in ("a", "b"):
+        d.send(conn, p.Generate(
+            request_id=user, model=spec, sampling=p.SamplingParams(max_tokens=4, temperature=0.0), user=user,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "What is it?"}, {"type": "image"}]}],
+            images=[out.getvalue()],
+        ))  # fmt: skip
+    assert d.sched.waiting == 1
+    d.until(lambda: not d.sched.waiting and not d.sched._running)
+    finals = [i for i in drained(conn) if getattr(i, "finish_reason", None)]
+    assert sorted(f.request_id for f in finals) == ["a", "b"]
+    assert finals[0].prompt_tokens == finals[1].prompt_tokens > 0
