@@ -25,9 +25,10 @@ from inference.env import queue_limits
 
 T = TypeVar("T")
 
-# Tokens of credit per turn (times the lane's weight). Small against typical prompts, so a
-# lane's turn starts about one request: lanes interleave closely.
-QUANTUM = 32
+# Tokens of credit per turn (times the lane's weight). Small against any prompt, so a lane's
+# turn starts at most one request and lanes interleave as closely as their prompts allow (the
+# rounds in which nobody could start anything are credited at once, see `pop`).
+QUANTUM = 1
 MIN_WEIGHT = 0.01
 
 

@@ -384,6 +384,13 @@ class Scheduler(threading.Thread):
         """How many generations the engine runs at once (a quantized KV cache: one)."""
         return 1 if engine.spec.kv_bits is not None else max(1, int(engine.max_concurrent))
 
+    def _has_room(self, engine: Any) -> bool:
+        """A free row, and for a text model a free prefill slot: what it would queue itself
+        (first come, first served) waits in the fair queue instead."""
+        if engine.active >= self._slots(engine):
+            return False
+        return engine.kind != "llm" or not engine.prefill_full
+
     def _start_or_queue(self, engine: Any, conn: Any, req: p.Generate, arrived: float | None) -> bool:
         key, lane = engine.spec.key, lane_of(req)
         waiting = self._queues.get(key)
@@ -394,7 +401,7 @@ class Scheduler(threading.Thread):
                 "(MLXM_MAX_USER_CONCURRENT); retry when one has finished",
                 self._retry_after(engine, 0),
             )
-        if not waiting and engine.active < self._slots(engine):
+        if not waiting and self._has_room(engine):
             engine.add(req, conn, arrived=arrived)
             return True
         ahead = len(waiting) if waiting is not None else 0
@@ -462,7 +469,7 @@ class Scheduler(threading.Thread):
                         self._unlane(key, lane_of(lost.req))
                         self._fail(lost.conn, lost.req.request_id, p.ERR_MODEL_LOAD, str(exc))
                     break
-                if engine.active >= self._slots(engine):
+                if not self._has_room(engine):
                     break
                 item = waiting.pop()
                 assert item is not None

@@ -297,6 +297,13 @@ class LLMEngine:
     def max_concurrent(self) -> int:
         return int(self.batch.completion_batch_size)
 
+    @property
+    def prefill_full(self) -> bool:
+        """Whether as many rows are prefilling as the batch prefills at once: a request added
+        now would wait in the batch's first-come queue (the scheduler's fair queue holds it)."""
+        prefilling = sum(1 for a in self._by_uid.values() if not a.completion_tokens)
+        return prefilling >= self.batch.prefill_batch_size
+
     # ---- requests ----------------------------------------------------------------
 
     def markup(self, tool_parser: str = "", reasoning_parser: str = "") -> mk.Markup:

@@ -434,6 +434,27 @@ def test_another_users_request_is_not_stuck_behind_a_flood(driven: Any, demo_mod
     assert not d.sched._per_lane and not d.sched._queues
 
 
+def test_with_free_rows_the_prefill_slots_take_turns(driven: Any, demo_models: dict[str, Path]) -> None:
+    """With rows to spare (max_concurrent 32), what the batch would prefill first come, first
+    served (8 prompts at a time) waits in the fair queue: b's request, sent after a's 16,
+    starts among the first of the next slots, not after a's other 8."""
+    path = demo_models["tiny-random"]
+    d = driven()
+    conn_a, conn_b = Conn(), Conn()
+    for i in range(16):
+        d.send(conn_a, of_user(f"a{i}", path, "a", max_tokens=8))
+    engine = next(iter(d.sched.pool))
+    assert engine.batch.prefill_batch_size == 8 and engine.active == 8 and d.sched.waiting == 8
+    d.send(conn_b, of_user("b0", path, "b", max_tokens=8))
+    rounds = d.until(lambda: "b0" in d.sched._running)
+    first = {f"a{i}" for i in range(8)}
+    later = [rid for rid in d.sched._running if rid not in first]  # in the order they started
+    # First come, first served would have started a8..a15 first: b0 is first or second.
+    assert rounds <= 3 and later.index("b0") <= 1
+    d.until(lambda: not d.sched.waiting and not engine.active)
+    assert isinstance(collect(conn_b, {"b0"})["b0"][1], p.Output)
+
+
 def test_a_full_queue_refuses_with_a_retry_after(driven: Any, demo_models: dict[str, Path]) -> None:
     path, spec = demo_models["tiny-random"], {"max_concurrent": 1}
     d = driven(Limits(max_queue=1))
