@@ -4,7 +4,8 @@ Requests reach it through a queue (as in mlx-lm's server); what one round of ste
 produces is grouped per connection and handed to `emit` as one list, which the I/O
 loop writes as one frame.
 
-A model runs at most `max_concurrent` generations; more wait in the model's fair queue
+A model runs at most `max_concurrent` generations (a text model takes a new one only into a
+free prefill slot of its batch); more wait in the model's fair queue
 (inference/worker/fairness.py), one lane per user, and start in deficit-round-robin order
 on prompt tokens as rows free. The queue's limits (MLXM_MAX_QUEUE, MLXM_MAX_USER_CONCURRENT)
 refuse with `queue_full`, a wait beyond MLXM_QUEUE_TIMEOUT ends with `queue_timeout`.
