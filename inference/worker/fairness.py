@@ -1,7 +1,7 @@
 """Fair turns between users: the queue in front of each model's batch.
 
 A model runs at most `max_concurrent` requests; the rest wait here, one lane per user (or
-API key). When a batch row frees, the next request is chosen by deficit round robin (DRR)
+API key). When a batch row (for a text model, a prefill slot) frees, the next request is chosen by deficit round robin (DRR)
 on prompt tokens: the lanes take turns, each turn adds `quantum x weight` tokens of credit
 to the lane whose turn it is, and a lane starts its oldest request once its credit covers
 that request's prompt. Over time every waiting user gets the same share of prompt tokens
