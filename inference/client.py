@@ -30,10 +30,11 @@ class EngineDeadError(Exception):
 class EngineRequestError(Exception):
     """The worker refused or failed one request."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds, for a full queue (ERR_QUEUE_FULL)
 
 
 _DEAD = object()
@@ -196,7 +197,7 @@ class EngineClient:
                         raise EngineDeadError("the inference worker stopped while serving this request")
                     if isinstance(item, p.RequestError):
                         finished = True
-                        raise EngineRequestError(item.code, item.message)
+                        raise EngineRequestError(item.code, item.message, item.retry_after)
                     outs.append(item)
                     if item.finish_reason is not None:
                         finished = True

@@ -8,12 +8,44 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 # Files this process creates are its owner's only (0600 files, 0700 folders): the SQLite
 # database and its -wal/-shm, secrets, sockets and downloaded models.
 PRIVATE_UMASK = 0o077
+
+
+def _env_number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {raw!r}") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be 0 or more, not {raw!r}")
+    return value
+
+
+def queue_limits(env: Mapping[str, str] | None = None) -> tuple[int | None, int | None, float | None]:
+    """The worker's queue limits (inference/worker/fairness.py), None where unset: requests
+    that may wait per model (MLXM_MAX_QUEUE), one user's requests per model
+    (MLXM_MAX_USER_CONCURRENT), seconds one may wait (MLXM_QUEUE_TIMEOUT; 0: no limit). The
+    web side reads them too, so that a bad value stops `serve` at start (ValueError)."""
+    env = os.environ if env is None else env
+    max_queue = _env_number(env, "MLXM_MAX_QUEUE", int)
+    max_user = _env_number(env, "MLXM_MAX_USER_CONCURRENT", int)
+    timeout = _env_number(env, "MLXM_QUEUE_TIMEOUT", float)
+    if max_user == 0:
+        raise ValueError("MLXM_MAX_USER_CONCURRENT must be 1 or more (unset: no limit)")
+    return (
+        None if max_queue is None else int(max_queue),
+        None if max_user is None else int(max_user),
+        timeout or None,
+    )
 
 
 def data_dir() -> Path:

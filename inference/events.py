@@ -9,6 +9,7 @@ shape then renders.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -73,7 +74,8 @@ class Failure:
     retry_after: int | None = None
 
 
-_ENGINE_STATUS = {p.ERR_BAD_REQUEST: 400, p.ERR_OVERLOADED: 503, p.ERR_MODEL_LOAD: 503}
+_ENGINE_STATUS = {p.ERR_BAD_REQUEST: 400, p.ERR_OVERLOADED: 503, p.ERR_MODEL_LOAD: 503,
+                  p.ERR_QUEUE_FULL: 429, p.ERR_QUEUE_TIMEOUT: 503}  # fmt: skip
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
           404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
 
@@ -99,7 +101,10 @@ def failure_of(exc: BaseException) -> Failure | None:
         return Failure(503, f"{exc}; it is restarting, retry shortly.", "worker_unavailable", "server_error")
     if isinstance(exc, EngineRequestError):
         status = engine_status(exc)
-        return Failure(status, exc.message, exc.code, _TYPES.get(status, "server_error"))
+        retry_after = None
+        if status == 429:  # a full queue: when a retry may find room (at least a second)
+            retry_after = max(1, math.ceil(exc.retry_after or 1))
+        return Failure(status, exc.message, exc.code, _TYPES.get(status, "server_error"), None, retry_after)
     if isinstance(exc, UpstreamStreamError):
         return Failure(502, exc.message, exc.code, "server_error")
     return None

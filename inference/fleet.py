@@ -36,7 +36,8 @@ S = TypeVar("S")
 LIST_EVERY_S = 5.0  # re-read the registered workers this often
 HEALTH_EVERY_S = 2.0  # ask each worker what it holds this often (only with remote workers)
 DOWN_FOR_S = 5.0  # a worker that failed is tried last for this long
-RETRY_CODES = {p.ERR_OVERLOADED, p.ERR_MODEL_LOAD}
+# A full queue (MLXM_MAX_QUEUE, MLXM_MAX_USER_CONCURRENT) tries the next worker: 429 if all are.
+RETRY_CODES = {p.ERR_OVERLOADED, p.ERR_MODEL_LOAD, p.ERR_QUEUE_FULL}
 
 
 class _State:

@@ -152,8 +152,35 @@ def _with_profile_system(messages: list[dict[str, Any]], profile: Profile) -> li
     return messages
 
 
-def worker_request(prompt: Prompt, target: Target, images: list[bytes], *, request_id: str) -> p.Generate:
+@dataclass(frozen=True)
+class Requester:
+    """Who a generation is for, as the worker's fair queue sees it: a user's name, an API
+    key's prefix (never its secret), and their turns' weight (MLXM_PRIORITY_WEIGHTS)."""
+
+    user: str = ""
+    key: str = ""
+    weight: float = 1.0
+
+
+def requester(key: Any, user: Any) -> Requester:
+    """The requester of an API call (`key`, an ApiKey with its user loaded) or of the
+    playground (`user`, signed in)."""
+    from django.conf import settings
+
+    from mlxmanager.accounts.services import role_of
+
+    owner = key.user if key is not None else user
+    if owner is None or not getattr(owner, "is_authenticated", False):
+        return Requester(key=key.prefix if key is not None else "")
+    weight = settings.MLXM_PRIORITY_WEIGHTS.get(role_of(owner), 1.0)
+    return Requester(user=owner.get_username(), key=key.prefix if key is not None else "", weight=weight)
+
+
+def worker_request(
+    prompt: Prompt, target: Target, images: list[bytes], *, request_id: str, who: Requester | None = None
+) -> p.Generate:
     """The one place a profile's defaults meet what the client asked."""
+    who = who or Requester()
     profile = target.profile
     messages = None if prompt.messages is None else _with_profile_system(list(prompt.messages), profile)
     return p.Generate(
@@ -180,6 +207,9 @@ def worker_request(prompt: Prompt, target: Target, images: list[bytes], *, reque
         reasoning_parser=profile.reasoning_parser or "",
         logprobs=prompt.logprobs,
         images=images,
+        user=who.user,
+        key=who.key,
+        weight=who.weight,
     )
 
 

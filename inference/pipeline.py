@@ -10,7 +10,7 @@ what `serve` returns. Limits, routing rules, fallbacks and the audit record live
 
 Fallback: a rule's targets are tried in order. The next one is tried on connection errors,
 timeouts, 5xx, 429, an open circuit, a refused credential (401/403), local overload (worker
-`overloaded`, a model that failed to load, the worker down) and a missing local profile, all
+`overloaded` or `queue_full`, a model that failed to load, the worker down) and a missing local profile, all
 before the first byte reaches the client. Other errors (the client's own 400) end the call.
 
 With tracing on, each step is a span of the request's trace (mlxmanager/tracing.py): the
@@ -50,7 +50,7 @@ ROUTED = frozenset({"chat", "completions", "messages", "count_tokens", "response
 # Which protocol a surface's client speaks (a same-protocol upstream is relayed as is).
 CLIENT_PROTOCOL = {"chat": "openai", "completions": "openai", "messages": "anthropic",
                    "count_tokens": "anthropic", "responses": "responses", "ws": "ws"}  # fmt: skip
-LOCAL_FALLBACK_CODES = {p.ERR_OVERLOADED, p.ERR_MODEL_LOAD}
+LOCAL_FALLBACK_CODES = {p.ERR_OVERLOADED, p.ERR_MODEL_LOAD, p.ERR_QUEUE_FULL}
 
 
 @dataclass(kw_only=True)
@@ -138,7 +138,8 @@ async def _local_text(call: Call, target: gateway.Target) -> Answer:
     client = get_engine_client()
     if call.surface == "count_tokens":
         return Count(await client.count_tokens(gateway.count_request(prompt, target, images, request_id=rid)))
-    req = gateway.worker_request(prompt, target, images, request_id=rid)
+    who = gateway.requester(call.key, call.user)
+    req = gateway.worker_request(prompt, target, images, request_id=rid, who=who)
     generated = client.generate(req)
     tr = tracing.current()
     if tr is not None:  # the worker's timings: queue_wait, prefill and decode spans

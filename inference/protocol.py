@@ -104,6 +104,12 @@ class Generate(msgspec.Struct, tag="generate", kw_only=True):
     # Vision models: the encoded images (PNG, JPEG, ...) that the messages' {"type": "image"}
     # parts stand for, in order. Checked by the gateway (format, size, decodable).
     images: list[bytes] = []
+    # Who asked, for fair turns between users (inference/worker/fairness.py): the user's
+    # name ("" for none), the API key's prefix (never its secret), and the priority weight
+    # of their turns (MLXM_PRIORITY_WEIGHTS).
+    user: str = ""
+    key: str = ""
+    weight: float = 1.0
 
 
 TOOL_CHOICES = ("auto", "none", "required", "function")
@@ -242,6 +248,8 @@ class RequestError(msgspec.Struct, tag="error", kw_only=True):
     request_id: str
     code: str
     message: str
+    # ERR_QUEUE_FULL: seconds after which a retry may find room (the gateway's Retry-After).
+    retry_after: float | None = None
 
 
 class HealthReply(msgspec.Struct, tag="health_reply", kw_only=True):
@@ -339,6 +347,10 @@ ERR_BAD_REQUEST = "bad_request"
 ERR_MODEL_LOAD = "model_load_failed"
 ERR_OVERLOADED = "overloaded"
 ERR_INTERNAL = "internal"
+# The model's queue (MLXM_MAX_QUEUE) or the user's share of it (MLXM_MAX_USER_CONCURRENT) is
+# full: a 429 with Retry-After. A request that waited longer than MLXM_QUEUE_TIMEOUT: a 503.
+ERR_QUEUE_FULL = "queue_full"
+ERR_QUEUE_TIMEOUT = "queue_timeout"
 
 
 class FrameCodec:

@@ -9,9 +9,16 @@ import os
 import secrets
 from pathlib import Path
 
-from inference.env import PRIVATE_UMASK, data_dir, make_private, worker_socket
+from inference.env import PRIVATE_UMASK, data_dir, make_private, queue_limits, worker_socket
 
-__all__ = ["PRIVATE_UMASK", "data_dir", "make_private", "read_or_create_secret", "worker_socket"]
+__all__ = [
+    "PRIVATE_UMASK",
+    "data_dir",
+    "make_private",
+    "queue_limits",
+    "read_or_create_secret",
+    "worker_socket",
+]
 
 
 def read_or_create_secret(path: Path, nbytes: int = 48) -> str:
@@ -47,6 +54,27 @@ def body_read_timeout() -> float:
 def max_header_bytes() -> int:
     """The request line and headers together: over this, 431."""
     return int(os.environ.get("MLXM_MAX_HEADER_BYTES", str(64 * 1024)))
+
+
+def priority_weights() -> dict[str, float]:
+    """MLXM_PRIORITY_WEIGHTS, "admin=2" or "admin=3,member=1": the weight of a role's turns in
+    the worker's fair queue (inference/worker/fairness.py); a role not named weighs 1."""
+    weights: dict[str, float] = {}
+    for part in os.environ.get("MLXM_PRIORITY_WEIGHTS", "").split(","):
+        if not part.strip():
+            continue
+        role, sep, value = (x.strip() for x in part.partition("="))
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = 0.0
+        if not sep or role not in ("admin", "member") or not 0 < weight < 1000:
+            raise ValueError(
+                f"MLXM_PRIORITY_WEIGHTS: {part.strip()!r} is not ROLE=WEIGHT with a role of admin or "
+                'member and a weight above 0 and below 1000 (e.g. "admin=2")'
+            )
+        weights[role] = weight
+    return weights
 
 
 def header_read_timeout() -> float:

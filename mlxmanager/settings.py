@@ -272,6 +272,11 @@ MLXM_AUDIO_MAX_BYTES = int(os.environ.get("MLXM_AUDIO_MAX_BYTES", str(25 * 1024 
 MLXM_AUDIO_MAX_SECONDS = float(os.environ.get("MLXM_AUDIO_MAX_SECONDS", "600"))
 # Text-to-speech input, in characters (OpenAI's limit).
 MLXM_SPEECH_MAX_CHARS = int(os.environ.get("MLXM_SPEECH_MAX_CHARS", "4096"))
+# The weight of each role's turns in the worker's fair queue ("admin=2"; unnamed roles: 1).
+MLXM_PRIORITY_WEIGHTS = config.priority_weights()
+# The worker's queue limits, read by the worker (inference/worker/fairness.py); read here too so
+# that a bad value stops the web process at start, not the worker over and over.
+MLXM_QUEUE_LIMITS = config.queue_limits()
 MLXM_UPSTREAM_TIMEOUT = float(os.environ.get("MLXM_UPSTREAM_TIMEOUT", "60"))
 MLXM_UPSTREAM_RETRIES = int(os.environ.get("MLXM_UPSTREAM_RETRIES", "2"))
 MLXM_UPSTREAM_BACKOFF = float(os.environ.get("MLXM_UPSTREAM_BACKOFF", "0.25"))

@@ -3,6 +3,12 @@
 Requests reach it through a queue (as in mlx-lm's server); what one round of steps
 produces is grouped per connection and handed to `emit` as one list, which the I/O
 loop writes as one frame.
+
+A model runs at most `max_concurrent` generations (a text model takes a new one only into a
+free prefill slot of its batch); more wait in the model's fair queue
+(inference/worker/fairness.py), one lane per user, and start in deficit-round-robin order
+on prompt tokens as rows free. The queue's limits (MLXM_MAX_QUEUE, MLXM_MAX_USER_CONCURRENT)
+refuse with `queue_full`, a wait beyond MLXM_QUEUE_TIMEOUT ends with `queue_timeout`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from inference import protocol as p
+from inference.worker.fairness import FairQueue, Limits, retry_after
 from inference.worker.pool import ModelLoadError, Pool, PoolFull
 
 log = logging.getLogger(__name__)
@@ -39,6 +48,11 @@ class _AbortAll:
         self.message = message
 
 
+def waiting_spec(waiting: FairQueue[_Queued]) -> p.ModelSpec:
+    """The model spec of one of a queue's requests (they all share one engine)."""
+    return next(iter(waiting)).req.model
+
+
 def _ends(item: Any) -> bool:
     """Whether `item` is a request's last message (its end, or its error)."""
     if isinstance(item, p.Output):
@@ -50,6 +64,33 @@ def _ends(item: Any) -> bool:
 
 # Which engine kinds serve each request type.
 GENERATES = ("llm", "vision")
+SERVICE_EMA = 0.2  # weight of the latest request in a model's average time per request
+IMAGE_COST = 256  # prompt tokens an image counts for in the fair queue (before it is encoded)
+
+
+class QueueFull(Exception):
+    """A request refused by the queue's limits; `retry_after` in seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Queued:
+    """A Generate waiting in its model's fair queue."""
+
+    __slots__ = ("arrived", "conn", "prompt", "req")
+
+    def __init__(self, conn: Any, req: p.Generate, arrived: float | None, prompt: list[int] | None) -> None:
+        self.conn = conn
+        self.req = req
+        self.arrived = arrived
+        self.prompt = prompt
+
+
+def lane_of(req: p.Generate) -> str:
+    """Whose turn a request takes: its user's, else its API key's ("" : anonymous)."""
+    return req.user or (f"key:{req.key}" if req.key else "")
 
 
 class Scheduler(threading.Thread):
@@ -60,6 +101,7 @@ class Scheduler(threading.Thread):
         pool: Pool | None = None,
         preload: list[p.ModelSpec] | None = None,
         replicator: Any = None,
+        limits: Limits | None = None,
     ) -> None:
         super().__init__(name="mlx-scheduler", daemon=True)
         self.pool = pool if pool is not None else Pool()
@@ -84,6 +126,15 @@ class Scheduler(threading.Thread):
         # Over an MLX distributed group (inference/worker/distributed.py): every round's inbox
         # is rank 0's, broadcast to all ranks.
         self.replicator = replicator
+        # Fair turns (inference/worker/fairness.py): per model (pool key), the generations
+        # waiting for a batch row, and those running (request_id -> model key, lane, start).
+        self.limits = limits if limits is not None else Limits.from_env()
+        self._queues: dict[Any, FairQueue[_Queued]] = {}
+        self._running: dict[str, tuple[Any, str, float]] = {}
+        self._per_lane: dict[tuple[Any, str], int] = defaultdict(int)  # running + waiting
+        self._service_s: dict[Any, float] = {}  # model key -> average seconds per request
+        self.waiting = 0  # generations in the fair queues (read by the I/O thread)
+        self.rounds = 0  # rounds of steps run (the fairness tests count them)
 
     # ---- called from the I/O thread ------------------------------------------------
 
@@ -105,7 +156,7 @@ class Scheduler(threading.Thread):
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing generating (read from the I/O thread while draining)."""
-        return self.queued <= 0 and not any(e.active for e in self.pool)
+        return self.queued <= 0 and self.waiting <= 0 and not any(e.active for e in self.pool)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -121,14 +172,14 @@ class Scheduler(threading.Thread):
         with mx.stream(mx.default_stream(mx.default_device())):
             self._load_preloaded()
             while True:
-                busy = any(e.active for e in self.pool)
+                busy = self.waiting > 0 or any(e.active for e in self.pool)
                 if self.replicator is None:
                     if self._stop_event.is_set():
                         break
                     self._drain(block=not busy)
                 elif not self._replicated_round(busy):
                     break
-                self._step_all()
+                self.round()
                 now = time.monotonic()
                 if now - last_snapshot > 0.25:
                     if not busy and self.replicator is None:
@@ -193,11 +244,26 @@ class Scheduler(threading.Thread):
             except queue.Empty:
                 return
 
+    def round(self) -> None:
+        """One round: a step of every model's batch, then what waits takes the rows that
+        freed (and, on one machine, what waited too long leaves)."""
+        self.rounds += 1
+        self._step_all()
+        if self.waiting:
+            if self.limits.timeout_s and self.replicator is None:  # ranks' clocks differ
+                self._expire_waiting(time.perf_counter() - self.limits.timeout_s)
+            self._admit_waiting()
+
+    def handle(self, conn: Any, msg: Any) -> None:
+        """Handle one message as the loop does (for tests driving the scheduler themselves)."""
+        self._handle(conn, msg)
+
     def _handle(self, conn: Any, msg: Any) -> None:
         if msg is None:
             return
         if isinstance(msg, _AbortAll):
             self._fail_running(msg.message)
+            self._fail_waiting(lambda q: True, p.ERR_OVERLOADED, msg.message)
             return
         arrived = self._arrived.pop(msg.request_id, None) if isinstance(msg, p.Generate) else None
         if self.draining and isinstance(
@@ -223,6 +289,7 @@ class Scheduler(threading.Thread):
             for engine in self.pool:
                 for rid in engine.owned_by(msg.conn):
                     self._abort(rid)
+            self._drop_waiting(lambda q: q.conn is msg.conn)
 
     def _with_engine(self, conn: Any, request_id: str, spec: p.ModelSpec, what: str) -> Any | None:
         """The engine for `spec` (loading it if needed), or None after reporting why not."""
@@ -273,6 +340,9 @@ class Scheduler(threading.Thread):
             return None, None
         try:
             return engine, call(engine)
+        except QueueFull as exc:
+            self._emit(conn, [p.RequestError(request_id=request_id, code=p.ERR_QUEUE_FULL, message=str(exc),
+                                             retry_after=float(exc.retry_after))])  # fmt: skip
         except BadRequest as exc:
             self._fail(conn, request_id, p.ERR_BAD_REQUEST, str(exc))
         except NoMemory as exc:
@@ -304,11 +374,160 @@ class Scheduler(threading.Thread):
             self._owner[req.request_id] = engine
 
     def _admit(self, conn: Any, req: p.Generate, arrived: float | None = None) -> None:
-        engine, _ = self._on_engine(
-            conn, req.request_id, req.model, GENERATES, "start", lambda e: e.add(req, conn, arrived=arrived)
-        )
-        if engine is not None:
-            self._owner[req.request_id] = engine
+        """Start a generation when its model has a free row and nobody waits, else queue it
+        (or refuse it, beyond the queue's limits)."""
+        engine, started = self._on_engine(
+            conn, req.request_id, req.model, GENERATES, "start", lambda e: self._start_or_queue(e, conn, req, arrived)
+        )  # fmt: skip
+        if engine is not None and started:
+            self._mark_started(engine, req)
+
+    @staticmethod
+    def _slots(engine: Any) -> int:
+        """How many generations the engine runs at once (a quantized KV cache: one)."""
+        return 1 if engine.spec.kv_bits is not None else max(1, int(engine.max_concurrent))
+
+    def _has_room(self, engine: Any) -> bool:
+        """A free row, and for a text model a free prefill slot: what it would queue itself
+        (first come, first served) waits in the fair queue instead."""
+        if engine.active >= self._slots(engine):
+            return False
+        return engine.kind != "llm" or not engine.prefill_full
+
+    def _start_or_queue(self, engine: Any, conn: Any, req: p.Generate, arrived: float | None) -> bool:
+        key, lane = engine.spec.key, lane_of(req)
+        waiting = self._queues.get(key)
+        limit = self.limits.max_user
+        if lane and limit is not None and self._per_lane.get((key, lane), 0) >= limit:
+            raise QueueFull(
+                f"you already have {limit} request(s) running or queued for '{req.model.name}' "
+                "(MLXM_MAX_USER_CONCURRENT); retry when one has finished",
+                self._retry_after(engine, 0),
+            )
+        if not waiting and self._has_room(engine):
+            engine.add(req, conn, arrived=arrived)
+            return True
+        ahead = len(waiting) if waiting is not None else 0
+        if self.limits.max_queue is not None and ahead >= self.limits.max_queue:
+            raise QueueFull(
+                f"the queue for '{req.model.name}' is full: {ahead} request(s) already wait for "
+                f"its {self._slots(engine)} running one(s) (MLXM_MAX_QUEUE); retry later",
+                self._retry_after(engine, ahead),
+            )
+        prompt: list[int] | None = None
+        if req.images:  # the engine expands images into tokens when it starts the request
+            cost = len(msgspec.json.encode(req.messages)) // 4 + IMAGE_COST * len(req.images)
+        else:  # the prompt's length is its cost; errors are the client's, at once
+            prompt = engine._tokenize(req)
+            req = engine._check_context(req, prompt)
+            cost = len(prompt)
+        if waiting is None:
+            waiting = self._queues[key] = FairQueue()
+        waiting.push(lane, _Queued(conn, req, arrived, prompt), cost=cost, weight=req.weight,
+                     now=time.perf_counter())  # fmt: skip
+        self._per_lane[(key, lane)] += 1
+        self.waiting += 1
+        return False
+
+    def _retry_after(self, engine: Any, ahead: int) -> int:
+        return retry_after(self._service_s.get(engine.spec.key), ahead, self._slots(engine))
+
+    def _mark_started(self, engine: Any, req: p.Generate) -> None:
+        self._owner[req.request_id] = engine
+        lane = lane_of(req)
+        self._running[req.request_id] = (engine.spec.key, lane, time.perf_counter())
+        self._per_lane[(engine.spec.key, lane)] += 1
+
+    def _mark_ended(self, request_id: str, *, finished: bool = False) -> None:
+        """A started request is over; `finished`: it ran to its end (its time is a sample)."""
+        self._owner.pop(request_id, None)
+        running = self._running.pop(request_id, None)
+        if running is None:
+            return
+        key, lane, started = running
+        self._unlane(key, lane)
+        if finished:
+            took = time.perf_counter() - started
+            before = self._service_s.get(key)
+            self._service_s[key] = took if before is None else before + SERVICE_EMA * (took - before)
+
+    def _unlane(self, key: Any, lane: str) -> None:
+        left = self._per_lane[(key, lane)] - 1
+        if left > 0:
+            self._per_lane[(key, lane)] = left
+        else:
+            self._per_lane.pop((key, lane), None)
+
+    def _admit_waiting(self) -> None:
+        """Start waiting generations, in fair order, on every model with free rows."""
+        for key, waiting in list(self._queues.items()):
+            while waiting:
+                spec = waiting_spec(waiting)
+                try:  # loaded, unless it was evicted meanwhile
+                    engine = self.pool.get(spec)
+                except Exception as exc:
+                    log.warning("could not load %s for its waiting requests: %s", spec.name, exc)
+                    for lost in waiting.clear():
+                        self.waiting -= 1
+                        self._unlane(key, lane_of(lost.req))
+                        self._fail(lost.conn, lost.req.request_id, p.ERR_MODEL_LOAD, str(exc))
+                    break
+                if not self._has_room(engine):
+                    break
+                item = waiting.pop()
+                assert item is not None
+                self.waiting -= 1
+                self._unlane(key, lane_of(item.req))
+                self._start_waiting(engine, item)
+            if not waiting:
+                self._queues.pop(key, None)
+
+    def _start_waiting(self, engine: Any, item: _Queued) -> None:
+        from inference.worker.adapters.llm import BadRequest
+
+        req = item.req
+        try:
+            engine.add(req, item.conn, arrived=item.arrived, prompt=item.prompt)
+        except BadRequest as exc:
+            self._fail(item.conn, req.request_id, p.ERR_BAD_REQUEST, str(exc))
+            return
+        except Exception as exc:
+            log.exception("could not start %s", req.request_id)
+            self._fail(item.conn, req.request_id, p.ERR_INTERNAL, f"could not start: {exc}")
+            return
+        self._mark_started(engine, req)
+
+    def _drop_waiting(self, match: Callable[[_Queued], bool]) -> list[_Queued]:
+        """Take waiting generations out of their queues (aborted, client gone, failed)."""
+        dropped: list[_Queued] = []
+        for key, waiting in list(self._queues.items()):
+            for item in waiting.remove(match):
+                self._unlane(key, lane_of(item.req))
+                dropped.append(item)
+            if not waiting:
+                del self._queues[key]
+        self.waiting -= len(dropped)
+        return dropped
+
+    def _fail_waiting(self, match: Callable[[_Queued], bool], code: str, message: str) -> None:
+        for item in self._drop_waiting(match):
+            self._fail(item.conn, item.req.request_id, code, message)
+
+    def _expire_waiting(self, before: float) -> None:
+        timeout = self.limits.timeout_s
+        for key, waiting in list(self._queues.items()):
+            for item in waiting.expired(before):
+                self.waiting -= 1
+                self._unlane(key, lane_of(item.req))
+                self._fail(
+                    item.conn,
+                    item.req.request_id,
+                    p.ERR_QUEUE_TIMEOUT,
+                    f"the request waited more than {timeout:g} s for a turn on '{item.req.model.name}' "
+                    "(MLXM_QUEUE_TIMEOUT); retry later",
+                )
+            if not waiting:
+                del self._queues[key]
 
     def _count_tokens(self, conn: Any, req: p.CountTokens) -> None:
         engine, count = self._on_engine(
@@ -350,9 +569,12 @@ class Scheduler(threading.Thread):
         self._emit(conn, [p.PoolReply(request_id=cmd.request_id, message=message)])
 
     def _abort(self, request_id: str) -> None:
-        engine = self._owner.pop(request_id, None)
+        engine = self._owner.get(request_id)
         if engine is not None:
+            self._mark_ended(request_id)
             engine.abort(request_id)
+        elif self.waiting:
+            self._drop_waiting(lambda q: q.req.request_id == request_id)
 
     def _fail_running(self, message: str) -> None:
         per_conn: dict[Any, list[Any]] = defaultdict(list)
@@ -360,7 +582,7 @@ class Scheduler(threading.Thread):
             if not engine.active:
                 continue
             for request_id, conn in engine.fail_all():
-                self._owner.pop(request_id, None)
+                self._mark_ended(request_id)
                 per_conn[conn].append(
                     p.RequestError(request_id=request_id, code=p.ERR_OVERLOADED, message=message)
                 )
@@ -382,7 +604,7 @@ class Scheduler(threading.Thread):
             except Exception as exc:
                 log.exception("step failed on %s", engine.spec.name)
                 for request_id, conn in engine.fail_all():
-                    self._owner.pop(request_id, None)
+                    self._mark_ended(request_id)
                     per_conn[conn].append(
                         p.RequestError(
                             request_id=request_id,
@@ -394,7 +616,7 @@ class Scheduler(threading.Thread):
             for conn, out in outputs:
                 per_conn[conn].append(out)
                 if _ends(out):
-                    self._owner.pop(out.request_id, None)
+                    self._mark_ended(out.request_id, finished=isinstance(out, p.Output))
         if any(_ends(i) for items in per_conn.values() for i in items):
             # Health must already count a request as done when its client sees the end.
             self._refresh_snapshot()
@@ -403,8 +625,10 @@ class Scheduler(threading.Thread):
 
     def _refresh_snapshot(self) -> None:
         models = self.pool.stats()
+        waiting = {e.spec.name: len(self._queues.get(e.spec.key) or ()) for e in self.pool}
         for m in models:
             m["tokens_per_s"] = round(self._rates.get(m["name"], 0.0), 2)
+            m["queued_requests"] = m.get("queued_requests", 0) + waiting.get(m["name"], 0)
         self.snapshot = {
             "models": models,
             "active_requests": sum(m["active_requests"] for m in models),

@@ -115,7 +115,7 @@ class WorkerServer:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
             "protocol": p.PROTOCOL_VERSION,
-            "queue_depth": max(0, self.scheduler.queued),
+            "queue_depth": max(0, self.scheduler.queued) + max(0, self.scheduler.waiting),
             "active_requests": snap.get("active_requests", 0),
             "loading": snap.get("loading"),
             "models": snap.get("models", []),

@@ -1,3 +1,5 @@
+from typing import Any
+
 from inference import gateway
 from inference import protocol as p
 from inference.api.openai import chat_prompt
@@ -88,3 +90,21 @@ def test_profile_caps_max_tokens() -> None:
     # Within the cap it is honoured; left out, the profile default is clipped to the cap.
     assert sampling_for(body(), capped, max_tokens=16).max_tokens == 16
     assert sampling_for(body(), capped, max_tokens=None).max_tokens == 16
+
+
+def test_the_worker_request_says_who_asks(settings: Any) -> None:
+    from django.contrib.auth import get_user_model
+
+    from mlxmanager.accounts.models import ApiKey
+
+    settings.MLXM_PRIORITY_WEIGHTS = {"admin": 2.5}
+    member, admin = get_user_model()(username="mia"), get_user_model()(username="ada", is_staff=True)
+    key = ApiKey(user=member, name="ci", prefix="mlxm-ab12", digest="x" * 64)
+    who = gateway.requester(key, None)
+    assert who == gateway.Requester(user="mia", key="mlxm-ab12", weight=1.0)
+    assert gateway.requester(None, admin) == gateway.Requester(user="ada", weight=2.5)  # the playground
+    req = gateway.worker_request(chat_prompt(body()), gateway.Target(profile()), [], request_id="r", who=who)
+    assert (req.user, req.key, req.weight) == ("mia", "mlxm-ab12", 1.0)
+    assert "x" * 64 not in repr(req)  # never the key's secret or digest
+    anonymous = gateway.worker_request(chat_prompt(body()), gateway.Target(profile()), [], request_id="r")
+    assert (anonymous.user, anonymous.key, anonymous.weight) == ("", "", 1.0)

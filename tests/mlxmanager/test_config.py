@@ -8,6 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -68,3 +71,16 @@ def test_an_existing_world_readable_install_is_fixed_at_start(tmp_path: Path) ->
     assert modes["old"] == 0o700
     assert modes["mlxmanager.sqlite3"] == 0o600
     assert modes["mlxmanager.sqlite3-wal"] == 0o600
+
+
+def test_priority_weights(monkeypatch: Any) -> None:
+    from mlxmanager import config
+
+    monkeypatch.setenv("MLXM_PRIORITY_WEIGHTS", "")
+    assert config.priority_weights() == {}
+    monkeypatch.setenv("MLXM_PRIORITY_WEIGHTS", " admin=2, member=0.5 ")
+    assert config.priority_weights() == {"admin": 2.0, "member": 0.5}
+    for bad in ("admin", "admin=0", "admin=lots", "boss=2", "admin=inf"):
+        monkeypatch.setenv("MLXM_PRIORITY_WEIGHTS", bad)
+        with pytest.raises(ValueError, match="MLXM_PRIORITY_WEIGHTS"):
+            config.priority_weights()

@@ -438,6 +438,13 @@ class LLMEngine:
     def max_concurrent(self) -> int:
         return int(self.batch.completion_batch_size)
 
+    @property
+    def prefill_full(self) -> bool:
+        """Whether as many rows are prefilling as the batch prefills at once: a request added
+        now would wait in the batch's first-come queue (the scheduler's fair queue holds it)."""
+        prefilling = sum(1 for a in self._by_uid.values() if not a.completion_tokens)
+        return prefilling >= self.batch.prefill_batch_size
+
     # ---- requests ----------------------------------------------------------------
 
     def markup(self, tool_parser: str = "", reasoning_parser: str = "") -> mk.Markup:
@@ -502,9 +509,12 @@ class LLMEngine:
             return msgspec.structs.replace(req, sampling=sampling)
         return req
 
-    def add(self, req: p.Generate, conn: Any, *, arrived: float | None = None) -> None:
-        """Start (or queue) a generation; `arrived`: when it reached the worker (perf_counter)."""
-        prompt = self._tokenize(req)
+    def add(
+        self, req: p.Generate, conn: Any, *, arrived: float | None = None, prompt: list[int] | None = None
+    ) -> None:
+        """Start (or queue) a generation; `arrived`: when it reached the worker (perf_counter);
+        `prompt`: its tokens, when the scheduler tokenized it already (a request that waited)."""
+        prompt = self._tokenize(req) if prompt is None else prompt
         req = self._check_context(req, prompt)
         parser, extra = self._prepare(req, prompt)  # compiles grammars: errors are the client's
         self._note_arrival(req.request_id, arrived)

@@ -334,7 +334,10 @@ class VisionEngine(LLMEngine):
     def _busy(self) -> int:
         return len(self._sequential) + len(self._by_uid)
 
-    def add(self, req: p.Generate, conn: Any, *, arrived: float | None = None) -> None:
+    def add(
+        self, req: p.Generate, conn: Any, *, arrived: float | None = None, prompt: list[int] | None = None
+    ) -> None:
+        # `prompt` (the text's tokens, from the scheduler's queue) is not used: images expand here.
         ids, pixels, mask = self._inputs(req)
         req = self._check_context(req, ids)
         parser, extra = self._prepare(req, ids)  # compiles grammars: errors are the client's

@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from inference import protocol as p
-from inference.worker.scheduler import Scheduler
+from inference.worker.fairness import Limits
+from inference.worker.scheduler import Scheduler, _ConnectionClosed
 
 pytestmark = pytest.mark.slow
 
@@ -341,3 +342,223 @@ def test_the_final_output_times_the_wait_from_the_requests_arrival(
     assert final.queued_s is not None and final.prefill_s is not None
     assert final.queued_s > 0 and final.prefill_s > 0
     assert not sched._arrived
+
+
+# ---- fair turns between users (inference/worker/fairness.py) ----------------------------
+
+
+class Driven:
+    """A scheduler driven round by round on the test's thread: deterministic step counts."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.sched = Scheduler(
+            lambda conn, items: [conn.inbox.put(i) for i in items], limits=limits or Limits()
+        )
+
+    def send(self, conn: Conn, msg: Any) -> None:
+        self.sched.handle(conn, msg)
+
+    def until(self, done: Any, max_rounds: int = 10_000) -> int:
+        """Rounds run until `done()` holds."""
+        for n in range(max_rounds):
+            if done():
+                return n
+            self.sched.round()
+        raise AssertionError(f"not done after {max_rounds} rounds")
+
+    def close(self) -> None:
+        for engine in self.sched.pool:
+            engine.close()
+
+
+@pytest.fixture
+def driven() -> Any:
+    made: list[Driven] = []
+
+    def make(limits: Limits | None = None) -> Driven:
+        made.append(Driven(limits))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def drained(conn: Conn) -> list[Any]:
+    items = []
+    while not conn.inbox.empty():
+        items.append(conn.inbox.get())
+    return items
+
+
+def of_user(
+    rid: str, path: Path, user: str, spec: dict[str, Any] | None = None, **sampling: Any
+) -> p.Generate:
+    req = gen(rid, path, f"{user} asks {rid}", spec, **sampling)
+    return msgspec.structs.replace(req, user=user, key=f"k-{user}")
+
+
+def test_another_users_request_is_not_stuck_behind_a_flood(driven: Any, demo_models: dict[str, Path]) -> None:
+    """User a holds 16 requests on a model with 2 rows; b's request, sent after all of them,
+    starts as soon as a row frees: within one request's rounds, not after a's 16."""
+    path, spec, tokens = demo_models["tiny-random"], {"max_concurrent": 2}, 12
+    d = driven()
+    conn_a, conn_b = Conn(), Conn()
+    for i in range(16):
+        d.send(conn_a, of_user(f"a{i}", path, "a", spec, max_tokens=tokens))
+    engine = next(iter(d.sched.pool))
+    assert engine.active == 2 and d.sched.waiting == 14  # the batch holds only its 2 rows
+    d.send(conn_b, of_user("b0", path, "b", spec, max_tokens=tokens))
+    assert d.sched.waiting == 15
+    d.sched._refresh_snapshot()  # what /healthz and the pool page show
+    (model,) = d.sched.snapshot["models"]
+    assert model["queued_requests"] == 15 and model["active_requests"] == 2
+
+    rows: list[int] = []
+
+    def b_started() -> bool:
+        rows.append(engine.active)
+        return "b0" in d.sched._running
+
+    rounds = d.until(b_started)
+    # A row frees when one of a's first two requests ends: at most its prefill and `tokens`
+    # decode steps. First come, first served would have run 14 more of a's requests first.
+    assert rounds <= tokens + 2
+    assert max(rows) <= 2
+    assert d.sched.waiting >= 13  # at most one of a's waiting requests went before b's
+    d.until(lambda: not d.sched.waiting and not engine.active)
+    done = collect(conn_b, {"b0"})
+    assert isinstance(done["b0"][1], p.Output) and done["b0"][1].completion_tokens > 0
+    finals = [i for i in drained(conn_a) if isinstance(i, p.Output) and i.finish_reason]
+    assert sorted(o.request_id for o in finals) == sorted(f"a{i}" for i in range(16))
+    assert not d.sched._per_lane and not d.sched._queues
+
+
+def test_with_free_rows_the_prefill_slots_take_turns(driven: Any, demo_models: dict[str, Path]) -> None:
+    """With rows to spare (max_concurrent 32), what the batch would prefill first come, first
+    served (8 prompts at a time) waits in the fair queue: b's request, sent after a's 16,
+    starts among the first of the next slots, not after a's other 8."""
+    path = demo_models["tiny-random"]
+    d = driven()
+    conn_a, conn_b = Conn(), Conn()
+    for i in range(16):
+        d.send(conn_a, of_user(f"a{i}", path, "a", max_tokens=8))
+    engine = next(iter(d.sched.pool))
+    assert engine.batch.prefill_batch_size == 8 and engine.active == 8 and d.sched.waiting == 8
+    d.send(conn_b, of_user("b0", path, "b", max_tokens=8))
+    rounds = d.until(lambda: "b0" in d.sched._running)
+    first = {f"a{i}" for i in range(8)}
+    later = [rid for rid in d.sched._running if rid not in first]  # in the order they started
+    # First come, first served would have started a8..a15 first: b0 is first or second.
+    assert rounds <= 3 and later.index("b0") <= 1
+    d.until(lambda: not d.sched.waiting and not engine.active)
+    assert isinstance(collect(conn_b, {"b0"})["b0"][1], p.Output)
+
+
+def test_a_full_queue_refuses_with_a_retry_after(driven: Any, demo_models: dict[str, Path]) -> None:
+    path, spec = demo_models["tiny-random"], {"max_concurrent": 1}
+    d = driven(Limits(max_queue=1))
+    conn = Conn()
+    d.send(conn, of_user("run", path, "a", spec, max_tokens=100_000))
+    d.send(conn, of_user("wait", path, "b", spec, max_tokens=4))
+    d.send(conn, of_user("refused", path, "c", spec, max_tokens=4))
+    (err,) = [i for i in drained(conn) if isinstance(i, p.RequestError)]
+    assert err.request_id == "refused" and err.code == p.ERR_QUEUE_FULL
+    assert err.retry_after is not None and err.retry_after >= 1
+    assert "MLXM_MAX_QUEUE" in err.message
+    d.send(conn, p.Abort(request_id="run"))
+    d.until(lambda: "wait" in d.sched._running)
+
+
+def test_one_user_beyond_their_share_is_refused_others_are_not(
+    driven: Any, demo_models: dict[str, Path]
+) -> None:
+    path, spec = demo_models["tiny-random"], {"max_concurrent": 1}
+    d = driven(Limits(max_user=2))
+    conn = Conn()
+    for rid in ("a0", "a1", "a2"):
+        d.send(conn, of_user(rid, path, "a", spec, max_tokens=100_000))
+    d.send(conn, of_user("b0", path, "b", spec, max_tokens=4))
+    (err,) = [i for i in drained(conn) if isinstance(i, p.RequestError)]
+    assert err.request_id == "a2" and err.code == p.ERR_QUEUE_FULL and err.retry_after
+    assert "MLXM_MAX_USER_CONCURRENT" in err.message
+    assert d.sched.waiting == 2  # a1 and b0
+
+
+def test_a_client_gone_while_queued_frees_its_place(driven: Any, demo_models: dict[str, Path]) -> None:
+    path, spec = demo_models["tiny-random"], {"max_concurrent": 1}
+    d = driven(Limits(max_queue=1))
+    running, leaving, aborting, later = Conn(), Conn(), Conn(), Conn()
+    d.send(running, of_user("run", path, "a", spec, max_tokens=100_000))
+    d.send(leaving, of_user("left", path, "b", spec, max_tokens=4))
+    assert d.sched.waiting == 1
+    d.send(leaving, _ConnectionClosed(leaving))  # what the I/O loop sends when it closes
+    assert d.sched.waiting == 0 and not d.sched._per_lane.get(((str(path), None, 3, None), "b"))
+    d.send(aborting, of_user("aborted", path, "c", spec, max_tokens=4))
+    assert d.sched.waiting == 1  # the place is free again
+    d.send(aborting, p.Abort(request_id="aborted"))
+    assert d.sched.waiting == 0
+    d.send(later, of_user("later", path, "d", spec, max_tokens=4))
+    assert d.sched.waiting == 1 and not drained(later)
+    assert not drained(leaving) and not drained(aborting)  # gone: nothing is sent to them
+    d.send(running, p.Abort(request_id="run"))
+    d.until(lambda: "later" in d.sched._running)
+
+
+def test_a_request_waiting_too_long_ends_with_queue_timeout(
+    driven: Any, demo_models: dict[str, Path]
+) -> None:
+    path, spec = demo_models["tiny-random"], {"max_concurrent": 1}
+    d = driven(Limits(timeout_s=1e-9))
+    conn = Conn()
+    d.send(conn, of_user("run", path, "a", spec, max_tokens=100_000))
+    d.send(conn, of_user("late", path, "b", spec, max_tokens=4))
+    d.sched.round()
+    errors = [i for i in drained(conn) if isinstance(i, p.RequestError)]
+    assert [(e.request_id, e.code) for e in errors] == [("late", p.ERR_QUEUE_TIMEOUT)]
+    assert "MLXM_QUEUE_TIMEOUT" in errors[0].message and d.sched.waiting == 0
+    assert "run" in d.sched._running
+
+
+def test_a_queued_request_with_a_bad_prompt_is_refused_at_once(
+    driven: Any, demo_models: dict[str, Path]
+) -> None:
+    path, spec = demo_models["tiny-random"], {"max_concurrent": 1, "context_length": 64}
+    d = driven()
+    conn = Conn()
+    d.send(conn, of_user("run", path, "a", spec, max_tokens=4))
+    d.send(
+        conn,
+        msgspec.structs.replace(
+            of_user("long", path, "b", spec), messages=[{"role": "user", "content": "word " * 200}]
+        ),
+    )
+    (err,) = [i for i in drained(conn) if isinstance(i, p.RequestError)]
+    assert err.request_id == "long" and err.code == p.ERR_BAD_REQUEST and "context length" in err.message
+    assert d.sched.waiting == 0
+
+
+def test_image_requests_wait_their_turn_and_then_run(driven: Any, demo_models: dict[str, Path]) -> None:
+    """An image request queues on an estimate of its cost (its images are encoded when it starts)."""
+    import io
+
+    from PIL import Image
+
+    from inference.worker.testmodels.media import TINY_LLAVA_NAME
+
+    out = io.BytesIO()
+    Image.new("RGB", (50, 40), "red").save(out, "PNG")
+    spec = p.ModelSpec(name="vlm", path=str(demo_models[TINY_LLAVA_NAME]), kind="vision", max_concurrent=1)
+    d = driven()
+    conn = Conn()
+    for user in ("a", "b"):
+        d.send(conn, p.Generate(
+            request_id=user, model=spec, sampling=p.SamplingParams(max_tokens=4, temperature=0.0), user=user,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "What is it?"}, {"type": "image"}]}],
+            images=[out.getvalue()],
+        ))  # fmt: skip
+    assert d.sched.waiting == 1
+    d.until(lambda: not d.sched.waiting and not d.sched._running)
+    finals = [i for i in drained(conn) if getattr(i, "finish_reason", None)]
+    assert sorted(f.request_id for f in finals) == ["a", "b"]
+    assert finals[0].prompt_tokens == finals[1].prompt_tokens > 0
