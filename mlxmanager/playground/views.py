@@ -54,6 +54,7 @@ def playground(request: HttpRequest, conversation_id: int | None = None) -> Http
         "conversation_data": {
             "id": conversation.pk if conversation else None,
             "messages": conversation.messages if conversation else [],
+            "settings": conversation.settings if conversation else {},
         },
         "conversations": list(selectors.conversation_list(user=_user(request))),
         "current_id": conversation.pk if conversation else None,
