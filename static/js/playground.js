@@ -37,9 +37,10 @@
   const saved = JSON.parse($("pg-conversation").textContent);
   const state = { id: saved.id, messages: [], socket: null, turn: null, seq: 0, attachments: [], pending: new Map() };
   const MAX_IMAGES = 4;
-  const MAX_IMAGE_BYTES = 5 * 1024 * 1024;
+  const MAX_IMAGE_BYTES = 3 * 1024 * 1024;
+  const MAX_SOCKET_CHARS = 15 * 1024 * 1024; // the server takes 16 MiB per socket message
   const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
-  const MAX_AUDIO_BYTES = 20 * 1024 * 1024;
+  const MAX_AUDIO_BYTES = 10 * 1024 * 1024;
 
   // ---- markdown, sanitised -----------------------------------------------------------------
   const md =
@@ -568,8 +569,12 @@
     try {
       const body = chatBody();
       const ws = await connect();
+      const message = JSON.stringify({ type: "chat", id: turn.id, body });
+      if (message.length > MAX_SOCKET_CHARS) {
+        throw new Error("This chat's images are too large to send (16 MB per message): start a new chat, or attach smaller images.");
+      }
       turn.start = performance.now();
-      ws.send(JSON.stringify({ type: "chat", id: turn.id, body }));
+      ws.send(message);
     } catch (err) {
       finish(turn, { error: err.message });
     }
@@ -689,7 +694,7 @@
         continue;
       }
       if (file.size > MAX_IMAGE_BYTES) {
-        setStatus(`${file.name || "The image"} is over 5 MB.`, true);
+        setStatus(`${file.name || "The image"} is over 3 MB.`, true);
         continue;
       }
       if (state.attachments.length >= MAX_IMAGES) {
@@ -710,7 +715,7 @@
   async function transcribe(blob) {
     if (!ui.stt.value) return;
     if (blob.size > MAX_AUDIO_BYTES) {
-      setStatus("The recording is over 20 MB.", true);
+      setStatus("The audio is over 10 MB.", true);
       return;
     }
     setStatus("Transcribing…");
