@@ -304,10 +304,10 @@
     if (m.images) view.images(m.images);
     if (m.tool_calls) view.tools(m.tool_calls);
     if (m.role === "assistant") view.meta(usageText(m));
-    const who = m.role === "user" ? "your message" : "the answer";
+    const who = m.role === "user" ? "your question" : "the answer";
     view.actions.append(copyButton("Copy", m.content, `Copy ${who}`));
     if (m.role === "user") {
-      view.actions.append(actionButton("Edit", () => editMessage(index, view), "Edit and resend"));
+      view.actions.append(actionButton("Edit", () => editMessage(index, view), "Edit this question"));
     } else if (index === state.messages.length - 1) {
       view.actions.append(actionButton("Regenerate", regenerate, "Regenerate the answer"));
     }
@@ -331,12 +331,12 @@
     const area = document.createElement("textarea");
     area.rows = Math.min(10, Math.max(2, m.content.split("\n").length));
     area.value = m.content;
-    area.setAttribute("aria-label", "Edited message");
+    area.setAttribute("aria-label", "Edited question");
     const buttons = document.createElement("div");
     buttons.className = "edit-actions";
     const save = document.createElement("button");
     save.type = "submit";
-    save.textContent = "Save & send";
+    save.textContent = "Save & submit";
     const cancel = actionButton("Cancel", () => renderAll());
     buttons.append(save, cancel);
     form.append(area, buttons);
@@ -346,6 +346,7 @@
       if (!text || state.turn) return;
       // Everything after the edited message is dropped: the chat goes on from the new text.
       state.messages = state.messages.slice(0, index);
+      if (!state.messages.some((x) => x.role === "user")) state.retitle = true; // the first question changed
       renderAll();
       send(text, m.images || []);
     });
@@ -635,13 +636,15 @@
         method: state.id ? "PATCH" : "POST",
         headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
         credentials: "same-origin",
-        body: JSON.stringify({ profile_name: ui.profile.value, messages, settings: chatSettings() }),
+        // An empty title is the first question's again (after that question was edited).
+        body: JSON.stringify({ profile_name: ui.profile.value, messages, settings: chatSettings(), ...(state.retitle ? { title: "" } : {}) }),
       });
       if (!response.ok) {
         setStatus(`Not saved: ${await problemText(response)}`, true);
         return;
       }
       const conversation = await response.json();
+      state.retitle = false;
       if (!state.id) {
         state.id = conversation.id;
         history.replaceState(null, "", `${root.dataset.pageUrl}${conversation.id}/`);
