@@ -71,7 +71,7 @@
         node.setAttribute("target", "_blank");
         node.setAttribute("rel", "noopener noreferrer nofollow");
       }
-      // No request to anywhere just for showing an answer: remote images become links.
+      // No request to anywhere just for showing an answer: remote images become their alt text.
       if (node.tagName === "IMG" && !/^data:image\//.test(node.getAttribute("src") || "")) {
         node.removeAttribute("src");
       }
@@ -118,6 +118,10 @@
       return;
     }
     el.innerHTML = DOMPurify.sanitize(md.render(text), PURIFY);
+    for (const img of el.querySelectorAll("img:not([src])")) {
+      const alt = img.getAttribute("alt");
+      img.replaceWith(`[image${alt ? `: ${alt}` : ""}]`);
+    }
     for (const pre of el.querySelectorAll("pre")) {
       const code = pre.querySelector("code");
       const lang = ((code && code.className.match(/language-([\w+#.-]+)/)) || [])[1] || "";

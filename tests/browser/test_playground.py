@@ -110,7 +110,8 @@ def test_hostile_output_markdown_copy_regenerate_edit_and_reopen(
     safe = content.get_by_role("link", name="safe")
     expect(safe).to_have_attribute("href", "https://example.com/docs")
     expect(safe).to_have_attribute("rel", "noopener noreferrer nofollow")
-    assert content.locator("script, img[src], a[href^='javascript']").count() == 0
+    assert content.locator("script, img, a[href^='javascript']").count() == 0
+    expect(content).to_contain_text("[image: remote]")  # no request for a remote image
     assert page.evaluate(UNSAFE_DOM) == []
     assert page.evaluate("window.__pwned") is None
     body = fake_upstream.calls(path="/v1/chat/completions")[-1].body or {}
