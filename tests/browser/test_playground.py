@@ -34,7 +34,7 @@ HOSTILE = (
     "Hi <script>window.__pwned = 'script'</script> "
     '<img src="http://127.0.0.1:9/x.png" onerror="window.__pwned = \'img\'"> '
     "[click me](javascript:window.__pwned='link') "
-    '<a href="javascript:window.__pwned=\'a\'" onclick="window.__pwned=\'a\'">raw link</a> '
+    "<a href=\"javascript:window.__pwned='a'\" onclick=\"window.__pwned='a'\">raw link</a> "
     "![pic](javascript:window.__pwned='pic') ![remote](http://127.0.0.1:9/remote.png) "
     "[safe](https://example.com/docs) and **bold**"
 )
@@ -131,7 +131,9 @@ def test_hostile_output_markdown_copy_regenerate_edit_and_reopen(
     expect(answer.locator(".content li")).to_have_count(2)
     block.get_by_role("button", name="Copy code").click()
     expect(block.get_by_role("button", name="Copied")).to_be_visible()
-    assert page.evaluate("navigator.clipboard.readText()").startswith("def greet(name):\n    return f'hi {name}'")
+    assert page.evaluate("navigator.clipboard.readText()").startswith(
+        "def greet(name):\n    return f'hi {name}'"
+    )
     answer.get_by_role("button", name="Copy the answer").click()
     assert page.evaluate("navigator.clipboard.readText()").startswith("echo: Some code:\n```python")
     shot_sizes(page)
@@ -196,7 +198,9 @@ def shot_sizes(page: Any) -> None:
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
-def test_images_on_a_vision_profile_and_speech(routed_gateway: Gateway, open_page: Callable[..., Any]) -> None:  # noqa: F811
+def test_images_on_a_vision_profile_and_speech(
+    routed_gateway: Gateway, open_page: Callable[..., Any]
+) -> None:  # noqa: F811
     gw = routed_gateway
     page = open_page(height=900, timeout_ms=60_000)
     log_in(page, gw.url)
@@ -282,7 +286,8 @@ def test_images_on_a_vision_profile_and_speech(routed_gateway: Gateway, open_pag
     )
     status = page.get_by_role("status")
     expect(status).to_have_text(
-        re.compile(r"^(Transcribed: check the text and send it\.|No speech was recognised\.)$"), timeout=120_000
+        re.compile(r"^(Transcribed: check the text and send it\.|No speech was recognised\.)$"),
+        timeout=120_000,
     )
     if status.inner_text().startswith("Transcribed"):
         assert page.get_by_label("Message").input_value().strip()

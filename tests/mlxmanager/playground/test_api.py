@@ -78,11 +78,19 @@ def test_settings_images_and_timings_are_kept(api: ApiClient) -> None:
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "What is this?", "images": [PNG]},
-        {"role": "assistant", "content": "A dot.", "finish_reason": "stop", "ttft_ms": 41.0, "tokens_per_s": 88.5},
+        {
+            "role": "assistant",
+            "content": "A dot.",
+            "finish_reason": "stop",
+            "ttft_ms": 41.0,
+            "tokens_per_s": 88.5,
+        },
     ]
     settings = {"temperature": 0.4, "top_p": 0.9, "max_tokens": 64, "thinking": "off",
                 "tools": '[{"type": "function"}]', "tool_choice": "required"}  # fmt: skip
-    resp = api.post("/api/conversations", {"profile_name": "eyes", "messages": messages, "settings": settings})
+    resp = api.post(
+        "/api/conversations", {"profile_name": "eyes", "messages": messages, "settings": settings}
+    )
     assert resp.status_code == 201, resp.content
     created = resp.json()
     assert created["settings"] == settings
@@ -102,7 +110,14 @@ def test_settings_images_and_timings_are_kept(api: ApiClient) -> None:
         ({"settings": {"thinking": "maybe"}}, "thinking"),
         ({"settings": {"colour": "red"}}, "colour"),
         ({"messages": [{"role": "user", "content": "x", "images": ["https://example.com/a.png"]}]}, "images"),
-        ({"messages": [{"role": "user", "content": "x", "images": ["data:text/html;base64,PHNjcmlwdD4="]}]}, "images"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x", "images": ["data:text/html;base64,PHNjcmlwdD4="]}
+                ]
+            },
+            "images",
+        ),
         ({"messages": [{"role": "user", "content": "x", "images": [PNG] * 5}]}, "images"),
         ({"messages": [{"role": "assistant", "content": "x", "ttft_ms": -1}]}, "ttft_ms"),
     ],

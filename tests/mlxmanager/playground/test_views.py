@@ -125,7 +125,9 @@ def test_vision_and_speech_profiles(member_client: Client, profiles: None) -> No
     Profile.objects.create(name="voice", model_path="/m/t", kind=Profile.KIND_TTS)
     html = member_client.get("/playground/").content.decode()
     assert re.search(r'<option value="eyes" data-kind="vision"', html)
-    profile_select = html[html.index('id="pg-profile"') : html.index("</select>", html.index('id="pg-profile"'))]
+    profile_select = html[
+        html.index('id="pg-profile"') : html.index("</select>", html.index('id="pg-profile"'))
+    ]
     assert "ears" not in profile_select and "voice" not in profile_select
     assert re.search(r'id="pg-stt"><option value="ears">', html)
     assert re.search(r'id="pg-tts"><option value="voice">', html)
