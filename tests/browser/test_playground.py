@@ -7,7 +7,7 @@ per message; each answer says its TTFT and tokens/s; a reopened chat restores it
 and settings. A vision profile (the tiny LLaVA test model, served by the real worker) takes
 attached, pasted and dropped images; the speech profiles dictate and read answers aloud.
 
-Saves playground-1400.png and playground-390.png in docs/screenshots/.
+Saves playground-1400.png, playground-390.png and playground-vision.png in docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -249,6 +249,7 @@ def test_images_on_a_vision_profile_and_speech(
     expect(answer.locator(".meta")).to_contain_text("tokens", timeout=120_000)
     expect(answer.locator(".error")).to_have_count(0)
     expect(thumbs).to_have_count(0)  # sent with the message
+    shot(page, "playground-vision.png")
 
     # The images are kept with the saved chat.
     expect(page).to_have_url(re.compile(r"/playground/\d+/$"))
