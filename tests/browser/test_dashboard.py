@@ -170,7 +170,9 @@ def test_playground_shows_reasoning_apart_and_errors_readably(gateway, page) -> 
     expect(reasoning).to_be_visible()
     expect(reasoning.locator("div")).to_have_text("Let me think.")
     # Time to first token and decode speed as the browser measured them (instant here: no speed).
-    expect(answer.locator(".meta")).to_have_text(re.compile(r"^TTFT \d+ ms · ([\d.]+ tokens/s · )?9 tokens · prompt 5$"))
+    expect(answer.locator(".meta")).to_have_text(
+        re.compile(r"^TTFT \d+ ms · ([\d.]+ tokens/s · )?9 tokens · prompt 5$")
+    )
 
     page.get_by_label("Message").fill("please fail")
     page.get_by_role("button", name="Send").click()

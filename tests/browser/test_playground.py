@@ -199,8 +199,9 @@ def shot_sizes(page: Any) -> None:
 
 
 def test_images_on_a_vision_profile_and_speech(
-    routed_gateway: Gateway, open_page: Callable[..., Any]
-) -> None:  # noqa: F811
+    routed_gateway: Gateway,  # noqa: F811
+    open_page: Callable[..., Any],
+) -> None:
     gw = routed_gateway
     page = open_page(height=900, timeout_ms=60_000)
     log_in(page, gw.url)
