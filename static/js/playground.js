@@ -719,6 +719,43 @@
     return readAsDataURL(blob).then((url) => url.slice(url.indexOf(",") + 1));
   }
 
+  // A recording (the browser's webm/ogg) as 16 kHz mono 16-bit WAV, which the server's decoder
+  // reads whatever the browser recorded in; the original when the browser can't decode it.
+  async function toWav(blob) {
+    const RATE = 16000;
+    let decoded;
+    try {
+      decoded = await new OfflineAudioContext(1, 1, RATE).decodeAudioData(await blob.arrayBuffer());
+    } catch {
+      return blob;
+    }
+    const context = new OfflineAudioContext(1, Math.max(1, Math.ceil(decoded.duration * RATE)), RATE);
+    const source = context.createBufferSource();
+    source.buffer = decoded;
+    source.connect(context.destination); // mixed down to the context's one channel
+    source.start();
+    const pcm = (await context.startRendering()).getChannelData(0);
+    const view = new DataView(new ArrayBuffer(44 + pcm.length * 2));
+    const text = (at, s) => [...s].forEach((c, i) => view.setUint8(at + i, c.charCodeAt(0)));
+    text(0, "RIFF");
+    view.setUint32(4, 36 + pcm.length * 2, true);
+    text(8, "WAVEfmt ");
+    view.setUint32(16, 16, true);
+    view.setUint16(20, 1, true); // PCM
+    view.setUint16(22, 1, true); // mono
+    view.setUint32(24, RATE, true);
+    view.setUint32(28, RATE * 2, true);
+    view.setUint16(32, 2, true);
+    view.setUint16(34, 16, true);
+    text(36, "data");
+    view.setUint32(40, pcm.length * 2, true);
+    pcm.forEach((x, i) => {
+      const v = Math.max(-1, Math.min(1, x));
+      view.setInt16(44 + i * 2, v < 0 ? v * 0x8000 : v * 0x7fff, true);
+    });
+    return new Blob([view.buffer], { type: "audio/wav" });
+  }
+
   async function transcribe(blob) {
     if (!ui.stt.value) return;
     if (blob.size > MAX_AUDIO_BYTES) {
@@ -766,7 +803,7 @@
       recorder = null;
       ui.record.textContent = "Record";
       ui.record.setAttribute("aria-pressed", "false");
-      transcribe(new Blob(chunks, { type: chunks[0]?.type || "audio/webm" }));
+      toWav(new Blob(chunks, { type: chunks[0]?.type || "audio/webm" })).then(transcribe);
     };
     recorder.start();
     ui.record.textContent = "Stop recording";

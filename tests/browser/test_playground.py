@@ -293,3 +293,45 @@ def test_images_on_a_vision_profile_and_speech(
     )
     if status.inner_text().startswith("Transcribed"):
         assert page.get_by_label("Message").input_value().strip()
+
+
+def test_dictation_records_from_the_microphone(routed_gateway: Gateway, chromium: Any) -> None:  # noqa: F811
+    """Record with Chromium's fake microphone (a beeping tone): the page turns the recording
+    into WAV and the speech-to-text profile transcribes it, with no error anywhere."""
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    gw = routed_gateway
+    fake_mic = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    browser = chromium.browser_type.launch(
+        executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + fake_mic
+    )
+    errors: list[str] = []
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(60_000)
+        context.grant_permissions(["microphone"], origin=gw.url)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        log_in(page, gw.url)
+        page.goto(gw.url + "/playground/")
+        page.get_by_label("Dictate with").select_option("tiny-whisper")
+        page.get_by_role("button", name="Record").click()
+        stop = page.get_by_role("button", name="Stop recording")
+        expect(stop).to_have_attribute("aria-pressed", "true")
+        expect(page.get_by_role("status")).to_have_text("Recording… press Stop recording when done.")
+        page.wait_for_timeout(1500)  # a second and a half of the fake microphone's tone
+        stop.click()
+        expect(page.get_by_role("button", name="Record")).to_have_attribute("aria-pressed", "false")
+        status = page.get_by_role("status")
+        expect(status).to_have_text(
+            re.compile(r"^(Transcribed: check the text and send it\.|No speech was recognised\.)$"),
+            timeout=120_000,
+        )
+        if status.inner_text().startswith("Transcribed"):
+            assert page.get_by_label("Message").input_value().strip()
+        context.close()
+    finally:
+        browser.close()
+    assert not errors, errors
