@@ -3,7 +3,8 @@ origin check of WebSocket handshakes (`SameOriginValidator`, below).
 
 Pages load only our own scripts (no inline script, no eval: htmx and our JS files are
 served from /static/), styles from /static/ plus inline `style` attributes (htmx's
-indicator styles and progress bars), images from ourselves and data: URLs, and connect
+indicator styles and progress bars), images from ourselves and data: URLs, audio and video
+from ourselves and blob: URLs (the playground plays the speech it receives), and connect
 (fetch, EventSource, WebSocket) back to the same origin. The generated API docs page
 (/api/docs) is no exception: django-ninja serves Swagger UI from /static/ninja/ with no
 inline script (its settings are a JSON data block).
@@ -26,6 +27,7 @@ POLICY = "; ".join(
         "script-src 'self'",
         "style-src 'self' 'unsafe-inline'",
         "img-src 'self' data:",
+        "media-src 'self' blob:",
         "font-src 'self'",
         "connect-src 'self'",
         "object-src 'none'",

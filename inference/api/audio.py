@@ -181,9 +181,13 @@ def _verbose(reply: p.TranscriptionReply, task: str, opts: dict[str, Any]) -> di
     return body
 
 
-async def _transcribe(request: HttpRequest, task: str) -> HttpResponseBase:
-    fields, raw = _form(request)
-    opts = _options(fields)
+def transcription_options(fields: dict[str, Any]) -> dict[str, Any]:
+    """The options of a transcription from form-like fields (also the playground's socket)."""
+    return _options({"timestamp_granularities": [], "include": [], **fields})
+
+
+def transcribe_step(raw: bytes, opts: dict[str, Any], task: str = "transcribe") -> pipeline.LocalStep:
+    """The local step of a transcription of `raw` (any audio file ffmpeg decodes)."""
 
     async def run(call: pipeline.Call, target: gateway.Target) -> p.TranscriptionReply:
         gateway.require_kind(target, (Profile.KIND_STT,), model=opts["model"])
@@ -205,6 +209,13 @@ async def _transcribe(request: HttpRequest, task: str) -> HttpResponseBase:
             call.audit.first_output()
         return reply
 
+    return run
+
+
+async def _transcribe(request: HttpRequest, task: str) -> HttpResponseBase:
+    fields, raw = _form(request)
+    opts = _options(fields)
+    run = transcribe_step(raw, opts, task)
     reply = await pipeline.serve(call_for(request, "transcriptions", opts["model"]), local=run)
     fmt = opts["format"]
     if fmt == "text":
@@ -276,11 +287,8 @@ def _samples(chunk: p.AudioChunk) -> np.ndarray:
     return np.frombuffer(chunk.samples, dtype="<f4")
 
 
-@router.post("/audio/speech")
-async def speech(request: HttpRequest, body: SpeechRequest) -> HttpResponseBase:
-    """Text to speech from a text-to-speech profile."""
-    body.check()
-    sse = body.stream_format == "sse"
+def speech_step(body: SpeechRequest) -> pipeline.LocalStep:
+    """The local step of a speech request: its first audio chunk, and the rest to come."""
 
     async def run(call: pipeline.Call, target: gateway.Target) -> tuple[p.AudioChunk, Any]:
         gateway.require_kind(target, (Profile.KIND_TTS,), model=body.model)
@@ -295,8 +303,35 @@ async def speech(request: HttpRequest, body: SpeechRequest) -> HttpResponseBase:
             raise
         return first, chunks
 
+    return run
+
+
+async def speech_all(body: SpeechRequest, call: pipeline.Call) -> bytes:
+    """The whole of a speech request's audio, in its response format (the playground's socket)."""
+    first, chunks = await pipeline.serve(call, local=speech_step(body))
+    if call.audit is not None:
+        call.audit.first_output()
+    pieces = [(_samples(first), first.sample_rate)]
+    chunk = first
+    async with aclosing(chunks):
+        while not chunk.final:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            pieces.append((_samples(chunk), chunk.sample_rate))
+    if call.audit is not None:
+        call.audit.usage(chunk.input_tokens, 0, 0)
+    return media.encode_speech(pieces, body.response_format)
+
+
+@router.post("/audio/speech")
+async def speech(request: HttpRequest, body: SpeechRequest) -> HttpResponseBase:
+    """Text to speech from a text-to-speech profile."""
+    body.check()
+    sse = body.stream_format == "sse"
     call = call_for(request, "speech", body.model, stream=sse)
-    first, chunks = await pipeline.serve(call, local=run)
+    first, chunks = await pipeline.serve(call, local=speech_step(body))
     audit = call.audit
     if audit is not None:
         audit.first_output()

@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from ninja import Router, Schema, Status
 
 from mlxmanager.playground import selectors, services
-from mlxmanager.playground.schemas import StoredMessage
+from mlxmanager.playground.schemas import ChatSettings, StoredMessage
 
 router = Router(tags=["playground conversations"])
 
@@ -30,18 +30,21 @@ class ConversationSummary(Schema):
 
 class ConversationOut(ConversationSummary):
     messages: list[dict[str, Any]]
+    settings: dict[str, Any]
 
 
 class ConversationIn(Schema):
     profile_name: str
     title: str = ""
     messages: list[StoredMessage]
+    settings: ChatSettings | None = None
 
 
 class ConversationPatch(Schema):
     profile_name: str | None = None
     title: str | None = None
     messages: list[StoredMessage] | None = None
+    settings: ChatSettings | None = None
 
 
 def _dump(messages: list[StoredMessage] | None) -> list[Any] | None:
@@ -60,6 +63,7 @@ def create_conversation(request: HttpRequest, body: ConversationIn) -> Status[An
         profile_name=body.profile_name,
         title=body.title,
         messages=_dump(body.messages) or [],
+        settings=body.settings.stored() if body.settings else None,
     )
     return Status(201, conversation)
 
@@ -77,6 +81,7 @@ def update_conversation(request: HttpRequest, conversation_id: int, body: Conver
         messages=_dump(body.messages),
         title=body.title,
         profile_name=body.profile_name,
+        settings=body.settings.stored() if body.settings else None,
     )
 
 

@@ -13,6 +13,8 @@ class Conversation(models.Model):
     title = models.CharField(max_length=200)
     # [{"role", "content", "reasoning"?, "usage"?, "finish_reason"?}, ...]
     messages = models.JSONField(default=list)
+    # The chat's settings in the playground (schemas.ChatSettings): sampling, thinking, tools.
+    settings = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

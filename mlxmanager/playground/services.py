@@ -10,7 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from mlxmanager.errors import DomainError
 from mlxmanager.playground.models import Conversation
-from mlxmanager.playground.schemas import MAX_MESSAGES, StoredMessage
+from mlxmanager.playground.schemas import MAX_MESSAGES, ChatSettings, StoredMessage
 
 TITLE_CHARS = 60
 _PROFILE = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")
@@ -29,6 +29,15 @@ def _clean_messages(messages: list[Any]) -> list[dict[str, Any]]:
         where = "messages" + "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in first["loc"])
         raise DomainError(f"{where}: {first['msg']}", param=where) from exc
     return [m.stored() for m in parsed]
+
+
+def _clean_settings(settings: Any) -> dict[str, Any]:
+    try:
+        return ChatSettings.model_validate(settings or {}).stored()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "settings" + "".join(f".{x}" for x in first["loc"])
+        raise DomainError(f"{where}: {first['msg']}", param=where) from exc
 
 
 def _clean_title(title: str) -> str:
@@ -54,7 +63,12 @@ def title_from(messages: list[dict[str, Any]]) -> str:
 
 
 def conversation_create(
-    *, user: User, profile_name: str, messages: list[Any], title: str = ""
+    *,
+    user: User,
+    profile_name: str,
+    messages: list[Any],
+    title: str = "",
+    settings: dict[str, Any] | None = None,
 ) -> Conversation:
     cleaned = _clean_messages(messages)
     return Conversation.objects.create(
@@ -62,6 +76,7 @@ def conversation_create(
         profile_name=_clean_profile(profile_name),
         title=_clean_title(title) or title_from(cleaned),
         messages=cleaned,
+        settings=_clean_settings(settings),
     )
 
 
@@ -71,8 +86,12 @@ def conversation_update(
     messages: list[Any] | None = None,
     title: str | None = None,
     profile_name: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Conversation:
-    """Replace the given parts; the playground sends the whole transcript after each turn."""
+    """Replace the given parts; the playground sends the whole transcript (and its settings)
+    after each turn."""
+    if settings is not None:
+        conversation.settings = _clean_settings(settings)
     if messages is not None:
         conversation.messages = _clean_messages(messages)
     if profile_name is not None:

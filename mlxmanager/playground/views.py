@@ -42,18 +42,23 @@ def playground(request: HttpRequest, conversation_id: int | None = None) -> Http
     conversation = _own(request, conversation_id) if conversation_id is not None else None
     # The playground chats: text and vision profiles (embeddings and speech have their own endpoints).
     chat_kinds = [Profile.KIND_LLM, Profile.KIND_VISION]
-    profiles = list(Profile.objects.filter(enabled=True, kind__in=chat_kinds).order_by("-is_default", "name"))
+    enabled = list(Profile.objects.filter(enabled=True).order_by("-is_default", "name"))
+    profiles = [p for p in enabled if p.kind in chat_kinds]
     names = {p.name for p in profiles}
     wanted = conversation.profile_name if conversation else request.GET.get("profile", "")
     selected = wanted if wanted in names else (profiles[0].name if profiles else "")
     context = {
         "profiles": profiles,
+        # Speech profiles: dictate a message, and read answers aloud (over the same socket).
+        "stt_profiles": [p for p in enabled if p.kind == Profile.KIND_STT],
+        "tts_profiles": [p for p in enabled if p.kind == Profile.KIND_TTS],
         "selected": selected,
         "missing_profile": wanted if conversation and wanted not in names else "",
         "conversation": conversation,
         "conversation_data": {
             "id": conversation.pk if conversation else None,
             "messages": conversation.messages if conversation else [],
+            "settings": conversation.settings if conversation else {},
         },
         "conversations": list(selectors.conversation_list(user=_user(request))),
         "current_id": conversation.pk if conversation else None,

@@ -169,7 +169,10 @@ def test_playground_shows_reasoning_apart_and_errors_readably(gateway, page) -> 
     reasoning = answer.locator("details.reasoning")
     expect(reasoning).to_be_visible()
     expect(reasoning.locator("div")).to_have_text("Let me think.")
-    expect(answer.locator(".meta")).to_have_text("9 tokens · prompt 5")
+    # Time to first token and decode speed as the browser measured them (instant here: no speed).
+    expect(answer.locator(".meta")).to_have_text(
+        re.compile(r"^TTFT \d+ ms · ([\d.]+ tokens/s · )?9 tokens · prompt 5$")
+    )
 
     page.get_by_label("Message").fill("please fail")
     page.get_by_role("button", name="Send").click()

@@ -68,3 +68,62 @@ def test_needs_login_and_csrf(api: ApiClient, client) -> None:  # type: ignore[n
     )
     assert_problem(client.get("/api/conversations"), 401)
     assert not Conversation.objects.exists()
+
+
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def test_settings_images_and_timings_are_kept(api: ApiClient) -> None:
+    """A reopened chat gets back its settings, the images it sent and each answer's timings."""
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is this?", "images": [PNG]},
+        {
+            "role": "assistant",
+            "content": "A dot.",
+            "finish_reason": "stop",
+            "ttft_ms": 41.0,
+            "tokens_per_s": 88.5,
+        },
+    ]
+    settings = {"temperature": 0.4, "top_p": 0.9, "max_tokens": 64, "thinking": "off",
+                "tools": '[{"type": "function"}]', "tool_choice": "required"}  # fmt: skip
+    resp = api.post(
+        "/api/conversations", {"profile_name": "eyes", "messages": messages, "settings": settings}
+    )
+    assert resp.status_code == 201, resp.content
+    created = resp.json()
+    assert created["settings"] == settings
+    assert created["messages"][1]["images"] == [PNG]
+    assert created["messages"][2]["ttft_ms"] == 41.0 and created["messages"][2]["tokens_per_s"] == 88.5
+
+    resp = patch(api, f"/api/conversations/{created['id']}", {"settings": {"thinking": "on"}})
+    assert resp.status_code == 200
+    assert Conversation.objects.get(pk=created["id"]).settings == {"thinking": "on"}
+    assert resp.json()["messages"] == created["messages"]  # untouched
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"settings": {"temperature": 5}}, "temperature"),
+        ({"settings": {"thinking": "maybe"}}, "thinking"),
+        ({"settings": {"colour": "red"}}, "colour"),
+        ({"messages": [{"role": "user", "content": "x", "images": ["https://example.com/a.png"]}]}, "images"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x", "images": ["data:text/html;base64,PHNjcmlwdD4="]}
+                ]
+            },
+            "images",
+        ),
+        ({"messages": [{"role": "user", "content": "x", "images": [PNG] * 5}]}, "images"),
+        ({"messages": [{"role": "assistant", "content": "x", "ttft_ms": -1}]}, "ttft_ms"),
+    ],
+)
+def test_bad_settings_and_images_are_problems(api: ApiClient, body: dict, param: str) -> None:
+    resp = api.post("/api/conversations", {"profile_name": "tiny", "messages": [], **body})
+    problem = assert_problem(resp, 400)
+    assert param in str(problem), problem
+    assert not Conversation.objects.exists()

@@ -44,8 +44,13 @@ def test_page_for_a_member(member_client: Client, profiles: None) -> None:
     assert re.search(r'<option value="main"[^>]* selected>', html)  # the default profile first
     assert 'data-defaults="{&quot;temperature&quot;: 0.3}"' in html
     assert "/static/js/playground.js" in html
-    assert embedded(html) == {"id": None, "messages": []}
+    assert embedded(html) == {"id": None, "messages": [], "settings": {}}
     assert "No saved chats yet." in html
+    # The answer renderer's libraries come from our own static files, never a CDN.
+    for asset in ("vendor/markdown-it-14.1.0/markdown-it.min.js", "vendor/dompurify-3.2.6/purify.min.js",
+                  "vendor/highlight.js-11.11.1/highlight.min.js"):  # fmt: skip
+        assert f'src="/static/{asset}"' in html
+    assert not re.search(r'(src|href)="(https?:)?//', html)
 
 
 def test_profile_can_be_preselected(member_client: Client, profiles: None) -> None:
@@ -55,8 +60,10 @@ def test_profile_can_be_preselected(member_client: Client, profiles: None) -> No
 
 def test_reopen_a_conversation(member_client: Client, member, profiles: None, make_conversation) -> None:  # type: ignore[no-untyped-def]
     c = make_conversation(user=member, profile_name="alpha")
+    c.settings = {"temperature": 0.7, "thinking": "off", "tools": "[]"}
+    c.save()
     html = member_client.get(f"/playground/{c.pk}/").content.decode()
-    assert embedded(html) == {"id": c.pk, "messages": TURN}
+    assert embedded(html) == {"id": c.pk, "messages": TURN, "settings": c.settings}
     assert re.search(r'<option value="alpha"[^>]* selected>', html)
     assert 'class="current"' in html and "What is MLX?" in html
 
@@ -109,3 +116,24 @@ def test_page_queries_do_not_grow_with_saved_chats(
         make_conversation(user=member)
     with django_assert_max_num_queries(6):
         assert member_client.get("/playground/").status_code == 200
+
+
+def test_vision_and_speech_profiles(member_client: Client, profiles: None) -> None:
+    """Vision profiles are chat profiles that take images; speech profiles dictate and read aloud."""
+    Profile.objects.create(name="eyes", model_path="/m/v", kind=Profile.KIND_VISION)
+    Profile.objects.create(name="ears", model_path="/m/s", kind=Profile.KIND_STT)
+    Profile.objects.create(name="voice", model_path="/m/t", kind=Profile.KIND_TTS)
+    html = member_client.get("/playground/").content.decode()
+    assert re.search(r'<option value="eyes" data-kind="vision"', html)
+    profile_select = html[
+        html.index('id="pg-profile"') : html.index("</select>", html.index('id="pg-profile"'))
+    ]
+    assert "ears" not in profile_select and "voice" not in profile_select
+    assert re.search(r'id="pg-stt"><option value="ears">', html)
+    assert re.search(r'id="pg-tts"><option value="voice">', html)
+
+
+def test_no_speech_controls_without_speech_profiles(member_client: Client, profiles: None) -> None:
+    html = member_client.get("/playground/").content.decode()
+    assert 'id="pg-stt"' not in html and 'id="pg-tts"' not in html
+    assert 'id="pg-attach"' in html  # shown by the script for vision profiles only
