@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "mlxmanager.downloads",
     "mlxmanager.audit",
     "mlxmanager.credentials",
+    "mlxmanager.sso",
     "mlxmanager.rules",
     "mlxmanager.workers",
     "mlxmanager.logs",

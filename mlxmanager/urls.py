@@ -22,6 +22,7 @@ urlpatterns = [
     path("", include("mlxmanager.accounts.urls")),
     path("", include("mlxmanager.audit.urls")),
     path("", include("mlxmanager.credentials.urls")),
+    path("", include("mlxmanager.sso.urls")),
     path("", include("mlxmanager.rules.urls")),
     path("", include("mlxmanager.workers.urls")),
     path("", include("mlxmanager.logs.urls")),

@@ -69,3 +69,14 @@ class ThrottledLoginForm(AuthenticationForm):
         cleaned = super().clean()
         cache.delete_many([key, key + ":first"])
         return cleaned
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        super().confirm_login_allowed(user)
+        from mlxmanager.sso.services import password_login_allowed
+        from mlxmanager.sso.selectors import current
+
+        if not password_login_allowed(user):
+            raise forms.ValidationError(
+                f"Members sign in with {current().provider_name}: password sign-in is for admins only.",
+                code="sso_only",
+            )

@@ -7,7 +7,7 @@ from mlxmanager.accounts.forms import ThrottledLoginForm
 urlpatterns = [
     path(
         "login/",
-        auth_views.LoginView.as_view(
+        views.LoginView.as_view(
             template_name="accounts/login.html",
             redirect_authenticated_user=True,
             authentication_form=ThrottledLoginForm,

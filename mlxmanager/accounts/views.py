@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -68,6 +69,15 @@ def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
         context = {"keys": list(selectors.api_key_list(user=request.user))}  # type: ignore[arg-type]
         return render(request, "accounts/keys.html#keys-panel", context)
     return redirect("keys")
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login page, plus the "Sign in with <provider>" button when SSO is on."""
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        from mlxmanager.sso.selectors import current
+
+        return {**super().get_context_data(**kwargs), "sso": current()}
 
 
 # --- users (admins) -----------------------------------------------------------------------
