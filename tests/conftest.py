@@ -116,13 +116,15 @@ def start_gateway(
     stream_interval_ms: str | None = "0",
     server: str | None = None,
     admin: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> Gateway:
     """`manage.py serve` on a free port, under `server` (MLXM_SERVER; the environment's, else
     uvicorn, when None). Tests stream a frame per scheduler step
     (`stream_interval_ms="0"`): they check that text and tool arguments arrive in pieces,
     which a tiny model's 1,000+ tokens/s would pack into a few 10 ms frames; the interval itself
     is tested in tests/inference/worker/test_server.py. Benchmarks pass None: the product's default.
-    `admin=False` starts a fresh install: no user and no key (`serve` prints the setup link)."""
+    `admin=False` starts a fresh install: no user and no key (`serve` prints the setup link).
+    `extra_env` adds settings (e.g. MLXM_OIDC_* for single sign-on)."""
     port = free_port()
     env = {
         **({"MLXM_STREAM_INTERVAL_MS": stream_interval_ms} if stream_interval_ms is not None else {}),
@@ -134,6 +136,7 @@ def start_gateway(
         # Image URLs in the tests point at servers on 127.0.0.1.
         "MLXM_IMAGE_FETCH_PRIVATE": "1",
         **({"MLXM_SERVER": server} if server is not None else {}),
+        **(extra_env or {}),
     }
     env.pop("DATABASE_URL", None)
     manage("migrate", "--noinput", "-v0", env=env)
