@@ -167,7 +167,7 @@ def test_password_sign_in_is_for_admins_only(sso_gateway, open_page) -> None:  #
     log_in(admin, gw.url)  # admins keep their password: nobody is locked out
     admin.goto(gw.url + "/users/")
     admin.get_by_label("Username").fill("carol")
-    admin.get_by_label("Password").fill("carol-has-a-long-password")
+    admin.get_by_label("Password").fill("violet-tractor-harbour-42")
     admin.get_by_role("button", name="Create user").click()
     expect(admin.get_by_role("status")).to_contain_text("Created carol (member)")
 
@@ -175,7 +175,7 @@ def test_password_sign_in_is_for_admins_only(sso_gateway, open_page) -> None:  #
     page.goto(gw.url + "/login/")
     expect(page.get_by_text(f"Members sign in with {PROVIDER}; password sign-in is for admins.")).to_be_visible()
     page.get_by_label("Username").fill("carol")
-    page.get_by_label("Password").fill("carol-has-a-long-password")
+    page.get_by_label("Password").fill("violet-tractor-harbour-42")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_have_text(
         f"Members sign in with {PROVIDER}: password sign-in is for admins only."
