@@ -47,6 +47,8 @@ class Idp:
     expired: bool = False
     state_suffix: str = ""
     issuer_override: str | None = None
+    # Registered redirect URIs, by prefix (Django's test client calls itself "testserver").
+    redirect_prefixes: tuple[str, ...] = ("http://127.0.0.1:", "http://localhost:", "http://testserver/")
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     _codes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -159,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
         if q.get("client_id") != idp.client_id:
             return self._send(400, "unknown client_id", content_type="text/plain")
         redirect_uri = q.get("redirect_uri", "")
-        if not redirect_uri.startswith(("http://127.0.0.1:", "http://localhost:")):
+        if not redirect_uri.startswith(idp.redirect_prefixes):
             return self._send(400, "redirect_uri not registered", content_type="text/plain")
         if q.get("response_type") != "code" or "openid" not in q.get("scope", "").split():
             return self._send(400, "only the code flow with the openid scope", content_type="text/plain")
