@@ -72,8 +72,8 @@ class ThrottledLoginForm(AuthenticationForm):
 
     def confirm_login_allowed(self, user: Any) -> None:
         super().confirm_login_allowed(user)
-        from mlxmanager.sso.services import password_login_allowed
         from mlxmanager.sso.selectors import current
+        from mlxmanager.sso.services import password_login_allowed
 
         if not password_login_allowed(user):
             raise forms.ValidationError(

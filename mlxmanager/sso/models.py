@@ -38,7 +38,9 @@ class OidcConfig(LoggedModel):
 class OidcIdentity(models.Model):
     """Who a provider's (issuer, subject) is here: the user created at their first sign-in."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="oidc_identities")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="oidc_identities"
+    )
     issuer = models.CharField(max_length=300)
     subject = models.CharField(max_length=255)
     email = models.CharField(max_length=254, blank=True)

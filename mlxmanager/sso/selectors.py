@@ -25,7 +25,7 @@ class OidcSettings:
     allowed_domains: tuple[str, ...] = ()
     groups_claim: str = "groups"
     admin_group: str = ""
-    password_login: str = "all"
+    password_login: str = "all"  # noqa: S105 - not a password
     source: str = "environment"
 
     @property

@@ -46,7 +46,9 @@ def _clean_issuer(issuer: str) -> str:
     issuer = (issuer or "").strip().rstrip("/")
     parts = urlsplit(issuer)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise DomainError("the issuer must be an http(s) URL, e.g. https://idp.example.com/realms/team", param="issuer")
+        raise DomainError(
+            "the issuer must be an http(s) URL, e.g. https://idp.example.com/realms/team", param="issuer"
+        )
     if parts.query or parts.fragment or parts.username or parts.password:
         raise DomainError("the issuer URL has no query, fragment or credentials", param="issuer")
     if len(issuer) > 300:
@@ -64,7 +66,9 @@ def discover(issuer: str) -> dict[str, Any]:
     except httpx.HTTPError as exc:
         raise DomainError(f"could not fetch {url}: {exc.__class__.__name__}", param="issuer") from exc
     if response.status_code != 200:
-        raise DomainError(f"{url} answered HTTP {response.status_code}, not a discovery document", param="issuer")
+        raise DomainError(
+            f"{url} answered HTTP {response.status_code}, not a discovery document", param="issuer"
+        )
     try:
         meta = response.json()
     except ValueError as exc:
@@ -104,7 +108,7 @@ def config_save(
     allowed_domains: str = "",
     groups_claim: str = "groups",
     admin_group: str = "",
-    password_login: str = "all",
+    password_login: str = "all",  # noqa: S107 - not a password
     check_discovery: bool = True,
 ) -> OidcConfig:
     """Validate and save the SSO settings (the one row). A blank `client_secret` keeps the
@@ -117,7 +121,9 @@ def config_save(
         raise DomainError("the client id is at most 200 characters without spaces", param="client_id")
     client_secret = (client_secret or "").strip()
     if len(client_secret) > 4096 or any(c in client_secret for c in "\r\n\0"):
-        raise DomainError("the client secret must be one line of at most 4,096 characters", param="client_secret")
+        raise DomainError(
+            "the client secret must be one line of at most 4,096 characters", param="client_secret"
+        )
     domains = split_domains(allowed_domains or "")
     for d in domains:
         if not _DOMAIN.match(d):
@@ -129,7 +135,9 @@ def config_save(
     if len(admin_group) > 200:
         raise DomainError("the admin group is at most 200 characters", param="admin_group")
     if password_login not in PASSWORD_LOGIN_CHOICES:
-        raise DomainError("password sign-in is for everyone (all) or admins only (admins)", param="password_login")
+        raise DomainError(
+            "password sign-in is for everyone (all) or admins only (admins)", param="password_login"
+        )
     issuer = (issuer or "").strip().rstrip("/")
     if enabled:
         if not client_id:
@@ -139,8 +147,10 @@ def config_save(
             discover(issuer)
     elif issuer:
         issuer = _clean_issuer(issuer)
-    if not enabled and password_login == "admins":
-        raise DomainError("turn SSO on before turning password sign-in off for members", param="password_login")
+    if not enabled and password_login == "admins":  # noqa: S105 - not a password
+        raise DomainError(
+            "turn SSO on before turning password sign-in off for members", param="password_login"
+        )
 
     before = current()
     secret = client_secret or before.client_secret
@@ -164,9 +174,9 @@ def config_save(
         row.updated_at = timezone.now()
         row.save()
         new = {f: getattr(row, f) for f in _FIELDS}
-        data = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
+        data: dict[str, Any] = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
         if client_secret:
-            data["secret"] = "(changed)"
+            data["secret"] = "(changed)"  # noqa: S105 - not a password
         row.log_action("mlxmanager.sso.changed", user=user, data=data)
     return row
 
@@ -201,7 +211,9 @@ def begin(request: HttpRequest, redirect_uri: str) -> HttpResponse:
         client.load_server_metadata()
         return client.authorize_redirect(request, redirect_uri)  # type: ignore[no-any-return]
     except (httpx.HTTPError, OSError, ValueError, AuthlibBaseError) as exc:
-        raise SsoRefused(f"{settings.provider_name} could not be reached ({exc.__class__.__name__}).", status=502) from exc
+        raise SsoRefused(
+            f"{settings.provider_name} could not be reached ({exc.__class__.__name__}).", status=502
+        ) from exc
     except Exception as exc:  # requests' errors (AuthLib's HTTP client) and the like
         if exc.__class__.__module__.startswith("requests"):
             raise SsoRefused(f"{settings.provider_name} could not be reached.", status=502) from exc
@@ -218,7 +230,9 @@ def finish(request: HttpRequest) -> Any:
         detail = request.GET.get("error_description") or request.GET.get("error")
         raise SsoRefused(f"{settings.provider_name} refused the sign-in: {str(detail)[:200]}", status=403)
     if not request.GET.get("code") or not request.GET.get("state"):
-        raise SsoRefused("This sign-in link is incomplete (no code or state). Start again from the login page.")
+        raise SsoRefused(
+            "This sign-in link is incomplete (no code or state). Start again from the login page."
+        )
     client = client_for(settings)
     claims_options = {
         "iss": {"essential": True, "values": [settings.issuer]},
@@ -237,7 +251,9 @@ def finish(request: HttpRequest) -> Any:
             "Start again from the login page."
         ) from exc
     except ExpiredTokenError as exc:
-        raise SsoRefused(f"{settings.provider_name} sent an expired ID token. Check the clocks and try again.") from exc
+        raise SsoRefused(
+            f"{settings.provider_name} sent an expired ID token. Check the clocks and try again."
+        ) from exc
     except ClaimError as exc:
         what = {
             "aud": "it was issued for another application (audience)",
@@ -249,18 +265,25 @@ def finish(request: HttpRequest) -> Any:
     except BadSignatureError as exc:
         raise SsoRefused(f"The ID token's signature does not match {settings.provider_name}'s keys.") from exc
     except JoseError as exc:
-        raise SsoRefused(f"The ID token from {settings.provider_name} could not be verified ({exc.error}).") from exc
+        raise SsoRefused(
+            f"The ID token from {settings.provider_name} could not be verified ({exc.error})."
+        ) from exc
     except AuthlibBaseError as exc:
         raise SsoRefused(f"{settings.provider_name} refused the sign-in ({exc.error}).") from exc
     except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
-        raise SsoRefused(f"The answer from {settings.provider_name} could not be used ({exc.__class__.__name__}).", status=502) from exc
+        raise SsoRefused(
+            f"The answer from {settings.provider_name} could not be used ({exc.__class__.__name__}).",
+            status=502,
+        ) from exc
     except Exception as exc:
         if exc.__class__.__module__.startswith("requests"):
             raise SsoRefused(f"{settings.provider_name} could not be reached.", status=502) from exc
         raise
     claims = token.get("userinfo")
     if not claims:
-        raise SsoRefused(f"{settings.provider_name} sent no ID token. Is the openid scope allowed for this client?")
+        raise SsoRefused(
+            f"{settings.provider_name} sent no ID token. Is the openid scope allowed for this client?"
+        )
     return user_for_claims(dict(claims), settings)
 
 
@@ -276,7 +299,7 @@ def _groups(claims: dict[str, Any], name: str) -> list[str]:
 
 
 def role_for(claims: dict[str, Any], settings: OidcSettings) -> str | None:
-    """"admin" or "member" from the groups claim; None when no admin group is configured."""
+    """ "admin" or "member" from the groups claim; None when no admin group is configured."""
     if not settings.admin_group:
         return None
     return "admin" if settings.admin_group in _groups(claims, settings.groups_claim) else "member"
@@ -287,9 +310,14 @@ def _check_domain(claims: dict[str, Any], settings: OidcSettings) -> str:
     if not settings.allowed_domains:
         return email
     if "@" not in email:
-        raise SsoRefused(f"{settings.provider_name} sent no e-mail address, and only some domains may sign in here.", status=403)
+        raise SsoRefused(
+            f"{settings.provider_name} sent no e-mail address, and only some domains may sign in here.",
+            status=403,
+        )
     if claims.get("email_verified") is False:
-        raise SsoRefused(f"Your e-mail address {email} is not verified at {settings.provider_name}.", status=403)
+        raise SsoRefused(
+            f"Your e-mail address {email} is not verified at {settings.provider_name}.", status=403
+        )
     domain = email.rsplit("@", 1)[1].lower()
     if domain not in settings.allowed_domains:
         raise SsoRefused(
@@ -320,20 +348,27 @@ def user_for_claims(claims: dict[str, Any], settings: OidcSettings) -> Any:
     role = role_for(claims, settings)
     User = get_user_model()
     with transaction.atomic():
-        ident = OidcIdentity.objects.select_related("user").filter(issuer=settings.issuer, subject=subject).first()
+        ident = (
+            OidcIdentity.objects.select_related("user")
+            .filter(issuer=settings.issuer, subject=subject)
+            .first()
+        )
         if ident is None:
             user = User(username=_username_for(claims), email=email[:254], is_staff=role == "admin")
             user.first_name = str(claims.get("given_name") or "")[:150]
             user.last_name = str(claims.get("family_name") or "")[:150]
             user.set_unusable_password()
             user.save()
-            ident = OidcIdentity.objects.create(user=user, issuer=settings.issuer, subject=subject, email=email[:254])
+            ident = OidcIdentity.objects.create(
+                user=user, issuer=settings.issuer, subject=subject, email=email[:254]
+            )
         user = ident.user
         if not user.is_active:
             raise SsoRefused("Your account here is deactivated. Ask an admin to reactivate it.", status=403)
         if role is not None and (role == "admin") != user.is_staff:
             keep_last_admin = (
-                role == "member" and User.objects.filter(is_staff=True, is_active=True).exclude(pk=user.pk).count() == 0
+                role == "member"
+                and User.objects.filter(is_staff=True, is_active=True).exclude(pk=user.pk).count() == 0
             )
             if not keep_last_admin:
                 user.is_staff = role == "admin"
@@ -350,4 +385,4 @@ def password_login_allowed(user: Any) -> bool:
     settings = current()
     if getattr(user, "is_staff", False) or not settings.active:
         return True
-    return settings.password_login == "all"
+    return settings.password_login == "all"  # noqa: S105 - not a password

@@ -38,7 +38,9 @@ def idp() -> Iterator[Idp]:
 
 
 @pytest.fixture(scope="module")
-def sso_gateway(demo_models: dict[str, Path], idp: Idp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def sso_gateway(
+    demo_models: dict[str, Path], idp: Idp, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     env = {
         "MLXM_OIDC_ISSUER": idp.url,
         "MLXM_OIDC_CLIENT_ID": idp.client_id,
@@ -125,7 +127,9 @@ def test_sso_sign_in_creates_the_user_and_maps_the_role(sso_gateway, idp, open_p
         ("state", "does not match the one this browser started"),
     ],
 )
-def test_bad_sign_ins_are_refused_with_a_clear_page(sso_gateway, idp, open_page, knob: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_sign_ins_are_refused_with_a_clear_page(
+    sso_gateway, idp, open_page, knob: str, message: str
+) -> None:  # type: ignore[no-untyped-def]
     gw = sso_gateway
     if knob == "audience":
         idp.audience = "some-other-app"
@@ -173,7 +177,9 @@ def test_password_sign_in_is_for_admins_only(sso_gateway, open_page) -> None:  #
 
     page = open_page()
     page.goto(gw.url + "/login/")
-    expect(page.get_by_text(f"Members sign in with {PROVIDER}; password sign-in is for admins.")).to_be_visible()
+    expect(
+        page.get_by_text(f"Members sign in with {PROVIDER}; password sign-in is for admins.")
+    ).to_be_visible()
     page.get_by_label("Username").fill("carol")
     page.get_by_label("Password").fill("violet-tractor-harbour-42")
     page.get_by_role("button", name="Log in").click()
@@ -217,7 +223,9 @@ def test_sso_settings_page_checks_the_issuer_and_encrypts_the_secret(sso_gateway
     db = sqlite3.connect(gw.data_dir / "mlxmanager.sqlite3")
     try:
         jwe, kid = db.execute("select secret_jwe, key_id from sso_oidcconfig").fetchone()
-        data = db.execute("select data from audit_adminaction where action = 'mlxmanager.sso.changed'").fetchone()[0]
+        data = db.execute(
+            "select data from audit_adminaction where action = 'mlxmanager.sso.changed'"
+        ).fetchone()[0]
     finally:
         db.close()
     assert idp.client_secret not in jwe and jwe.count(".") == 4 and kid  # a compact JWE

@@ -132,7 +132,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
 
-    def _send(self, status: int, body: Any, *, content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: Any,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         data = (json.dumps(body) if content_type == "application/json" else str(body)).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -176,7 +183,9 @@ class _Handler(BaseHTTPRequestHandler):
         }
         back = {"code": code, "state": q.get("state", "") + idp.state_suffix}
         sep = "&" if "?" in redirect_uri else "?"
-        self._send(302, "", content_type="text/plain", headers={"Location": redirect_uri + sep + urlencode(back)})
+        self._send(
+            302, "", content_type="text/plain", headers={"Location": redirect_uri + sep + urlencode(back)}
+        )
 
     def do_POST(self) -> None:  # noqa: N802
         idp = self.provider
@@ -203,7 +212,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, {"error": "invalid_grant", "error_description": "redirect_uri differs"})
         verifier = form.get("code_verifier", "")
         if not verifier or create_s256_code_challenge(verifier) != grant["code_challenge"]:
-            return self._send(400, {"error": "invalid_grant", "error_description": "PKCE verification failed"})
+            return self._send(
+                400, {"error": "invalid_grant", "error_description": "PKCE verification failed"}
+            )
         self._send(
             200,
             {

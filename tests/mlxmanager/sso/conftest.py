@@ -21,7 +21,9 @@ OIDC_ENV = (
 
 
 @pytest.fixture(autouse=True)
-def _no_oidc_env_and_a_private_key_file(tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_oidc_env_and_a_private_key_file(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     for name in OIDC_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("MLXM_CREDENTIALS_KEY", raising=False)

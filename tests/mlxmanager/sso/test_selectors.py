@@ -26,7 +26,12 @@ def test_the_environment_configures_sso(monkeypatch: pytest.MonkeyPatch) -> None
     assert s.active and s.issuer == "https://idp.example.com/realms/team"
     assert s.metadata_url == "https://idp.example.com/realms/team/.well-known/openid-configuration"
     assert s.allowed_domains == ("example.com", "example.org")
-    assert (s.client_id, s.admin_group, s.groups_claim, s.password_login) == ("mlx", "admins", "realm_access.roles", "admins")
+    assert (s.client_id, s.admin_group, s.groups_claim, s.password_login) == (
+        "mlx",
+        "admins",
+        "realm_access.roles",
+        "admins",
+    )
     assert "s3cret" not in repr(s)
 
 
@@ -39,8 +44,14 @@ def test_a_saved_row_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MLXM_OIDC_ISSUER", "https://env.example.com")
     monkeypatch.setenv("MLXM_OIDC_CLIENT_ID", "env")
     token, kid = crypto.encrypt("db-secret")
-    OidcConfig.objects.create(pk=1, enabled=False, issuer="https://db.example.com", client_id="db", secret_jwe=token, key_id=kid)
+    OidcConfig.objects.create(
+        pk=1, enabled=False, issuer="https://db.example.com", client_id="db", secret_jwe=token, key_id=kid
+    )
     s = selectors.current()
     assert (s.source, s.issuer, s.client_id, s.client_secret, s.active) == (
-        "database", "https://db.example.com", "db", "db-secret", False
+        "database",
+        "https://db.example.com",
+        "db",
+        "db-secret",
+        False,
     )

@@ -18,11 +18,19 @@ from tests.idp.server import Idp
 
 pytestmark = pytest.mark.django_db
 ISSUER = "https://idp.example.com"
-SETTINGS = OidcSettings(enabled=True, issuer=ISSUER, client_id="mlx", admin_group="mlx-admins", allowed_domains=("example.com",))
+SETTINGS = OidcSettings(
+    enabled=True, issuer=ISSUER, client_id="mlx", admin_group="mlx-admins", allowed_domains=("example.com",)
+)
 
 
 def claims(**kw: Any) -> dict[str, Any]:
-    return {"sub": "s-1", "email": "ann@example.com", "email_verified": True, "preferred_username": "ann", **kw}
+    return {
+        "sub": "s-1",
+        "email": "ann@example.com",
+        "email_verified": True,
+        "preferred_username": "ann",
+        **kw,
+    }
 
 
 def test_discovery_accepts_a_provider_that_fits(idp: Idp) -> None:
@@ -44,16 +52,22 @@ def test_discovery_refuses_bad_issuers(issuer: str, message: str) -> None:
     assert exc.value.param == "issuer"
 
 
-def test_discovery_refuses_a_document_for_another_issuer_or_without_rs256(idp: Idp, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_discovery_refuses_a_document_for_another_issuer_or_without_rs256(
+    idp: Idp, monkeypatch: pytest.MonkeyPatch
+) -> None:
     idp.issuer_override = "https://other.example"
     with pytest.raises(DomainError, match="names the issuer 'https://other.example'"):
         services.discover(idp.url)
     idp.issuer_override = None
     original = idp.discovery
-    monkeypatch.setattr(idp, "discovery", lambda: {**original(), "id_token_signing_alg_values_supported": ["HS256"]})
+    monkeypatch.setattr(
+        idp, "discovery", lambda: {**original(), "id_token_signing_alg_values_supported": ["HS256"]}
+    )
     with pytest.raises(DomainError, match="RS256"):
         services.discover(idp.url)
-    monkeypatch.setattr(idp, "discovery", lambda: {**original(), "code_challenge_methods_supported": ["plain"]})
+    monkeypatch.setattr(
+        idp, "discovery", lambda: {**original(), "code_challenge_methods_supported": ["plain"]}
+    )
     with pytest.raises(DomainError, match="PKCE"):
         services.discover(idp.url)
 
@@ -69,7 +83,9 @@ def test_config_save_encrypts_the_secret_and_audits_without_it(idp: Idp, boss: A
     assert action.actor_name == "boss" and "the-client-secret" not in str(action.data)
     assert action.data["secret"] == "(changed)" and action.data["client_id"] == [None, idp.client_id]
     # A blank secret keeps the stored one.
-    services.config_save(user=boss, enabled=True, provider_name="Keycloak", issuer=idp.url, client_id=idp.client_id)
+    services.config_save(
+        user=boss, enabled=True, provider_name="Keycloak", issuer=idp.url, client_id=idp.client_id
+    )
     assert selectors.current().client_secret == "the-client-secret"
     assert OidcConfig.objects.count() == 1
 
@@ -88,8 +104,16 @@ def test_config_save_encrypts_the_secret_and_audits_without_it(idp: Idp, boss: A
         ({"issuer": "not a url"}, "issuer"),
     ],
 )
-def test_config_save_refuses_bad_values_with_a_clear_error(fields: dict[str, Any], param: str, boss: Any) -> None:
-    values: dict[str, Any] = {"enabled": True, "provider_name": "SSO", "issuer": ISSUER, "client_id": "mlx", **fields}
+def test_config_save_refuses_bad_values_with_a_clear_error(
+    fields: dict[str, Any], param: str, boss: Any
+) -> None:
+    values: dict[str, Any] = {
+        "enabled": True,
+        "provider_name": "SSO",
+        "issuer": ISSUER,
+        "client_id": "mlx",
+        **fields,
+    }
     with pytest.raises(DomainError) as exc:
         services.config_save(user=boss, check_discovery=False, **values)
     assert exc.value.param == param and exc.value.message
@@ -111,7 +135,9 @@ def test_a_taken_username_is_not_taken_over(member: Any) -> None:
 
 
 def test_nested_groups_claim_and_no_admin_group() -> None:
-    keycloak = OidcSettings(enabled=True, issuer=ISSUER, client_id="mlx", admin_group="admin", groups_claim="realm_access.roles")
+    keycloak = OidcSettings(
+        enabled=True, issuer=ISSUER, client_id="mlx", admin_group="admin", groups_claim="realm_access.roles"
+    )
     assert services.role_for({"realm_access": {"roles": ["admin"]}}, keycloak) == "admin"
     assert services.role_for({"realm_access": "odd"}, keycloak) == "member"
     assert services.role_for({"groups": "mlx-admins"}, SETTINGS) == "admin"
@@ -147,7 +173,9 @@ def test_the_last_admin_is_not_demoted_by_the_provider() -> None:
     assert services.user_for_claims(claims(groups=[]), SETTINGS).is_staff and ann.is_staff
 
 
-def test_password_login_for_members_follows_the_setting(oidc_env: Idp, monkeypatch: pytest.MonkeyPatch, member: Any, boss: Any) -> None:
+def test_password_login_for_members_follows_the_setting(
+    oidc_env: Idp, monkeypatch: pytest.MonkeyPatch, member: Any, boss: Any
+) -> None:
     assert services.password_login_allowed(member)
     monkeypatch.setenv("MLXM_PASSWORD_LOGIN", "admins")
     assert not services.password_login_allowed(member) and services.password_login_allowed(boss)

@@ -5,7 +5,7 @@ redirect back to the gateway's callback."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -39,7 +39,11 @@ def test_sign_in_end_to_end(oidc_env: Idp) -> None:
     assert alice.is_staff and alice.email == "alice@example.com"
     assert c.get("/keys/").status_code == 200
     asked = oidc_env.authorize_requests[-1]
-    assert asked["code_challenge_method"] == "S256" and asked["nonce"] and asked["scope"] == "openid email profile"
+    assert (
+        asked["code_challenge_method"] == "S256"
+        and asked["nonce"]
+        and asked["scope"] == "openid email profile"
+    )
 
 
 def test_an_outside_next_is_ignored(oidc_env: Idp) -> None:
@@ -99,7 +103,9 @@ def test_an_unreachable_provider_is_a_502_page(monkeypatch: pytest.MonkeyPatch) 
     assert response.status_code == 502 and "could not be reached" in response.content.decode()
 
 
-def test_member_password_login_refused_when_sso_is_for_members(oidc_env: Idp, monkeypatch: pytest.MonkeyPatch, member: Any, boss: Any) -> None:
+def test_member_password_login_refused_when_sso_is_for_members(
+    oidc_env: Idp, monkeypatch: pytest.MonkeyPatch, member: Any, boss: Any
+) -> None:
     monkeypatch.setenv("MLXM_PASSWORD_LOGIN", "admins")
     refused = Client().post("/login/", {"username": "member", "password": "pw-member-123456"})
     assert refused.status_code == 200 and "password sign-in is for admins only" in refused.content.decode()
@@ -115,9 +121,17 @@ def test_settings_page_is_for_admins(member_client: Client) -> None:
 def test_settings_page_saves_and_shows_errors(boss_client: Client, idp: Idp) -> None:
     page = boss_client.get("/settings/sso/")
     assert page.status_code == 200 and "http://testserver/login/sso/callback/" in page.content.decode()
-    form = {"enabled": "on", "provider_name": "Authentik", "issuer": idp.url, "client_id": "", "password_login": "all"}
+    form = {
+        "enabled": "on",
+        "provider_name": "Authentik",
+        "issuer": idp.url,
+        "client_id": "",
+        "password_login": "all",
+    }
     bad = boss_client.post("/settings/sso/", form)
-    assert bad.status_code == 400 and "client id" in bad.content.decode() and "Authentik" in bad.content.decode()
+    assert (
+        bad.status_code == 400 and "client id" in bad.content.decode() and "Authentik" in bad.content.decode()
+    )
     good = boss_client.post("/settings/sso/", {**form, "client_id": idp.client_id, "client_secret": "abc"})
     assert good.status_code == 200 and "Saved" in good.content.decode()
     row = OidcConfig.objects.get()
