@@ -103,11 +103,13 @@ ADMIN_PAGES = {
     *("credential-toggle", "credential-delete", "rules", "rule-order", "rule-test", "rule-move"),
     *("rule-toggle", "rule-delete", "workers", "worker-toggle", "worker-delete"),
     *("home-live", "logs", "logs-events", "debug-report"),
+    "sso-settings",
 }
 # Not dashboard pages: login/logout, the API roots and the /v1 gateway (API-key auth, own tests).
 # The first-admin setup pages are 404 once any user exists (tests/mlxmanager/accounts/test_setup.py).
 ELSEWHERE = {"login", "logout", "api-root", "openapi-json", "openapi-view", "healthz", "metrics", "setup",
              "setup-start", None}  # fmt: skip
+ELSEWHERE |= {"sso-login", "sso-callback"}  # single sign-on: before login (tests/mlxmanager/sso/)
 MEMBER_API = ("/api/keys", "/api/tokens", "/api/conversations")
 
 
