@@ -261,6 +261,9 @@ def credentials_reencrypt(*, user: Any = None) -> int:
         from mlxmanager.downloads.services import hub_token_reencrypt
 
         n += hub_token_reencrypt()
+        from mlxmanager.sso.services import client_secret_reencrypt
+
+        n += client_secret_reencrypt()
         if n:
             from mlxmanager.audit.services import log_action
 

@@ -185,6 +185,19 @@ _FIELDS = ("enabled", "provider_name", "issuer", "client_id", "allowed_domains",
            "admin_group", "password_login")  # fmt: skip
 
 
+def client_secret_reencrypt() -> int:
+    """Seal the stored client secret under the current key (credentials_rotate_key); 1 if it
+    was re-sealed, else 0. Call inside a transaction."""
+    from mlxmanager.credentials import crypto
+
+    row = OidcConfig.objects.select_for_update().filter(pk=1).exclude(secret_jwe="").first()
+    if row is None or row.key_id == crypto.keyring.current.kid:
+        return 0
+    row.secret_jwe, row.key_id = crypto.encrypt(crypto.decrypt(row.secret_jwe))
+    row.save(update_fields=["secret_jwe", "key_id"])
+    return 1
+
+
 # --- the sign-in ----------------------------------------------------------------------------
 
 

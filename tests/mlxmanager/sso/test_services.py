@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Any
 
@@ -181,3 +182,17 @@ def test_password_login_for_members_follows_the_setting(
     assert not services.password_login_allowed(member) and services.password_login_allowed(boss)
     monkeypatch.delenv("MLXM_OIDC_ISSUER")  # SSO off: nobody is locked out
     assert services.password_login_allowed(member)
+
+
+def test_key_rotation_reseals_the_client_secret(idp: Idp, boss: Any) -> None:
+    from django.core.management import call_command
+
+    services.config_save(
+        user=boss, enabled=True, provider_name="K", issuer=idp.url, client_id="c", client_secret="cs-1"
+    )
+    old_kid = OidcConfig.objects.get().key_id
+    call_command("credentials_rotate_key", stdout=io.StringIO())
+    row = OidcConfig.objects.get()
+    assert row.key_id != old_kid and row.key_id == crypto.keyring.current.kid
+    call_command("credentials_rotate_key", "--prune", stdout=io.StringIO())
+    assert selectors.current().client_secret == "cs-1"

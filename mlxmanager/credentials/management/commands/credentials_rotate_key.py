@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from mlxmanager.credentials import crypto
 from mlxmanager.credentials.models import Credential
 from mlxmanager.credentials.services import credentials_reencrypt
+from mlxmanager.sso.models import OidcConfig
 
 
 class Command(BaseCommand):
@@ -31,6 +32,7 @@ class Command(BaseCommand):
             if from_env:
                 raise CommandError("keys come from MLXM_CREDENTIALS_KEY: edit the variable instead")
             used = set(Credential.objects.values_list("key_id", flat=True))
+            used |= set(OidcConfig.objects.exclude(key_id="").values_list("key_id", flat=True))
             keep = [
                 s for i, s in enumerate(crypto.key_file_secrets()) if i == 0 or crypto._derive(s).kid in used
             ]
