@@ -44,7 +44,11 @@ class SsoRefused(Exception):
 
 def _clean_issuer(issuer: str) -> str:
     issuer = (issuer or "").strip().rstrip("/")
-    parts = urlsplit(issuer)
+    try:
+        parts = urlsplit(issuer)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as exc:
+        raise DomainError("the issuer is not a valid URL", param="issuer") from exc
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise DomainError(
             "the issuer must be an http(s) URL, e.g. https://idp.example.com/realms/team", param="issuer"
@@ -113,6 +117,11 @@ def config_save(
 ) -> OidcConfig:
     """Validate and save the SSO settings (the one row). A blank `client_secret` keeps the
     secret in force. With `enabled`, the issuer's discovery document is fetched and checked."""
+    for param, value in (("provider_name", provider_name), ("issuer", issuer), ("client_id", client_id),
+                         ("allowed_domains", allowed_domains), ("groups_claim", groups_claim),
+                         ("admin_group", admin_group)):  # fmt: skip
+        if any(ord(c) < 32 or ord(c) == 127 for c in value or ""):
+            raise DomainError(f"{param.replace('_', ' ')} must not contain control characters", param=param)
     provider_name = (provider_name or "").strip() or "SSO"
     if len(provider_name) > 60:
         raise DomainError("the provider name is at most 60 characters", param="provider_name")
@@ -209,8 +218,17 @@ def client_for(settings: OidcSettings) -> Any:
         client_id=settings.client_id,
         client_secret=settings.client_secret or None,
         server_metadata_url=settings.metadata_url,
-        client_kwargs={"scope": SCOPE, "code_challenge_method": "S256", "timeout": DISCOVERY_TIMEOUT},
+        client_kwargs={"scope": SCOPE, "code_challenge_method": "S256", "default_timeout": DISCOVERY_TIMEOUT},
     )
+
+
+def _check_issuer(meta: dict[str, Any], settings: OidcSettings) -> None:
+    if str(meta.get("issuer", "")).rstrip("/") != settings.issuer.rstrip("/"):
+        raise SsoRefused(
+            f"{settings.provider_name}'s discovery document names another issuer than the one configured. "
+            "An admin should check the SSO settings.",
+            status=502,
+        )
 
 
 def begin(request: HttpRequest, redirect_uri: str) -> HttpResponse:
@@ -221,7 +239,7 @@ def begin(request: HttpRequest, redirect_uri: str) -> HttpResponse:
         raise SsoRefused("Single sign-on is not configured here. Sign in with your password.", status=404)
     client = client_for(settings)
     try:
-        client.load_server_metadata()
+        _check_issuer(client.load_server_metadata(), settings)
         return client.authorize_redirect(request, redirect_uri)  # type: ignore[no-any-return]
     except (httpx.HTTPError, OSError, ValueError, AuthlibBaseError) as exc:
         raise SsoRefused(
@@ -247,7 +265,7 @@ def finish(request: HttpRequest) -> Any:
             "This sign-in link is incomplete (no code or state). Start again from the login page."
         )
     client = client_for(settings)
-    claims_options = {
+    claims_options: dict[str, dict[str, Any]] = {
         "iss": {"essential": True, "values": [settings.issuer]},
         "aud": {"essential": True, "values": [settings.client_id]},
         "exp": {"essential": True},
@@ -255,6 +273,9 @@ def finish(request: HttpRequest) -> Any:
     }
     try:
         meta = client.load_server_metadata()
+        _check_issuer(meta, settings)
+        # The ID token's `iss` is the discovery document's spelling (Authentik's ends in "/").
+        claims_options["iss"]["values"] = [meta["issuer"]]
         # Only RS256: whatever else the discovery document lists (never "none").
         meta["id_token_signing_alg_values_supported"] = [SIGNING_ALG]
         token = client.authorize_access_token(request, claims_options=claims_options, leeway=LEEWAY_SECONDS)

@@ -9,7 +9,7 @@ checks the code's redirect URI and its PKCE verifier (S256, AuthLib's
 Knobs for the refusals the tests provoke: `audience` (an ID token for another client),
 `expired` (an ID token whose `exp` has passed), `state_suffix` (the state sent back is not
 the one received, as if tampered on the way), `issuer_override` (the discovery document
-names another issuer).
+names another issuer), `trailing_slash` (the issuer spelled with a final "/").
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class Idp:
     expired: bool = False
     state_suffix: str = ""
     issuer_override: str | None = None
+    trailing_slash: bool = False  # the issuer spelled with a final "/" (as Authentik does)
     # Registered redirect URIs, by prefix (Django's test client calls itself "testserver").
     redirect_prefixes: tuple[str, ...] = ("http://127.0.0.1:", "http://localhost:", "http://testserver/")
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
@@ -80,19 +81,23 @@ class Idp:
         self.expired = False
         self.state_suffix = ""
         self.issuer_override = None
+        self.trailing_slash = False
 
     @property
     def url(self) -> str:
         assert self._server is not None, "start() the provider first"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    issuer = url
+    @property
+    def issuer(self) -> str:
+        """The issuer as the provider spells it in its discovery document and ID tokens."""
+        return self.url + ("/" if self.trailing_slash else "")
 
     # -- documents ------------------------------------------------------------------------
 
     def discovery(self) -> dict[str, Any]:
         return {
-            "issuer": self.issuer_override or self.url,
+            "issuer": self.issuer_override or self.issuer,
             "authorization_endpoint": self.url + "/authorize",
             "token_endpoint": self.url + "/token",
             "jwks_uri": self.url + "/jwks",
@@ -112,7 +117,7 @@ class Idp:
         now = int(time.time())
         exp = now - 3600 if self.expired else now + 300
         claims = {
-            "iss": self.url,
+            "iss": self.issuer,
             "sub": user.sub,
             "aud": self.audience or self.client_id,
             "iat": now - 3700 if self.expired else now,

@@ -45,6 +45,8 @@ def test_discovery_accepts_a_provider_that_fits(idp: Idp) -> None:
         ("ftp://idp.example.com", "must be an http(s) URL"),
         ("https://idp.example.com/?a=1", "no query"),
         ("http://127.0.0.1:1", "could not fetch"),
+        ("http://[::1", "not a valid URL"),
+        ("http://idp.example.com:99999", "not a valid URL"),
     ],
 )
 def test_discovery_refuses_bad_issuers(issuer: str, message: str) -> None:
@@ -103,6 +105,8 @@ def test_config_save_encrypts_the_secret_and_audits_without_it(idp: Idp, boss: A
         ({"client_secret": "two\nlines"}, "client_secret"),
         ({"enabled": False, "password_login": "admins"}, "password_login"),
         ({"issuer": "not a url"}, "issuer"),
+        ({"provider_name": "Key\x00cloak"}, "provider_name"),
+        ({"admin_group": "a\x1bb"}, "admin_group"),
     ],
 )
 def test_config_save_refuses_bad_values_with_a_clear_error(

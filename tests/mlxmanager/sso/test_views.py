@@ -140,3 +140,15 @@ def test_settings_page_saves_and_shows_errors(boss_client: Client, idp: Idp) -> 
     # Turning SSO off keeps the settings but hides the button.
     off = boss_client.post("/settings/sso/", {**form, "enabled": "", "client_id": idp.client_id})
     assert off.status_code == 200 and "Sign in with" not in Client().get("/login/").content.decode()
+
+
+def test_an_issuer_spelled_with_a_final_slash_signs_in(oidc_env: Idp) -> None:
+    oidc_env.trailing_slash = True  # Authentik's issuers end in "/"; the setting may not
+    done = through_provider(Client())
+    assert done.status_code == 302 and get_user_model().objects.filter(username="alice").exists()
+
+
+def test_a_discovery_document_for_another_issuer_is_refused(oidc_env: Idp) -> None:
+    oidc_env.issuer_override = "https://evil.example"
+    response = Client().get("/login/sso/")
+    assert response.status_code == 502 and "names another issuer" in response.content.decode()
