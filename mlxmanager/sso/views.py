@@ -54,7 +54,6 @@ def sso_callback(request: HttpRequest) -> HttpResponse:
         return _refused(request, exc)
     next_url = request.session.pop(NEXT_KEY, None) or reverse(django_settings.LOGIN_REDIRECT_URL)
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-    request.session["mlxm_sso"] = True
     return redirect(next_url)
 
 
