@@ -35,6 +35,9 @@ class LoadedModel:
     context_length: int | None
     keep_alive_s: float | None
     kind: str = "llm"
+    # Each serving profile and whether it is pinned: pins are per profile; the weights stay
+    # pinned (`pinned`) while any of them is.
+    pins: list[tuple[str, bool]] = field(default_factory=list)
 
     memory_pct: float = 0.0  # share of the pool's limit
 
@@ -117,6 +120,7 @@ def _loaded(m: dict[str, Any], by_key: dict[tuple[str, bool, int | None], list[P
         context_length=m.get("context_length"),
         keep_alive_s=m.get("keep_alive_s"),
         kind=str(m.get("kind") or "llm"),
+        pins=[(pr.name, pr.pinned) for pr in users],
     )
 
 
