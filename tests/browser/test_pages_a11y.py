@@ -188,3 +188,152 @@ def test_no_page_requests_another_origin(team: Gateway, open_page: Callable[...,
     assert len(seen) > len(ADMIN_PAGES)  # the pages and their assets were all recorded
     foreign = [u for u in seen if urlsplit(u).scheme not in ("data", "blob") and urlsplit(u).netloc != origin]
     assert not foreign, foreign
+
+
+@pytest.fixture
+def admin_page(team: Gateway, open_page: Callable[..., Any]) -> Any:
+    page = open_page(allowed=(400,), timeout_ms=30_000)  # 400: a refused form, on purpose
+    log_in(page, team.url, "admin", ADMIN_PASSWORD)
+    return page
+
+
+def test_menu_button_skip_link_and_top_bar(team: Gateway, admin_page: Any) -> None:
+    page = admin_page
+    nav = page.get_by_role("navigation", name="Main")
+    menu = page.get_by_role("button", name="Menu")
+    # Wide: the grouped navigation is shown, no menu button.
+    page.set_viewport_size({"width": 1400, "height": 900})
+    expect(menu).to_be_hidden()
+    expect(nav.get_by_role("link", name="Credentials")).to_be_visible()
+    for group in ("Use", "Models", "Gateway", "Admin"):
+        expect(nav.get_by_role("list", name=group)).to_be_visible()
+    # The user and the role, told apart.
+    expect(page.locator(".who-name")).to_have_text("admin")
+    expect(page.locator(".role-badge")).to_have_text("role: Admin")
+
+    # Narrow: folded behind the button, which says whether it is open; Escape closes it.
+    page.set_viewport_size({"width": 800, "height": 900})
+    expect(menu).to_be_visible()
+    expect(menu).to_have_attribute("aria-expanded", "false")
+    expect(nav.get_by_role("link", name="Credentials")).to_be_hidden()
+    menu.click()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    nav.get_by_role("link", name="Credentials").click()
+    expect(page.get_by_role("heading", name="Cloud credentials", level=1)).to_be_visible()
+    expect(nav.get_by_role("link", name="Credentials")).to_be_hidden()  # a new page: closed again
+    menu.click()
+    expect(nav.get_by_role("link", name="Routing")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(nav.get_by_role("link", name="Routing")).to_be_hidden()
+    expect(menu).to_be_focused()
+
+    # The skip link is the first tab stop and lands on the page's content.
+    page.goto(team.url + "/profiles/")
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_visible()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+
+
+def test_the_pool_refresh_never_moves_focus(team: Gateway, admin_page: Any) -> None:
+    page = admin_page
+    page.goto(team.url + "/pool/")
+    live = page.locator("#pool-live")
+    button = page.get_by_role("button", name="Load smollm2-135m-instruct")
+    button.focus()
+    button.evaluate("el => { el.marked = 'yes'; }")  # the same element, not a look-alike
+    seen = int(live.get_attribute("data-updates") or 0)
+    # Two refreshes of the live partial (every 2 s) while the button has focus.
+    expect(live).to_have_attribute("data-updates", str(seen + 2), timeout=15_000)
+    expect(button).to_be_focused()
+    assert page.evaluate("() => document.activeElement.marked") == "yes"
+
+
+def test_unload_deactivate_and_role_change_ask_first(team: Gateway, admin_page: Any) -> None:
+    page = admin_page
+    asked: list[str] = []
+
+    def answer(accept: bool) -> None:
+        page.once("dialog", lambda d: (asked.append(d.message), d.accept() if accept else d.dismiss()))
+
+    page.goto(team.url + "/pool/")
+    row = page.locator('#loaded-models tr[data-model="tiny-random"]')
+    if not row.count():
+        page.get_by_role("button", name="Load tiny-random").click()
+    expect(row).to_have_count(1)
+    answer(False)
+    row.get_by_role("button", name="Unload tiny-random").click()
+    expect(row).to_have_count(1)  # dismissed: still loaded
+    answer(True)
+    row.get_by_role("button", name="Unload tiny-random").click()
+    expect(page.locator("#pool-message")).to_have_text("Unloaded tiny-random.")
+    expect(row).to_have_count(0)
+    assert asked[0].startswith("Unload tiny-random?") and asked[1] == asked[0]
+
+    page.goto(team.url + "/users/")
+    mia = page.locator("#users-panel tbody tr", has=page.get_by_text(MEMBER[0], exact=True))
+    answer(False)
+    mia.get_by_role("button", name="Make admin").click()
+    expect(mia.get_by_role("button", name="Make admin")).to_be_visible()  # dismissed: still a member
+    assert asked[-1].startswith("Make mia an admin?")
+    answer(True)
+    mia.get_by_role("button", name="Make admin").click()
+    expect(mia.get_by_role("button", name="Make member")).to_be_visible()
+    answer(True)
+    mia.get_by_role("button", name="Make member").click()
+    expect(mia.get_by_role("button", name="Make admin")).to_be_visible()
+    assert asked[-1].startswith("Make mia a member?")
+
+    answer(False)
+    mia.get_by_role("button", name="Deactivate").click()
+    expect(mia).to_contain_text("active")
+    expect(mia.get_by_role("button", name="Deactivate")).to_be_visible()
+    assert asked[-1].startswith("Deactivate mia?")
+    answer(True)
+    mia.get_by_role("button", name="Deactivate").click()
+    expect(mia.get_by_role("button", name="Activate")).to_be_visible()
+    mia.get_by_role("button", name="Activate").click()  # no question to undo it
+    expect(mia.get_by_role("button", name="Deactivate")).to_be_visible()
+    assert len(asked) == 7
+
+
+def test_rules_are_edited_in_place(team: Gateway, admin_page: Any) -> None:
+    page = admin_page
+    page.goto(team.url + "/routing/")
+    page.get_by_role("button", name="Edit rule cloud").click()
+    form = page.get_by_role("form", name="Edit rule cloud")
+    expect(form.get_by_label("Pattern")).to_have_value("cloud-*")
+    expect(form.get_by_label("Targets")).to_have_value("team-upstream:upstream-model")
+    form.get_by_label("Pattern").fill("(a+)+")
+    form.get_by_label("Match").select_option("regex")
+    form.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("alert")).to_contain_text("nested repetition")
+    expect(form.get_by_label("Pattern")).to_have_value("(a+)+")  # the form stays, with what was typed
+    form.get_by_label("Match").select_option("glob")
+    form.get_by_label("Pattern").fill("cloudy-*")
+    form.get_by_label("Targets").fill("team-upstream:upstream-model\nlocal:tiny-random")
+    form.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_have_text("Saved rule 'cloud'.")
+    row = page.locator("#rules-panel tbody tr", has=page.get_by_text("cloud", exact=True))
+    expect(row).to_contain_text("cloudy-*")
+    expect(row).to_contain_text("local:tiny-random")
+    page.get_by_label("Which rule would serve").fill("cloudy-small")
+    page.locator("#rule-tester").get_by_role("button", name="Test").click()
+    expect(page.locator("#rule-tester")).to_contain_text("Rule cloud")
+
+
+def test_a_failed_credential_test_is_an_error_in_words(team: Gateway, admin_page: Any) -> None:
+    page = admin_page
+    page.goto(team.url + "/credentials/")
+    row = page.locator("#cred-panel tbody tr", has=page.get_by_text("nowhere", exact=True))
+    row.get_by_role("button", name="Test").click()
+    alert = page.locator("#cred-panel").get_by_role("alert")
+    expect(alert).to_have_text(
+        "The test of 'nowhere' failed: could not connect to http://127.0.0.1:9/v1; "
+        "check the base URL and that the server is running."
+    )
+    expect(alert).to_have_class("error")
+    expect(page.locator("#cred-panel .notice")).to_have_count(0)
+    expect(row.locator(".error")).to_contain_text("could not connect")
