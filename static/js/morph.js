@@ -45,4 +45,14 @@
     t.innerHTML = html;
     morphChildren(element, t.content);
   };
+
+  // htmx's out-of-band innerHTML swaps into an element marked data-morph (the home page's live
+  // panels) are merged the same way.
+  document.addEventListener("htmx:oobBeforeSwap", (e) => {
+    const { target, fragment } = e.detail;
+    if (!target || !target.hasAttribute("data-morph") || !e.detail.shouldSwap) return;
+    e.detail.shouldSwap = false;
+    morphChildren(target, fragment);
+    if (window.htmx) htmx.process(target);
+  });
 })();
