@@ -226,6 +226,11 @@ def test_menu_button_skip_link_and_top_bar(team: Gateway, admin_page: Any) -> No
     page.keyboard.press("Escape")
     expect(nav.get_by_role("link", name="Routing")).to_be_hidden()
     expect(menu).to_be_focused()
+    page.set_viewport_size({"width": 390, "height": 844})
+    menu.click()
+    expect(nav.get_by_role("link", name="Users")).to_be_visible()
+    shot(page, "ui-menu-phone.png")
+    menu.click()
 
     # The skip link is the first tab stop and lands on the page's content.
     page.goto(team.url + "/profiles/")
