@@ -261,7 +261,11 @@ def test_unload_deactivate_and_role_change_ask_first(team: Gateway, admin_page: 
     asked: list[str] = []
 
     def answer(accept: bool) -> None:
-        page.once("dialog", lambda d: (asked.append(d.message), d.accept() if accept else d.dismiss()))
+        def on_dialog(dialog: Any) -> None:
+            asked.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
+        page.once("dialog", on_dialog)
 
     page.goto(team.url + "/pool/")
     row = page.locator('#loaded-models tr[data-model="tiny-random"]')
