@@ -224,12 +224,28 @@ def credential_test(
                 ok, message = True, f"OK: {count} models"
             except ValueError:
                 ok, message = False, "HTTP 200 but the answer is not JSON: is the base URL right?"
+        elif resp.status_code in (401, 403):
+            ok, message = (
+                False,
+                f"HTTP {resp.status_code}: the key was refused; check the API key ({_error_message(resp)})",
+            )
         else:
             ok, message = False, f"HTTP {resp.status_code}: {_error_message(resp)}"
     except httpx.TimeoutException:
-        ok, message = False, f"no answer within {TEST_TIMEOUT:.0f}s"
+        ok, message = (
+            False,
+            f"no answer from {cred.api_base} within {TEST_TIMEOUT:.0f} s; check the base URL and the network",
+        )
+    except httpx.ConnectError:
+        ok, message = (
+            False,
+            f"could not connect to {cred.api_base}; check the base URL and that the server is running",
+        )
     except httpx.HTTPError as exc:
-        ok, message = False, f"connection failed: {type(exc).__name__}"
+        ok, message = (
+            False,
+            f"the request to {cred.api_base} failed ({type(exc).__name__}); check the base URL",
+        )
     message = scrub(message, secret)[:300]
     Credential.objects.filter(pk=cred.pk).update(
         last_tested_at=timezone.now(), last_test_ok=ok, last_test_message=message

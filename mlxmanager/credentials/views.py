@@ -61,11 +61,18 @@ def _act(request: HttpRequest, fn: object) -> HttpResponse:
 @admin_required
 @require_POST
 def credential_test(request: HttpRequest, credential_id: int) -> HttpResponse:
-    def run() -> str:
+    try:
         cred = services.credential_test(credential_id=credential_id, user=request.user)
-        return f"{cred.name}: {cred.last_test_message}"
-
-    return _act(request, run)
+    except DomainError as exc:
+        if request.htmx:  # type: ignore[attr-defined]
+            return _panel(request, error=exc.message, status=400)
+        return HttpResponse(exc.message, status=exc.status)
+    if not request.htmx:  # type: ignore[attr-defined]
+        return redirect("credentials")
+    # A failed test is the answer the admin asked for: shown as an error, in a 200 (htmx swaps it).
+    if not cred.last_test_ok:
+        return _panel(request, error=f"The test of '{cred.name}' failed: {cred.last_test_message}.")
+    return _panel(request, notice=f"'{cred.name}' works: {cred.last_test_message}.")
 
 
 @admin_required

@@ -43,6 +43,9 @@ class LoadedModel:
     disk_entries: int = 0
     memory_hit_rate: float | None = None
     disk_hit_rate: float | None = None
+    # Each serving profile and whether it is pinned: pins are per profile; the weights stay
+    # pinned (`pinned`) while any of them is.
+    pins: list[tuple[str, bool]] = field(default_factory=list)
 
     memory_pct: float = 0.0  # share of the pool's limit
 
@@ -157,6 +160,7 @@ def _loaded(m: dict[str, Any], by_key: dict[tuple[str, bool, int | None], list[P
         disk_entries=int(m.get("disk_cache_entries") or 0),
         memory_hit_rate=share("memory_hit_tokens"),
         disk_hit_rate=share("disk_hit_tokens"),
+        pins=[(pr.name, pr.pinned) for pr in users],
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import transaction
 
@@ -21,6 +21,7 @@ from inference.client import EngineClient, EngineDeadError, EngineRequestError
 from inference.gateway import Target
 from mlxmanager.errors import Conflict, DomainError, NotFound
 from mlxmanager.profiles.models import Profile
+from mlxmanager.profiles.services import pinned_sharers
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ async def pool_action(*, profile_name: str, action: str) -> str:
     if action == "load" and not profile.enabled:
         raise Conflict(f"'{profile_name}' is disabled; enable it before loading it", param="profile")
     spec = Target(profile).spec
+    # Pins are per profile (kept on the profile, so they outlive a restart); the weights stay
+    # pinned while any profile they serve is pinned.
+    if action == "unpin" and (sharers := await sync_to_async(pinned_sharers)(profile)):
+        await Profile.objects.filter(pk=profile.pk).aupdate(pinned=False)
+        return f"Unpinned {profile_name}; its weights stay pinned for {', '.join(sharers)}."
     try:
         async with engine_session() as client:
             await asyncio.wait_for(client.pool_command(action, spec), COMMAND_TIMEOUT_S)
@@ -94,6 +100,8 @@ async def pool_action(*, profile_name: str, action: str) -> str:
         raise WorkerUnavailable(f"The worker did not finish the {action} in time.") from exc
     except EngineRequestError as exc:
         raise _readable(action, profile_name, exc) from exc
+    if action in ("pin", "unpin"):
+        await Profile.objects.filter(pk=profile.pk).aupdate(pinned=action == "pin")
     done = {"load": "Loaded", "unload": "Unloaded", "pin": "Pinned", "unpin": "Unpinned"}[action]
     return f"{done} {profile_name}."
 

@@ -308,6 +308,14 @@ def _unload_if_unused(profile: Profile) -> None:
         pool_command_on_commit(action="unload", spec=spec)
 
 
+def pinned_sharers(profile: Profile) -> list[str]:
+    """The other enabled, pinned profiles served by the same weights as `profile`: while there
+    is one, unpinning `profile` leaves the weights pinned (pins are per profile)."""
+    key = Target(profile).spec.key
+    others = Profile.objects.filter(enabled=True, pinned=True).exclude(pk=profile.pk).order_by("name")
+    return [o.name for o in others if Target(o).spec.key == key]
+
+
 @transaction.atomic
 def profile_create(*, name: str, model_path: str, **options: Unpack[ProfileOptions]) -> Profile:
     """Create a served profile. `is_test_model` defaults to what the model's config says."""
@@ -331,7 +339,11 @@ def profile_update(*, profile: Profile, **changes: Unpack[ProfileChanges]) -> Pr
     profile.save()
     if before.enabled and (not profile.enabled or _engine_shape(before) != _engine_shape(profile)):
         _unload_if_unused(before)
-    elif profile.enabled and before.pinned != profile.pinned:
+    elif (
+        profile.enabled
+        and before.pinned != profile.pinned
+        and (profile.pinned or not pinned_sharers(profile))
+    ):
         from mlxmanager.pool.services import pool_command_on_commit
 
         pool_command_on_commit(action="pin" if profile.pinned else "unpin", spec=Target(profile).spec)

@@ -161,6 +161,11 @@ def _get(rule_id: int) -> Rule:
         raise NotFound("no such rule") from exc
 
 
+def rule_get(*, rule_id: int) -> Rule:
+    """One rule, for its edit form."""
+    return _get(rule_id)
+
+
 _UNSET: Any = object()
 
 

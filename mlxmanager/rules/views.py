@@ -27,16 +27,24 @@ def _timeout(raw: str) -> float | None:
 
 
 def _panel(
-    request: HttpRequest, *, error: str | None = None, notice: str | None = None, status: int = 200
+    request: HttpRequest,
+    *,
+    error: str | None = None,
+    notice: str | None = None,
+    status: int = 200,
+    editing: int | None = None,
+    edit_form: dict[str, Any] | None = None,
 ) -> HttpResponse:
     context: dict[str, Any] = {
+        "editing": editing,
+        "edit_form": edit_form or {},
         "rules": selectors.rule_list(),
         "match_types": Rule.Match.choices,
         "credentials": list(credential_list()),
         "profiles": list(Profile.objects.filter(enabled=True).values_list("name", flat=True)),
         "error": error,
         "notice": notice,
-        "form": request.POST if error else {},
+        "form": request.POST if error and editing is None else {},
     }
     template = "rules/rules.html#panel" if request.htmx else "rules/rules.html"  # type: ignore[attr-defined]
     return render(request, template, context, status=status)
@@ -71,6 +79,42 @@ def _act(request: HttpRequest, fn: Any) -> HttpResponse:
     if request.htmx:  # type: ignore[attr-defined]
         return _panel(request, notice=notice)
     return redirect("rules")
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
+    """Edit a rule in place: GET shows its row as a form, POST saves it (errors keep the form)."""
+    if request.method == "GET":
+        try:
+            rule = services.rule_get(rule_id=rule_id)
+        except DomainError as exc:
+            return _panel(request, error=exc.message, status=exc.status)
+        form = {
+            "name": rule.name,
+            "match_type": rule.match_type,
+            "pattern": rule.pattern,
+            "targets": "\n".join(t.label for t in rule.targets.all()),
+            "timeout_s": "" if rule.timeout_s is None else f"{rule.timeout_s:g}",
+        }
+        return _panel(request, editing=rule_id, edit_form=form)
+    try:
+        rule = services.rule_update(
+            rule_id=rule_id,
+            name=request.POST.get("name", ""),
+            match_type=request.POST.get("match_type", ""),
+            pattern=request.POST.get("pattern", ""),
+            targets=services.parse_targets(request.POST.get("targets", "")),
+            timeout_s=_timeout(request.POST.get("timeout_s", "")),
+            user=request.user,
+        )
+    except DomainError as exc:
+        return _panel(
+            request, error=exc.message, status=400, editing=rule_id, edit_form=dict(request.POST.items())
+        )
+    if not request.htmx:  # type: ignore[attr-defined]
+        return redirect("rules")
+    return _panel(request, notice=f"Saved rule '{rule.name}'.")
 
 
 @admin_required

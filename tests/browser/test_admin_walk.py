@@ -170,6 +170,7 @@ def test_search_download_profile_load_chat_unload(server: Gateway, hub: FakeHub,
     # --- Unload ---------------------------------------------------------------------------
     page.get_by_role("link", name="Pool").click()
     loaded = page.locator('#loaded-models tr[data-model="walk-chat"]')
+    page.once("dialog", lambda d: d.accept())  # "Unload walk-chat?"
     loaded.get_by_role("button", name="Unload walk-chat").click()
     expect(page.locator("#pool-message")).to_have_text("Unloaded walk-chat.")
     expect(loaded).to_have_count(0)

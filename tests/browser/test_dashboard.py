@@ -67,6 +67,7 @@ def test_profile_pool_playground_walk(gateway, page, demo_models: dict[str, Path
     expect(page.get_by_role("heading", name="Model pool")).to_be_visible()
     shared = page.locator("#loaded-models tr", has_text="tiny-chat")
     if shared.count():  # earlier tests loaded these weights for the tiny-random profile
+        page.once("dialog", lambda d: d.accept())  # "Unload …?"
         shared.get_by_role("button", name=re.compile(r"^Unload ")).click()
     page.get_by_role("button", name="Load tiny-chat").click()
     expect(page.locator("#pool-message")).to_have_text("Loaded tiny-chat.")
@@ -125,6 +126,7 @@ def test_profile_pool_playground_walk(gateway, page, demo_models: dict[str, Path
         assert time.monotonic() < deadline, "the chat never showed in the tokens/s chart"
         time.sleep(0.5)
     shot(page, "pool.png")
+    page.once("dialog", lambda d: d.accept())  # "Unload tiny-chat?"
     loaded.get_by_role("button", name="Unload tiny-chat").click()
     expect(page.locator("#pool-message")).to_have_text("Unloaded tiny-chat.")
     expect(page.locator('#loaded-models tr[data-model="tiny-chat"]')).to_have_count(0)

@@ -109,7 +109,9 @@ def test_test_connection(boss: Any) -> None:
         raise httpx.ConnectError("refused")
 
     cred = services.credential_test(credential_id=cred.pk, transport=httpx.MockTransport(down))
-    assert cred.last_test_message == "connection failed: ConnectError"
+    assert cred.last_test_message == (
+        f"could not connect to {cred.api_base}; check the base URL and that the server is running"
+    )
 
 
 def test_rotate_key_command_reencrypts_everything(key_file: Path, capsys: Any) -> None:

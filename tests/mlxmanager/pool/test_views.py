@@ -241,3 +241,35 @@ async def test_the_page_shows_the_prompt_caches_disk_tier(
     html = (await admin_aclient.get("/pool/")).content.decode()
     assert f"memory 0.0%, disk {model.disk_hit_pct}%" in html
     assert "1 entry</div>" in html
+
+
+async def test_pins_are_per_profile_when_profiles_share_weights(
+    admin_aclient: AsyncClient, worker: str, tiny: Profile
+) -> None:
+    twin = await Profile.objects.acreate(name="tiny-twin", model_path=tiny.model_path)
+    await admin_aclient.post("/pool/tiny-chat/load/", headers=HTMX)
+
+    async def engine_pinned() -> bool:
+        body = (await admin_aclient.get("/api/pool")).json()
+        (model,) = body["loaded"]
+        return bool(model["pinned"])
+
+    html = (await admin_aclient.post("/pool/tiny-chat/pin/", headers=HTMX)).content.decode()
+    # One row for the shared weights, each profile with its own pin state and button.
+    assert '<li><code>tiny-chat</code> <span class="badge">pinned</span></li>' in html
+    assert "<li><code>tiny-twin</code></li>" in html
+    assert 'aria-label="Unpin tiny-chat"' in html and 'aria-label="Pin tiny-twin"' in html
+    assert await engine_pinned()
+
+    await admin_aclient.post("/pool/tiny-twin/pin/", headers=HTMX)
+    html = (await admin_aclient.post("/pool/tiny-chat/unpin/", headers=HTMX)).content.decode()
+    assert "Unpinned tiny-chat; its weights stay pinned for tiny-twin." in html
+    assert 'aria-label="Pin tiny-chat"' in html and 'aria-label="Unpin tiny-twin"' in html
+    assert await engine_pinned()  # still pinned: tiny-twin is
+    await twin.arefresh_from_db()
+    await tiny.arefresh_from_db()
+    assert (tiny.pinned, twin.pinned) == (False, True)
+
+    html = (await admin_aclient.post("/pool/tiny-twin/unpin/", headers=HTMX)).content.decode()
+    assert "Unpinned tiny-twin." in html and 'badge">pinned' not in html
+    assert not await engine_pinned()

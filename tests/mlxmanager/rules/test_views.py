@@ -66,3 +66,34 @@ def test_api(boss_client: Client) -> None:
                          content_type="application/json")  # fmt: skip
     assert r.status_code == 400 and r.json()["param"] == "pattern"
     assert boss_client.delete(f"/api/rules/{rid}").status_code == 204
+
+
+def test_edit_in_place_shows_the_row_as_a_form_saves_and_keeps_it_on_errors(boss_client: Client) -> None:
+    boss_client.post("/routing/", {"name": "cloud", "match_type": "glob", "pattern": "gpt-*",
+                                   "targets": "oa:gpt-4o-mini\nlocal:tiny-random", "timeout_s": "7"}, **HTMX)  # fmt: skip
+    rule = Rule.objects.get(name="cloud")
+    form = boss_client.get(f"/routing/{rule.pk}/edit/", **HTMX).content.decode()
+    assert (
+        'class="rule-edit"' in form
+        and 'value="gpt-*"' in form
+        and "oa:gpt-4o-mini\nlocal:tiny-random" in form
+    )
+    assert 'value="7"' in form
+
+    saved = boss_client.post(f"/routing/{rule.pk}/edit/", {"name": "cloud2", "match_type": "exact", "pattern": "gpt-5",
+                                                           "targets": "local:tiny-random", "timeout_s": ""}, **HTMX)  # fmt: skip
+    assert saved.status_code == 200 and "Saved rule &#x27;cloud2&#x27;." in saved.content.decode()
+    rule.refresh_from_db()
+    assert (rule.name, rule.match_type, rule.pattern, rule.timeout_s) == ("cloud2", "exact", "gpt-5", None)
+    assert [t.label for t in rule.targets.all()] == ["local:tiny-random"]
+    assert 'class="rule-edit"' not in saved.content.decode()
+
+    bad = boss_client.post(f"/routing/{rule.pk}/edit/", {"name": "cloud2", "match_type": "regex", "pattern": "(a+)+",
+                                                         "targets": "oa", "timeout_s": ""}, **HTMX)  # fmt: skip
+    page = bad.content.decode()
+    assert bad.status_code == 400 and "nested repetition" in page
+    assert 'class="rule-edit"' in page and 'value="(a+)+"' in page  # the form stays, with what was typed
+    rule.refresh_from_db()
+    assert rule.pattern == "gpt-5"
+    assert boss_client.get("/routing/999999/edit/", **HTMX).status_code == 404
+    assert boss_client.get(f"/routing/{rule.pk}/edit/").status_code == 200  # the full page, without htmx
