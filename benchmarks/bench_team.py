@@ -84,6 +84,7 @@ from benchmarks._common import (  # noqa: E402
     start_gateway_env,
     start_mlx_server,
     stream_chat,
+    text_tokens,
     utc_now,
     version,
     write_section,
@@ -277,21 +278,27 @@ class Texts:
             self._cache[key] = filler_text(self.model_dir, tokens, seed)
         return self._cache[key]
 
+    def tokens(self, text: str) -> int:
+        return text_tokens(self.model_dir, text)
 
-def tool_list() -> str:
-    tools = [{"type": "function", "function": {"name": n, "description": d, "parameters": {
+
+def tool_list(n: int) -> str:
+    tools = [{"type": "function", "function": {"name": name, "description": d, "parameters": {
         "type": "object", "properties": {k: {"type": t} for k, t in props.items()}, "required": list(props)}}}
-        for n, d, props in TOOLS]  # fmt: skip
-    return json.dumps(tools, indent=1)
+        for name, d, props in TOOLS[:n]]  # fmt: skip
+    return json.dumps(tools)
 
 
 def agent_system(texts: Texts, nonce: str, agent: int, tokens: int) -> str:
     """An agent's own system prompt: a session line first (no prefix shared with other agents or
-    runs), rules of about `tokens` tokens less the tool list, then the tool list as JSON. The tools
-    are text in the system prompt, not the `tools` field, so both servers see the same prompt
-    whatever their chat templates do with tools."""
-    tools = tool_list()
-    rules_tokens = max(16, tokens - len(tools) // 3)
+    runs), rules, then a JSON tool list of at most ~40 % of `tokens`, about `tokens` in all. The
+    tools are text in the system prompt, not the `tools` field, so both servers see the same
+    prompt whatever their chat templates do with tools."""
+    n = len(TOOLS)
+    while n > 0 and texts.tokens(tool_list(n)) > 0.4 * tokens:
+        n -= 1
+    tools = tool_list(n)
+    rules_tokens = max(16, tokens - texts.tokens(tools) - 30)
     return (
         f"Session {nonce}-{agent}. You are a coding agent working in a repository.\n\n"
         f"{texts.filler(rules_tokens, seed=100 + agent)}\n\nTools (call one per turn as JSON):\n{tools}"
@@ -336,7 +343,9 @@ async def call(
     first_send: float | None = None
     for attempt in range(4):
         try:
-            await asyncio.wait_for(stream_chat(client, model, messages, max_tokens, rec, stop), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(timeout):
+                await stream_chat(client, model, messages, max_tokens, rec, stop)
         except openai.APIStatusError as exc:
             retry = parse_retry_after(exc.response.headers.get("retry-after"))
             return Outcome(str(exc.status_code) if exc.status_code in (429, 503) else f"http {exc.status_code}",
@@ -639,8 +648,10 @@ async def scenario_g(t: Target, ctx: Ctx, nonce: str) -> dict[str, Any]:
     body = ctx.texts.filler(sz.g_prompt_tokens, seed=7)
     counter = iter(range(10**9))
 
+    stopping = asyncio.Event()
+
     async def flooder(slot: int) -> None:
-        while True:
+        while not stopping.is_set():
             n = next(counter)
             # A distinct first line per request: nothing of it is in any cache.
             messages = [
@@ -664,9 +675,10 @@ async def scenario_g(t: Target, ctx: Ctx, nonce: str) -> dict[str, Any]:
         await asyncio.sleep(sz.g_probe_every_s)  # the flood is queued and prefilling
         under = await probes(sz.g_probes, "flood")
     finally:
+        stopping.set()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=60)
     await t.settle()
     alone_ttft = median([o.rec.ttft for o in alone if o.kind == "answered"])
     under_ttft = [o.rec.ttft for o in under if o.kind == "answered"]
