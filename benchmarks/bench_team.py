@@ -906,7 +906,12 @@ def _pct(x: float) -> str:
 
 
 def _mb(x: float) -> str:
-    return fmt(x / 1e6 if isinstance(x, int | float) and not math.isnan(x) else math.nan, "{:.0f} MB")
+    """Bytes in decimal units: GB, MB, or kB below 10 MB (the smoke run's tiny budgets)."""
+    if not isinstance(x, int | float) or math.isnan(x):
+        return "n/a"
+    if x >= 1e9:
+        return f"{x / 1e9:.2f} GB"
+    return f"{x / 1e6:.0f} MB" if x >= 10e6 else f"{x / 1e3:.0f} kB"
 
 
 def _met(goal: Goal) -> str:
@@ -1024,7 +1029,7 @@ def describe(sizes: Sizes, meta: Mapping[str, Any]) -> dict[str, str]:
     return {
         "f_desc": f"{sizes.agents} agent users (own ~{sizes.f_system_tokens}-token system prompt with a tool list, "
         f"{sizes.f_turns} turns, ~{sizes.f_user_tokens}-token user messages, {sizes.f_answer_tokens}-token answers) "
-        f"and {sizes.chats} chat users ({sizes.chat_turns} short questions each) at once, each user with its "
+        f"and {sizes.chats} chat user(s) ({sizes.chat_turns} short questions each) at once, each user with its "
         "own key on the gateway.",
         "g_desc": f"One user keeps {sizes.g_flood} requests with ~{sizes.g_prompt_tokens}-token prompts "
         f"({sizes.g_flood_tokens}-token answers) in flight; another sends a short request "

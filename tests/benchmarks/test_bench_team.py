@@ -145,7 +145,9 @@ def test_quick_run_against_both_servers(demo_models: dict[str, Path], tmp_path: 
             (run,) = raw[sc]["runs"][server]
             for key in bench.COUNTS[sc]:
                 counts = run[key]
-                assert counts and bench.all_clean(counts), (sc, server, key, counts)
+                assert set(counts) <= {*bench.CLEAN, *bench.OURS}, (sc, server, key, counts)
+                if key != "flood_outcomes":  # the flood's may all be ours: cancelled once measured
+                    assert bench.all_clean(counts), (sc, server, key, counts)
     # The agents and chat users all talked; the flood's own requests are the only ones we cancelled.
     sizes = bench.Sizes.quick()
     for server in bench.SERVERS:
