@@ -1206,9 +1206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw: dict[str, Any] = {}
     errors: list[str] = []
     load_start = loadavg()
-    log(
-        f"model {model_dir}: {kv} KV bytes/token, weights {weights / 1e6:.0f} MB, prompt cache {cache_bytes / 1e6:.0f} MB"
-    )
+    log(f"model {model_dir}: {kv} KV bytes/token, weights {_mb(weights)}, prompt cache {_mb(cache_bytes)}")
 
     async def drive(gw: Any, keys: dict[str, str], group: Sequence[str]) -> None:
         async def make(name: str) -> Target:
