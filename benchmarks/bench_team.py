@@ -544,11 +544,32 @@ class MlxTarget(Target):
         self.server.stop()
 
 
+async def call_patiently(
+    t: Target, user: str, messages: list[dict[str, str]], max_tokens: int, tries: int = 4
+) -> tuple[Outcome, list[str]]:
+    """`call`, again after a 429 or 503 (waiting its Retry-After, at most 10 s) up to `tries`
+    times; returns the last outcome and the kinds of every attempt. Its TTFT is the last try's."""
+    kinds: list[str] = []
+    out = Outcome("error", StreamResult())
+    for _ in range(tries):
+        out = await call(t.client(user), t.model, messages, max_tokens, t.sizes.request_timeout_s)
+        kinds.append(out.kind)
+        if out.kind not in ("429", "503"):
+            break
+        await asyncio.sleep(min(10.0, out.retry_after if out.retry_after is not None else 1.0))
+    return out, kinds
+
+
 async def warm_up(t: Target, user: str, tag: str) -> None:
-    out = await call(t.client(user), t.model, [{"role": "user", "content": f"Hello ({tag})"}], 4,
-                     t.sizes.request_timeout_s)  # fmt: skip
-    if out.kind != "answered":
-        raise RuntimeError(f"{t.name}: the warm-up request ended with {out.kind}: {out.detail}")
+    """One short request (it loads the model); a worker that is still starting may answer 503."""
+    deadline = time.monotonic() + t.sizes.restart_timeout_s
+    while True:
+        out, _ = await call_patiently(t, user, [{"role": "user", "content": f"Hello ({tag})"}], 4)
+        if out.kind == "answered":
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{t.name}: the warm-up request ended with {out.kind}: {out.detail}")
+        await asyncio.sleep(1.0)
     await t.settle()
 
 
@@ -568,6 +589,7 @@ async def scenario_f(t: Target, ctx: Ctx, nonce: str) -> dict[str, Any]:
     sz = ctx.sizes
     agent_turns: list[tuple[int, int, Outcome]] = []
     chat_turns: list[Outcome] = []
+    refused: list[str] = []  # 429s and 503s that a later try of the same turn got past
     systems = [agent_system(ctx.texts, nonce, a, sz.f_system_tokens) for a in range(sz.agents)]
     before = await t.stats()
 
@@ -575,8 +597,9 @@ async def scenario_f(t: Target, ctx: Ctx, nonce: str) -> dict[str, Any]:
         messages = [{"role": "system", "content": systems[a]}]
         for turn in range(sz.f_turns):
             messages.append({"role": "user", "content": agent_turn(ctx.texts, a, turn, sz.f_user_tokens)})
-            out = await call(t.client(AGENTS[a]), t.model, messages, sz.f_answer_tokens, sz.request_timeout_s)
+            out, kinds = await call_patiently(t, AGENTS[a], messages, sz.f_answer_tokens)
             agent_turns.append((a, turn, out))
+            refused.extend(k for k in kinds[:-1])
             if out.kind != "answered":
                 return  # a refused turn ends the agent's session: its history would differ
             messages.append({"role": "assistant", "content": out.rec.text})
@@ -585,15 +608,9 @@ async def scenario_f(t: Target, ctx: Ctx, nonce: str) -> dict[str, Any]:
         for turn in range(sz.chat_turns):
             q = QUESTIONS[(c * 3 + turn) % len(QUESTIONS)]
             messages = [{"role": "user", "content": f"[{nonce}] {q}"}]
-            chat_turns.append(
-                await call(
-                    t.client(CHATS[c % len(CHATS)]),
-                    t.model,
-                    messages,
-                    sz.chat_answer_tokens,
-                    sz.request_timeout_s,
-                )  # fmt: skip
-            )
+            out, kinds = await call_patiently(t, CHATS[c % len(CHATS)], messages, sz.chat_answer_tokens)
+            chat_turns.append(out)
+            refused.extend(k for k in kinds[:-1])
 
     t0 = time.perf_counter()
     await asyncio.gather(*(agent(a) for a in range(sz.agents)), *(chat(c) for c in range(sz.chats)))
@@ -620,7 +637,7 @@ async def scenario_f(t: Target, ctx: Ctx, nonce: str) -> dict[str, Any]:
         "disk_share": safe_ratio(disk, prompt),
         "memory_share": safe_ratio(cached - disk, prompt) if not math.isnan(disk) else math.nan,
         "first_prompt_tokens_p50": percentile([o.rec.prompt_tokens for o in first], 50),
-        "outcomes": outcome_counts([o.kind for _, _, o in agent_turns] + [o.kind for o in chat_turns]),
+        "outcomes": outcome_counts([o.kind for _, _, o in agent_turns] + [o.kind for o in chat_turns] + refused),
         "details": sorted({o.detail for _, _, o in agent_turns if o.detail} | {o.detail for o in chat_turns if o.detail})[:5],
         "requests": len(agent_turns) + len(chat_turns),
     }  # fmt: skip
@@ -631,15 +648,18 @@ async def scenario_g(t: Target, ctx: Ctx, nonce: str) -> dict[str, Any]:
     flood_user, probe_user = AGENTS[0], CHATS[0]
 
     async def probes(n: int, tag: str) -> list[Outcome]:
-        outs: list[Outcome] = []
-        next_at = time.monotonic()
-        for i in range(n):
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += sz.g_probe_every_s
+        """`n` short requests sent every `g_probe_every_s`, whether or not the earlier ones are
+        answered yet (a person asking on a schedule); their outcomes once all have ended."""
+
+        async def probe(i: int) -> Outcome:
+            await asyncio.sleep(i * sz.g_probe_every_s)
             q = QUESTIONS[i % len(QUESTIONS)]
-            outs.append(await call(t.client(probe_user), t.model, [{"role": "user", "content": f"[{nonce}-{tag}{i}] {q}"}],
-                                   sz.g_probe_tokens, sz.request_timeout_s))  # fmt: skip
-        return outs
+            messages = [{"role": "user", "content": f"[{nonce}-{tag}{i}] {q}"}]
+            return await call(
+                t.client(probe_user), t.model, messages, sz.g_probe_tokens, sz.request_timeout_s
+            )
+
+        return list(await asyncio.gather(*(probe(i) for i in range(n))))
 
     alone = await probes(sz.g_alone_probes, "alone")
     await t.settle()
