@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -132,12 +133,18 @@ def test_quick_run_against_both_servers(demo_models: dict[str, Path], tmp_path: 
     out_json = tmp_path / "team.json"
     data_dir = demo_models["tiny-random"].parent.parent.parent  # <data dir>/shared/models/tiny-random
     env = {**os.environ, "MLXM_DATA_DIR": str(data_dir)}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_team.py", "--quick", "--model", "tiny-random",
-         "--json", str(out_json), "--write", str(doc)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    cmd = [sys.executable, "benchmarks/bench_team.py", "--quick", "--model", "tiny-random",
+           "--json", str(out_json), "--write", str(doc)]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=1500)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the script stops its servers on SIGTERM
+        output, _ = proc.communicate(timeout=180)
+        pytest.fail("bench_team.py --quick did not finish in 25 minutes:\n" + output[-4000:])
+    assert proc.returncode == 0, output[-8000:]
     raw = json.loads(out_json.read_text())
     assert raw["meta"]["errors"] == []
     for sc in bench.SCENARIOS:
