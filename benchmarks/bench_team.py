@@ -1217,8 +1217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "MLXM_DISK_CACHE_BYTES": str(disk_bytes),
         **extra,
     }
+    # (i): a prompt-cache share that fits in the margin (a third of it), the same on both servers.
     # MLXM_MEMORY_LIMIT_BYTES: what the pool reads today (weights only), the same number.
-    mem_env = {**base_env, "MLXM_MEMORY_LIMIT": str(limit), "MLXM_MEMORY_LIMIT_BYTES": str(limit),
+    i_cache = min(cache_bytes, margin // 3)
+    mem_env = {**base_env, "MLXM_PROMPT_CACHE_BYTES": str(i_cache),
+               "MLXM_MEMORY_LIMIT": str(limit), "MLXM_MEMORY_LIMIT_BYTES": str(limit),
                "MLXM_QUEUE_TIMEOUT": extra.get("MLXM_QUEUE_TIMEOUT", str(int(sizes.request_timeout_s / 3)))}  # fmt: skip
     mlx_args = [
         *args.mlx_server_args.split(),
@@ -1227,6 +1230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--prompt-cache-size",
         "32",
     ]
+    mlx_args_i = [*mlx_args[:-4], "--prompt-cache-bytes", str(i_cache), "--prompt-cache-size", "32"]
     texts = Texts(model_dir)
     ctx = Ctx(sizes, texts, kv)
     run_dir = Path(tempfile.mkdtemp(prefix="team-", dir=base_dir))
@@ -1235,7 +1239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = loadavg()
     log(f"model {model_dir}: {kv} KV bytes/token, weights {_mb(weights)}, prompt cache {_mb(cache_bytes)}")
 
-    async def drive(gw: Any, keys: dict[str, str], group: Sequence[str]) -> None:
+    async def drive(gw: Any, keys: dict[str, str], group: Sequence[str], mlx_args: list[str]) -> None:
         async def make(name: str) -> Target:
             if name == GW:
                 return GatewayTarget(gw, profile, keys, sizes)
@@ -1265,11 +1269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if main_group:
             log(f"starting the gateway for {','.join(main_group)} ...")
             with gateway(run_dir / "gw", paths, base_env, profile, model_dir) as (gw, keys):
-                asyncio.run(drive(gw, keys, main_group))
+                asyncio.run(drive(gw, keys, main_group, mlx_args))
         if "i" in scenarios:
             log(f"starting the gateway for (i) with MLXM_MEMORY_LIMIT={limit} ...")
             with gateway(run_dir / "gw-mem", paths, mem_env, profile, model_dir) as (gw, keys):
-                asyncio.run(drive(gw, keys, ["i"]))
+                asyncio.run(drive(gw, keys, ["i"], mlx_args_i))
     finally:
         stop_all_mlx()
         load_end = loadavg()
@@ -1302,8 +1306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "i_kv_bytes": i_kv,
         "mlx_args": "mlx_lm.server " + " ".join(mlx_args),
         "gateway_env": ", ".join(f"`{k}={v}`" for k, v in base_env.items())
-        + f"; for (i) also `MLXM_MEMORY_LIMIT={limit}` (and `MLXM_MEMORY_LIMIT_BYTES`), "
-        f"`MLXM_QUEUE_TIMEOUT={mem_env['MLXM_QUEUE_TIMEOUT']}`",
+        + f"; for (i) `MLXM_MEMORY_LIMIT={limit}` (and `MLXM_MEMORY_LIMIT_BYTES`), "
+        f"`MLXM_QUEUE_TIMEOUT={mem_env['MLXM_QUEUE_TIMEOUT']}` and `MLXM_PROMPT_CACHE_BYTES={i_cache}` "
+        "(mlx_lm.server's `--prompt-cache-bytes` the same)",
         "runs": args.runs,
         "quick": args.quick,
         "errors": errors,
