@@ -1255,6 +1255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for run in range(args.runs):
                 try:
                     await run_scenario(sc, run, _order(run), make, bodies[sc], raw)
+                    # What is measured so far survives an interrupted run.
+                    (base_dir / "team-results.partial.json").write_text(
+                        json.dumps(raw, indent=1, default=str)
+                    )
                 except Exception as exc:  # keep what the other scenarios measure
                     log(f"({sc}) run {run + 1} FAILED: {exc!r}")
                     errors.append(f"({sc}) run {run + 1}: {exc!r}")
