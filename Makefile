@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-team lint fmt bench soak install install-dev browser clean
+.PHONY: run test test-team lint fmt bench bench-team soak install install-dev browser clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,12 +57,18 @@ test-team: install-dev
 	MLXM_DATA_DIR=$(CURDIR)/.data/test-team scripts/with_team_services.sh $(PY) -m pytest -m "not slow or team"
 
 # Engine (gateway vs mlx_lm.server vs in-process), single-stream gateway vs in-process, decode
-# attention (worker vs mlx-lm); each
-# rewrite their own sections of docs/benchmarks.md. BENCH_ARGS=--quick for a smoke run.
+# attention (worker vs mlx-lm), team scale (agents, flood, restart, memory vs mlx_lm.server); each
+# rewrite their own sections of docs/benchmarks.md. BENCH_ARGS=--quick for a smoke run of the
+# engine benchmark, TEAM_ARGS=--quick for the team one.
 bench: install-dev
 	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_engine.py --write docs/benchmarks.md $(BENCH_ARGS)
 	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_gateway.py --write docs/benchmarks.md
 	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_attention.py --write docs/benchmarks.md
+	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_team.py --write docs/benchmarks.md $(TEAM_ARGS)
+
+# Only the team-scale benchmark (issue 22): scenarios (f)-(i) against mlx_lm.server.
+bench-team: install-dev
+	MLXM_DATA_DIR=$(CURDIR)/.data/bench $(PY) benchmarks/bench_team.py --write docs/benchmarks.md $(TEAM_ARGS)
 
 # 32 streaming clients for 10 minutes on the tiny model (loopback only): zero failed requests
 # and flat memory, or it exits 1. Writes its section of docs/benchmarks.md. SOAK_ARGS to vary.
