@@ -58,6 +58,72 @@ def create_key(request: HttpRequest, body: KeyIn) -> Status[dict[str, object]]:
     return Status(201, {**KeyOut.model_validate(key).model_dump(), "key": secret})
 
 
+class TeamKeyOut(KeyOut):
+    user_id: int
+    username: str
+    tokens_today: int = 0
+    tokens_month: int = 0
+    requests_today: int = 0
+    requests_month: int = 0
+
+    @staticmethod
+    def resolve_username(obj: Any) -> str:
+        return str(obj.user.get_username())
+
+
+class KeyLimitsIn(Schema):
+    """A key's limits, replaced as a whole: allowed models (profile names or exact/glob rule
+    patterns from `GET /api/keys/models`; empty: all), requests per minute and tokens per UTC
+    day (null or 0: no limit)."""
+
+    allowed_models: list[str] = []
+    rpm_limit: int | None = None
+    tokens_per_day: int | None = None
+
+
+def _with_usage(keys: list[Any]) -> list[dict[str, Any]]:
+    usage = services.key_usage([k.pk for k in keys])
+    out = []
+    for key in keys:
+        row = TeamKeyOut.model_validate(key).model_dump()
+        row.update(usage.get(key.pk, {}) and {
+            "tokens_today": usage[key.pk]["today"],
+            "tokens_month": usage[key.pk]["month"],
+            "requests_today": usage[key.pk]["requests_today"],
+            "requests_month": usage[key.pk]["requests_month"],
+        })  # fmt: skip
+        out.append(row)
+    return out
+
+
+@router.get("/all", response=list[TeamKeyOut])
+def list_team_keys(request: HttpRequest, username: str = "") -> object:
+    """Every user's keys (admins), with tokens used today and this month (UTC); `username`:
+    only that user's."""
+    require_admin(request, "see every key")
+    return _with_usage(services.api_key_list_all(username=username[:150]))
+
+
+@router.get("/models", response=list[str])
+def allowed_model_choices(request: HttpRequest) -> list[str]:
+    """What a key's `allowed_models` are chosen from: profile names and the patterns of exact
+    and glob routing rules (a glob such as `claude-*` allows every name it matches)."""
+    return services.allowed_model_choices()
+
+
+@router.patch("/{key_id}", response=KeyOut)
+def update_key_limits(request: HttpRequest, key_id: int, body: KeyLimitsIn) -> object:
+    """Replace a key's limits: your own key, or anyone's for admins. Unknown model names are
+    refused (400, `param` "allowed_models")."""
+    return services.api_key_update(
+        actor=request.user,
+        key_id=key_id,
+        allowed_models=body.allowed_models,
+        rpm_limit=body.rpm_limit,
+        tokens_per_day=body.tokens_per_day,
+    )
+
+
 @router.post("/{key_id}/revoke", response=KeyOut)
 def revoke_key(request: HttpRequest, key_id: int) -> object:
     return services.api_key_revoke(user=request.user, key_id=key_id)  # type: ignore[arg-type]
@@ -165,3 +231,54 @@ def set_user_limits(request: HttpRequest, user_id: int, body: UserLimitsIn) -> o
     require_admin(request, "change users")
     services.user_limits_set(user_id=user_id, rpm_limit=body.rpm_limit, tokens_per_day=body.tokens_per_day)
     return services.user_list_one(user_id)
+
+
+# --- admin tokens (admins): scripts and CI on /api -------------------------------------------
+
+admin_tokens_router = Router(tags=["admin tokens"])
+
+
+class AdminTokenOut(Schema):
+    id: int
+    name: str
+    prefix: str
+    scope: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @staticmethod
+    def resolve_created_by(obj: Any) -> str:
+        return str(obj.created_by.get_username())
+
+
+class AdminTokenIn(Schema):
+    name: str
+    scope: str = "read"
+    expires_days: float = 90
+
+
+class AdminTokenCreated(AdminTokenOut):
+    token: str
+
+
+@admin_tokens_router.get("/", response=list[AdminTokenOut])
+def list_admin_tokens(request: HttpRequest) -> object:
+    return services.admin_token_list()
+
+
+@admin_tokens_router.post("/", response={201: AdminTokenCreated})
+def create_admin_token(request: HttpRequest, body: AdminTokenIn) -> object:
+    """A token for `Authorization: Bearer` on /api, acting as you: scope `read` (GET only) or
+    `write`; expires after `expires_days` (at most 365). The secret is shown only here."""
+    token, secret = services.admin_token_create(
+        user=request.user, name=body.name, scope=body.scope, expires_days=body.expires_days
+    )
+    return Status(201, {**AdminTokenOut.model_validate(token).model_dump(), "token": secret})
+
+
+@admin_tokens_router.post("/{token_id}/revoke", response=AdminTokenOut)
+def revoke_admin_token(request: HttpRequest, token_id: int) -> object:
+    return services.admin_token_revoke(user=request.user, token_id=token_id)
