@@ -13,8 +13,8 @@ from ninja.parser import Parser
 from ninja.security import django_auth
 from ninja.types import DictStrAny
 
-from mlxmanager.accounts.api import router as keys_router
 from mlxmanager.accounts.api import admin_tokens_router, tokens_router, users_router
+from mlxmanager.accounts.api import router as keys_router
 from mlxmanager.apidocs import SWAGGER_SETTINGS, AppLayoutSwagger
 from mlxmanager.audit.api import router as audit_router
 from mlxmanager.credentials.api import router as credentials_router

@@ -154,7 +154,11 @@ class AdminTokenAuth(HttpBearer):
             "mlxmanager.admintoken.used",
             user=user,
             object_type="admintoken",
-            data={"method": request.method, "path": request.path[:200], **({"refused": "read-only"} if refused else {})},
+            data={
+                "method": request.method,
+                "path": request.path[:200],
+                **({"refused": "read-only"} if refused else {}),
+            },
         )
         if refused:
             raise PermissionDenied(f"this admin token is read-only; a write token is needed to {self.what}")

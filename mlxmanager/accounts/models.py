@@ -6,7 +6,6 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-
 _GLOB_CHARS = frozenset("*?[")
 
 

@@ -160,7 +160,10 @@ def admin_tokens(request: HttpRequest) -> HttpResponse:
             except ValueError as exc:
                 raise DomainError("the expiry is a number of days", param="expires_days") from exc
             _, created_secret = services.admin_token_create(
-                user=request.user, name=post.get("name", ""), scope=post.get("scope", ""), expires_days=expires_days
+                user=request.user,
+                name=post.get("name", ""),
+                scope=post.get("scope", ""),
+                expires_days=expires_days,
             )
         except DomainError as exc:
             error = exc.message

@@ -103,6 +103,7 @@ ADMIN_PAGES = {
     *("credential-toggle", "credential-delete", "rules", "rule-order", "rule-test", "rule-move"),
     *("rule-toggle", "rule-delete", "workers", "worker-toggle", "worker-delete"),
     *("home-live", "logs", "logs-events", "debug-report"),
+    *("team-keys", "team-key-revoke", "team-key-limits", "admin-tokens", "admin-token-revoke"),
 }
 # Not dashboard pages: login/logout, the API roots and the /v1 gateway (API-key auth, own tests).
 # The first-admin setup pages are 404 once any user exists (tests/mlxmanager/accounts/test_setup.py).
