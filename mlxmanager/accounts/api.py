@@ -81,19 +81,13 @@ class KeyLimitsIn(Schema):
     tokens_per_day: int | None = None
 
 
-def _with_usage(keys: list[Any]) -> list[dict[str, Any]]:
+def _with_usage(keys: list[Any]) -> list[Any]:
     usage = services.key_usage([k.pk for k in keys])
-    out = []
     for key in keys:
-        row = TeamKeyOut.model_validate(key).model_dump()
-        row.update(usage.get(key.pk, {}) and {
-            "tokens_today": usage[key.pk]["today"],
-            "tokens_month": usage[key.pk]["month"],
-            "requests_today": usage[key.pk]["requests_today"],
-            "requests_month": usage[key.pk]["requests_month"],
-        })  # fmt: skip
-        out.append(row)
-    return out
+        row = usage.get(key.pk, {})
+        key.tokens_today, key.tokens_month = row.get("today", 0), row.get("month", 0)
+        key.requests_today, key.requests_month = row.get("requests_today", 0), row.get("requests_month", 0)
+    return keys
 
 
 @router.get("/all", response=list[TeamKeyOut])
