@@ -270,7 +270,8 @@ def create_admin_token(request: HttpRequest, body: AdminTokenIn) -> object:
     token, secret = services.admin_token_create(
         user=request.user, name=body.name, scope=body.scope, expires_days=body.expires_days
     )
-    return Status(201, {**AdminTokenOut.model_validate(token).model_dump(), "token": secret})
+    token.token = secret  # shown this once; only its digest is stored
+    return Status(201, token)
 
 
 @admin_tokens_router.post("/{token_id}/revoke", response=AdminTokenOut)
