@@ -66,7 +66,10 @@ def test_write_token_drives_the_api_without_csrf_and_every_use_is_audited(admin,
     assert key.user == admin  # the token acts as the admin who made it
 
     uses = AdminAction.objects.filter(action="mlxmanager.admintoken.used").order_by("id")
-    assert [(u.data["method"], u.data["path"]) for u in uses] == [("GET", "/api/users/"), ("POST", "/api/keys/")]
+    assert [(u.data["method"], u.data["path"]) for u in uses] == [
+        ("GET", "/api/users/"),
+        ("POST", "/api/keys/"),
+    ]
     assert all(u.actor_name == "boss" and u.data["via_token"] == str(token) for u in uses)
     created = AdminAction.objects.get(action="mlxmanager.apikey.created", object_id=str(key.pk))
     assert created.actor_name == "boss" and created.data["via_token"] == f"ci ({token.prefix}…)"
@@ -165,4 +168,7 @@ def test_page_error_keeps_the_form(client: Client, admin) -> None:
 
 def test_page_is_for_admins(member_client: Client) -> None:
     assert member_client.get("/admin-tokens/").status_code == 403
-    assert member_client.post("/admin-tokens/", {"name": "x", "scope": "write", "expires_days": "1"}).status_code == 403
+    assert (
+        member_client.post("/admin-tokens/", {"name": "x", "scope": "write", "expires_days": "1"}).status_code
+        == 403
+    )
