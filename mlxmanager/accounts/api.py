@@ -30,6 +30,7 @@ class KeyOut(Schema):
 
 class KeyIn(Schema):
     name: str
+    username: str | None = None  # admins: the key's owner (default: you)
     expires_at: datetime | None = None
     allowed_models: list[str] = []
     rpm_limit: int | None = None
@@ -47,8 +48,13 @@ def list_keys(request: HttpRequest) -> list[KeyOut]:
 
 @router.post("/", response={201: KeyCreated})
 def create_key(request: HttpRequest, body: KeyIn) -> Status[dict[str, object]]:
+    """Create a key for yourself, or (admins, `username`) for another user."""
+    owner = request.user
+    if body.username:
+        require_admin(request, "create keys for other users")
+        owner = services.user_by_username(body.username)
     key, secret = services.api_key_create(
-        user=request.user,  # type: ignore[arg-type]
+        user=owner,  # type: ignore[arg-type]
         name=body.name,
         expires_at=body.expires_at,
         allowed_models=body.allowed_models,

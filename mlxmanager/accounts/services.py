@@ -386,6 +386,13 @@ def user_limits_set(*, user_id: int, rpm_limit: int | None, tokens_per_day: int 
     return limits_row
 
 
+def user_by_username(username: str) -> User:
+    user = get_user_model().objects.filter(username=username.strip()[:150]).first()
+    if user is None:
+        raise NotFound(f"no user '{username[:150]}'", param="username")
+    return user
+
+
 def user_list_one(user_id: int) -> User:
     user = get_user_model().objects.select_related("limits").filter(pk=user_id).first()
     if user is None:

@@ -198,3 +198,22 @@ def test_api_member_edits_only_their_own_key(
     assert r.status_code == 404
     theirs.refresh_from_db()
     assert theirs.tokens_per_day is None
+
+
+def test_api_admin_creates_a_key_for_a_member(admin_client: Client, member, member_client_2: Client) -> None:
+    r = admin_client.post(
+        "/api/keys/", {"name": "for-member", "username": "member"}, content_type="application/json"
+    )
+    assert r.status_code == 201 and r.json()["key"].startswith("mlxm-")
+    assert ApiKey.objects.get(name="for-member").user == member
+    r = admin_client.post("/api/keys/", {"name": "x", "username": "ghost"}, content_type="application/json")
+    assert r.status_code == 404 and r.json()["param"] == "username"
+    r = member_client_2.post("/api/keys/", {"name": "y", "username": "boss"}, content_type="application/json")
+    assert r.status_code == 403 and not ApiKey.objects.filter(name="y").exists()
+
+
+@pytest.fixture
+def member_client_2(member) -> Client:
+    c = Client()
+    c.force_login(member)
+    return c
