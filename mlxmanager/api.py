@@ -1,4 +1,5 @@
-"""The management JSON API under /api (session auth + CSRF), errors as RFC 7807."""
+"""The management JSON API under /api (session auth + CSRF, or an admin token as
+`Authorization: Bearer`), errors as RFC 7807."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from ninja.parser import Parser
 from ninja.security import django_auth
 from ninja.types import DictStrAny
 
+from mlxmanager.accounts.api import admin_tokens_router, tokens_router, users_router
 from mlxmanager.accounts.api import router as keys_router
-from mlxmanager.accounts.api import tokens_router, users_router
 from mlxmanager.apidocs import SWAGGER_SETTINGS, AppLayoutSwagger
 from mlxmanager.audit.api import router as audit_router
 from mlxmanager.credentials.api import router as credentials_router
 from mlxmanager.downloads.api import router as downloads_router
 from mlxmanager.errors import DomainError
-from mlxmanager.permissions import AdminSessionAuth
+from mlxmanager.permissions import AdminTokenAuth, admin_auth
 from mlxmanager.playground.api import router as conversations_router
 from mlxmanager.pool.api import router as pool_router
 from mlxmanager.profiles.api import router as profiles_router
@@ -46,7 +47,7 @@ api = NinjaAPI(
     title="MLX Manager API",
     version="1",
     urls_namespace="api",
-    auth=django_auth,
+    auth=[AdminTokenAuth(), django_auth],
     parser=_Parser(),
     docs=AppLayoutSwagger(settings=SWAGGER_SETTINGS),
 )
@@ -110,12 +111,13 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 # Members reach their own keys and conversations, stream tokens, and the profile list; the
 # admin areas check the role before anything else (see AdminSessionAuth).
 api.add_router("/keys", keys_router)
-api.add_router("/users", users_router, auth=AdminSessionAuth("manage users"))
+api.add_router("/users", users_router, auth=admin_auth("manage users"))
 api.add_router("/tokens", tokens_router)
-api.add_router("/audit", audit_router, auth=AdminSessionAuth("read the audit log"))
-api.add_router("/credentials", credentials_router, auth=AdminSessionAuth("manage credentials"))
-api.add_router("/rules", rules_router, auth=AdminSessionAuth("manage routing rules"))
+api.add_router("/admin-tokens", admin_tokens_router, auth=admin_auth("manage admin tokens"))
+api.add_router("/audit", audit_router, auth=admin_auth("read the audit log"))
+api.add_router("/credentials", credentials_router, auth=admin_auth("manage credentials"))
+api.add_router("/rules", rules_router, auth=admin_auth("manage routing rules"))
 api.add_router("/profiles", profiles_router)
-api.add_router("/pool", pool_router, auth=AdminSessionAuth("see and change the pool"))
+api.add_router("/pool", pool_router, auth=admin_auth("see and change the pool"))
 api.add_router("/conversations", conversations_router)
-api.add_router("/", downloads_router, auth=AdminSessionAuth("search, download and delete models"))
+api.add_router("/", downloads_router, auth=admin_auth("search, download and delete models"))

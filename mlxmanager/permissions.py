@@ -14,9 +14,9 @@ from typing import Any
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied as PageDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
-from ninja.security import SessionAuth
+from ninja.security import HttpBearer, SessionAuth
 
-from mlxmanager.errors import PermissionDenied
+from mlxmanager.errors import DomainError, PermissionDenied
 
 DENIED = "Only admins can open this page."
 
@@ -112,3 +112,59 @@ class AdminSessionAuth(SessionAuth):
         if user is not None and not is_admin(user):
             raise PermissionDenied(f"only admins can {self.what}")
         return user
+
+
+class NotAuthenticated(DomainError):
+    status = 401
+    code = "unauthorized"
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class AdminTokenAuth(HttpBearer):
+    """`Authorization: Bearer mlxa-…` on /api: an admin token (mlxmanager/accounts/models.py
+    AdminToken) acting as the admin who made it. No CSRF (no cookie is involved). A token sent
+    is a token checked: a bad, expired or revoked one is a 401 problem even when a session
+    cookie came along; a `read` token on anything but GET/HEAD is a 403. Every use is audited
+    (an "Admin token used" entry), and the changes it makes name the token (`via_token`)."""
+
+    def __init__(self, what: str = "do this") -> None:
+        super().__init__()
+        self.what = what
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:
+        from mlxmanager.accounts.models import AdminToken
+        from mlxmanager.accounts.services import admin_token_authenticate
+        from mlxmanager.audit import signals
+        from mlxmanager.audit.services import log_action
+
+        found = admin_token_authenticate(token.strip())
+        if found is None:
+            raise NotAuthenticated(
+                "Invalid, expired or revoked admin token (API keys for /v1 don't work on /api)."
+            )
+        user = found.created_by
+        request.user = user
+        signals.set_actor(user)
+        signals.set_via(str(found))
+        refused = found.scope != AdminToken.SCOPE_WRITE and request.method not in SAFE_METHODS
+        log_action(
+            found,
+            "mlxmanager.admintoken.used",
+            user=user,
+            object_type="admintoken",
+            data={
+                "method": request.method,
+                "path": request.path[:200],
+                **({"refused": "read-only"} if refused else {}),
+            },
+        )
+        if refused:
+            raise PermissionDenied(f"this admin token is read-only; a write token is needed to {self.what}")
+        return user
+
+
+def admin_auth(what: str) -> list[Any]:
+    """Auth for an admin-only router or operation: an admin token, else the admin's session."""
+    return [AdminTokenAuth(what), AdminSessionAuth(what)]

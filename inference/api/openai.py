@@ -94,16 +94,24 @@ def _model(pr: Profile) -> dict[str, Any]:
     }
 
 
+async def _visible(request: HttpRequest) -> list[Profile]:
+    """The served profiles the request's API key may use (a key limited to some models sees
+    only those)."""
+    key = getattr(request, "api_key", None)
+    return [pr for pr in await profile_list_served() if key is None or key.allows(pr.name)]
+
+
 @router.get("/models")
 async def list_models(request: HttpRequest) -> HttpResponse:
-    data = [_model(pr) for pr in await profile_list_served()]
+    data = [_model(pr) for pr in await _visible(request)]
     return encoders.json_response({"object": "list", "data": data})
 
 
 @router.get("/models/{path:model_id}")
 async def retrieve_model(request: HttpRequest, model_id: str) -> HttpResponse:
-    """One model of `GET /v1/models` (the SDK's `models.retrieve`)."""
-    for pr in await profile_list_served():
+    """One model of `GET /v1/models` (the SDK's `models.retrieve`); a model the key may not use
+    is as unknown as one that doesn't exist."""
+    for pr in await _visible(request):
         if pr.name == model_id:
             return encoders.json_response(_model(pr))
     raise NotFound(f"The model '{model_id}' does not exist", param="model", code="model_not_found")

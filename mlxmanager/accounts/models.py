@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import fnmatch
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+_GLOB_CHARS = frozenset("*?[")
 
 
 class ApiKey(models.Model):
@@ -34,7 +38,13 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     def allows(self, model: str) -> bool:
-        return not self.allowed_models or model in self.allowed_models
+        """Empty: every model. Entries are names (a profile, an exact rule) or a glob rule's
+        pattern such as `claude-*` (matched like the rule: whole name, case-sensitive)."""
+        if not self.allowed_models or model in self.allowed_models:
+            return True
+        return any(
+            _GLOB_CHARS & set(entry) and fnmatch.fnmatchcase(model, entry) for entry in self.allowed_models
+        )
 
     def is_active(self, *, now: object = None) -> bool:
         now = now or timezone.now()
@@ -67,3 +77,36 @@ class StreamTokenGeneration(models.Model):
 
     def __str__(self) -> str:
         return f"stream tokens of user {self.user_id}: generation {self.generation}"
+
+
+class AdminToken(models.Model):
+    """A token for scripts and CI on the management API (`Authorization: Bearer mlxa-...`).
+
+    Hashed like API keys (SHA-256 of a 256-bit secret); acts as the admin who created it (who
+    must still be an active admin); `read` tokens may only GET; every token expires. API keys
+    never work on /api and admin tokens never work on /v1 (separate tables and prefixes).
+    """
+
+    SCOPE_READ = "read"
+    SCOPE_WRITE = "write"
+    SCOPES = ((SCOPE_READ, "read"), (SCOPE_WRITE, "read and write"))
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)
+    digest = models.CharField(max_length=64, unique=True)
+    scope = models.CharField(max_length=8, choices=SCOPES, default=SCOPE_READ)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def is_active(self, *, now: object = None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and self.expires_at > now  # type: ignore[operator]

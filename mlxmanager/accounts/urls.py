@@ -19,6 +19,11 @@ urlpatterns = [
     path("setup/<str:token>", views.setup_start, name="setup-start"),
     path("keys/", views.keys, name="keys"),
     path("keys/<int:key_id>/revoke/", views.key_revoke, name="key-revoke"),
+    path("keys/team/", views.team_keys, name="team-keys"),
+    path("keys/team/<int:key_id>/revoke/", views.team_key_revoke, name="team-key-revoke"),
+    path("keys/team/<int:key_id>/limits/", views.team_key_limits, name="team-key-limits"),
+    path("admin-tokens/", views.admin_tokens, name="admin-tokens"),
+    path("admin-tokens/<int:token_id>/revoke/", views.admin_token_revoke, name="admin-token-revoke"),
     path("users/", views.users, name="users"),
     path("users/<int:user_id>/", views.user_change, name="user-change"),
 ]

@@ -29,6 +29,21 @@ def _optional_int(value: str | None, param: str) -> int | None:
         raise DomainError(f"{param.replace('_', ' ')} must be a whole number", param=param) from exc
 
 
+def _models_from(values: list[str]) -> list[str]:
+    """Checkbox values (one name each) or a typed list (comma- or space-separated)."""
+    return [m for value in values for m in value.replace(",", " ").split() if m]
+
+
+def _keys_context(request: HttpRequest) -> dict[str, Any]:
+    keys = list(selectors.api_key_list(user=request.user))  # type: ignore[arg-type]
+    usage = services.key_usage([k.pk for k in keys])
+    return {
+        "keys": [(k, usage.get(k.pk, {})) for k in keys],
+        "model_choices": services.allowed_model_choices(),
+        "now": timezone.now(),
+    }
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def keys(request: HttpRequest) -> HttpResponse:
@@ -41,16 +56,15 @@ def keys(request: HttpRequest) -> HttpResponse:
                 user=request.user,  # type: ignore[arg-type]
                 name=post.get("name", ""),
                 expires_at=services.expiry_after(_optional_int(post.get("expires_days"), "expires_days")),
-                allowed_models=[m for m in post.get("allowed_models", "").replace(",", " ").split() if m],
+                allowed_models=_models_from(post.getlist("allowed_models")),
                 rpm_limit=_optional_int(post.get("rpm_limit"), "rpm_limit"),
                 tokens_per_day=_optional_int(post.get("tokens_per_day"), "tokens_per_day"),
             )
         except DomainError as exc:
             error = exc.message
     context = {
-        "keys": list(selectors.api_key_list(user=request.user)),  # type: ignore[arg-type]
+        **_keys_context(request),
         "created_secret": created_secret,
-        "now": timezone.now(),
         "error": error,
         "base_url": request.build_absolute_uri("/v1"),
     }
@@ -66,8 +80,7 @@ def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     except DomainError as exc:
         return HttpResponse(exc.message, status=exc.status)
     if request.htmx:  # type: ignore[attr-defined]
-        context = {"keys": list(selectors.api_key_list(user=request.user))}  # type: ignore[arg-type]
-        return render(request, "accounts/keys.html#keys-panel", context)
+        return render(request, "accounts/keys.html#keys-panel", _keys_context(request))
     return redirect("keys")
 
 
@@ -78,6 +91,117 @@ class LoginView(auth_views.LoginView):
         from mlxmanager.sso.selectors import current
 
         return {**super().get_context_data(**kwargs), "sso": current()}
+
+
+# --- the team's keys (admins) --------------------------------------------------------------
+
+
+@admin_required
+@require_GET
+def team_keys(request: HttpRequest) -> HttpResponse:
+    """Every user's keys, with usage today and this month; `?user=` filters by username."""
+    return _team_page(request, error=None, message=None)
+
+
+@admin_required
+@require_POST
+def team_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    error = message = None
+    try:
+        key = services.api_key_revoke(user=request.user, key_id=key_id)  # type: ignore[arg-type]
+        message = f"Revoked {key.name} of {key.user.get_username()}."
+    except DomainError as exc:
+        error = exc.message
+    return _team_page(request, error=error, message=message)
+
+
+@admin_required
+@require_POST
+def team_key_limits(request: HttpRequest, key_id: int) -> HttpResponse:
+    error = message = None
+    post = request.POST
+    try:
+        key = services.api_key_update(
+            actor=request.user,
+            key_id=key_id,
+            allowed_models=_models_from(post.getlist("allowed_models")),
+            rpm_limit=_optional_int(post.get("rpm_limit"), "rpm_limit"),
+            tokens_per_day=_optional_int(post.get("tokens_per_day"), "tokens_per_day"),
+        )
+        message = f"Saved the limits of {key.name} ({key.user.get_username()})."
+    except DomainError as exc:
+        error = exc.message
+    return _team_page(request, error=error, message=message, failed_key=key_id if error else None)
+
+
+def _team_page(
+    request: HttpRequest, *, error: str | None, message: str | None, failed_key: int | None = None
+) -> HttpResponse:
+    username = (request.GET.get("user") or request.POST.get("user") or "").strip()[:150]
+    keys = services.api_key_list_all(username=username)
+    usage = services.key_usage([k.pk for k in keys])
+    context = {
+        "rows": [(k, usage.get(k.pk, {})) for k in keys],
+        "usernames": [u.get_username() for u in services.user_list()],
+        "selected_user": username,
+        "model_choices": services.allowed_model_choices(),
+        "now": timezone.now(),
+        "error": error,
+        "message": message,
+        "failed_key": failed_key,
+    }
+    template = "accounts/team_keys.html#team-keys-panel" if request.htmx else "accounts/team_keys.html"  # type: ignore[attr-defined]
+    return render(request, template, context, status=400 if error else 200)
+
+
+# --- admin tokens for /api (admins) -----------------------------------------------------------
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def admin_tokens(request: HttpRequest) -> HttpResponse:
+    error = created_secret = None
+    if request.method == "POST":
+        post = request.POST
+        try:
+            days = (post.get("expires_days") or "").strip()
+            try:
+                expires_days = float(days) if days else None
+            except ValueError as exc:
+                raise DomainError("the expiry is a number of days", param="expires_days") from exc
+            _, created_secret = services.admin_token_create(
+                user=request.user,
+                name=post.get("name", ""),
+                scope=post.get("scope", ""),
+                expires_days=expires_days,
+            )
+        except DomainError as exc:
+            error = exc.message
+    return _tokens_page(request, error=error, created_secret=created_secret)
+
+
+@admin_required
+@require_POST
+def admin_token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    error = None
+    try:
+        services.admin_token_revoke(user=request.user, token_id=token_id)
+    except DomainError as exc:
+        error = exc.message
+    return _tokens_page(request, error=error, created_secret=None)
+
+
+def _tokens_page(request: HttpRequest, *, error: str | None, created_secret: str | None) -> HttpResponse:
+    context = {
+        "tokens": services.admin_token_list(),
+        "now": timezone.now(),
+        "error": error,
+        "created_secret": created_secret,
+        "form": request.POST if error else {},
+        "api_url": request.build_absolute_uri("/api"),
+    }
+    template = "accounts/admin_tokens.html#tokens-panel" if request.htmx else "accounts/admin_tokens.html"  # type: ignore[attr-defined]
+    return render(request, template, context, status=400 if error else 200)
 
 
 # --- users (admins) -----------------------------------------------------------------------

@@ -96,21 +96,23 @@ def audit_middleware(get_response: Any) -> Any:
     if not asyncio.iscoroutinefunction(get_response):
 
         def sync_middleware(request: HttpRequest) -> HttpResponseBase:
-            token = signals.set_actor(getattr(request, "user", None))
+            token, via = signals.set_actor(getattr(request, "user", None)), signals.set_via("")
             try:
                 return get_response(request)  # type: ignore[no-any-return]
             finally:
                 signals.reset_actor(token)
+                signals.reset_via(via)
 
         return sync_middleware
 
     async def middleware(request: HttpRequest) -> HttpResponseBase:
         if not request.path_info.startswith(PREFIX):
-            token = signals.set_actor(getattr(request, "user", None))
+            token, via = signals.set_actor(getattr(request, "user", None)), signals.set_via("")
             try:
                 return await get_response(request)  # type: ignore[no-any-return]
             finally:
                 signals.reset_actor(token)
+                signals.reset_via(via)
         audit = rec.RequestAudit(
             endpoint=request.path_info, client_ip=_client_ip(request), request_id=request_ids.of(request)
         )

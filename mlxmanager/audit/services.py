@@ -47,6 +47,9 @@ ACTIONS: dict[str, str] = {
     "mlxmanager.rule.deleted": "Routing rule deleted",
     "mlxmanager.audit.pruned": "Audit log pruned",
     "mlxmanager.sso.changed": "Single sign-on settings changed",
+    "mlxmanager.admintoken.created": "Admin token created",
+    "mlxmanager.admintoken.revoked": "Admin token revoked",
+    "mlxmanager.admintoken.used": "Admin token used",
 }
 
 # Never recorded by value, whatever the model: only "this field changed".
@@ -92,6 +95,11 @@ def log_action(
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}; add it to ACTIONS")
     actor_id, actor_name = _actor(user)
+    from mlxmanager.audit.signals import current_via
+
+    via = current_via()
+    if via:  # the change came through an admin token on /api: which one
+        data = {**(data or {}), "via_token": via}
     return AdminAction.objects.create(
         created_at=now or timezone.now(),
         actor_id=actor_id,

@@ -17,6 +17,8 @@ from django.db.models.signals import post_delete, post_save, pre_save
 log = logging.getLogger(__name__)
 
 _actor: ContextVar[Any] = ContextVar("mlxm_audit_actor", default=None)
+# "name (prefix…)" of the admin token a /api request came with (mlxmanager/permissions.py).
+_via: ContextVar[str] = ContextVar("mlxm_audit_via", default="")
 
 # Fields whose changes are bookkeeping, not admin changes.
 _IGNORED = {"last_login", "last_used_at", "date_joined", "created_at", "updated_at"}
@@ -26,7 +28,19 @@ _TRACKED: dict[str, tuple[str, tuple[str, ...]]] = {
         "user",
         ("username", "email", "is_active", "is_staff", "is_superuser", "password"),
     ),
-    "accounts.ApiKey": ("apikey", ("name", "user_id", "expires_at", "revoked_at", "digest")),
+    "accounts.ApiKey": (
+        "apikey",
+        (
+            "name",
+            "user_id",
+            "expires_at",
+            "revoked_at",
+            "digest",
+            "allowed_models",
+            "rpm_limit",
+            "tokens_per_day",
+        ),
+    ),
     "profiles.Profile": (
         "profile",
         (
@@ -58,6 +72,21 @@ _TRACKED: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def set_actor(user: Any) -> Any:
     return _actor.set(user)
+
+
+def set_via(detail: str) -> Any:
+    return _via.set(detail)
+
+
+def reset_via(token: Any) -> None:
+    try:
+        _via.reset(token)
+    except ValueError:
+        _via.set("")
+
+
+def current_via() -> str:
+    return _via.get()
 
 
 def reset_actor(token: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 
-from mlxmanager.permissions import AdminSessionAuth, is_admin, require_admin
+from mlxmanager.permissions import admin_auth, is_admin, require_admin
 from mlxmanager.profiles import selectors, services
 from mlxmanager.profiles.schemas import GenerationDefaults
 
@@ -108,7 +108,7 @@ def _values(body: ProfilePatch) -> dict[str, Any]:
 
 
 # Members may list and read profiles (the playground picks from them); changes are for admins.
-_ADMIN = AdminSessionAuth("change profiles")
+_ADMIN = admin_auth("change profiles")
 
 
 @router.get("", response=list[ProfileOut], exclude_unset=True)

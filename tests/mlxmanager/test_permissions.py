@@ -104,6 +104,7 @@ ADMIN_PAGES = {
     *("rule-toggle", "rule-delete", "workers", "worker-toggle", "worker-delete"),
     *("home-live", "logs", "logs-events", "debug-report"),
     "sso-settings",
+    *("team-keys", "team-key-revoke", "team-key-limits", "admin-tokens", "admin-token-revoke"),
 }
 # Not dashboard pages: login/logout, the API roots and the /v1 gateway (API-key auth, own tests).
 # The first-admin setup pages are 404 once any user exists (tests/mlxmanager/accounts/test_setup.py).

@@ -75,6 +75,14 @@ def test_allowed_models() -> None:
     limits.check_model(ApiKey(allowed_models=[]), "anything")  # empty: every model
 
 
+def test_allowed_glob_pattern_matches_like_its_rule() -> None:
+    from mlxmanager.accounts.models import ApiKey
+
+    k = ApiKey(allowed_models=["claude-*", "tiny-random"])
+    assert k.allows("claude-sonnet-4-5") and k.allows("tiny-random")
+    assert not k.allows("gpt-4o") and not k.allows("xclaude-1") and not k.allows("Claude-3")
+
+
 # ---- live, through the SDKs ------------------------------------------------------------
 
 
@@ -96,6 +104,11 @@ def client(gw: Gateway, secret: str) -> openai.OpenAI:
 def test_live_allowed_models_and_expiry(gateway: Gateway) -> None:
     only_tiny = client(gateway, new_key(gateway, "--models", TINY))
     assert only_tiny.chat.completions.create(model=TINY, messages=HELLO, max_tokens=4).choices
+    # /v1/models lists only what the key may use; another model is as unknown as a missing one.
+    assert [m.id for m in only_tiny.models.list()] == [TINY]
+    assert only_tiny.models.retrieve(TINY).id == TINY
+    with pytest.raises(openai.NotFoundError):
+        only_tiny.models.retrieve(SMOL)
     with pytest.raises(openai.PermissionDeniedError) as exc:
         only_tiny.chat.completions.create(model=SMOL, messages=HELLO, max_tokens=4)
     assert exc.value.body["param"] == "model" and SMOL in exc.value.body["message"]
