@@ -341,7 +341,9 @@ def add(audit: Any) -> None:
         s = store()
         for kind, owner in owners:
             for period in ("day", "month"):
-                s.incr(f"{kind}:{owner}:{period_label(period, now)}", tokens, spend if period == "month" else 0)
+                s.incr(
+                    f"{kind}:{owner}:{period_label(period, now)}", tokens, spend if period == "month" else 0
+                )
     except Exception:  # a budget counter must never fail a request
         log.warning("budget counters: could not count a request", exc_info=True)
 

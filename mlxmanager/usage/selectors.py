@@ -101,7 +101,9 @@ class Row:
     def tokens(self) -> int:
         return self.input_tokens + self.cached_tokens + self.output_tokens
 
-    def add(self, requests: int, prompt: int, cached: int, output: int, spend: Decimal, saved: Decimal) -> None:
+    def add(
+        self, requests: int, prompt: int, cached: int, output: int, spend: Decimal, saved: Decimal
+    ) -> None:
         cached = min(cached, prompt)
         self.requests += requests
         self.input_tokens += prompt - cached
@@ -122,7 +124,9 @@ class Report:
     series: list[Row] = field(default_factory=list)  # per period, oldest first, gaps filled
 
 
-def cost(backend: str, prompt: int, cached: int, output: int, rates: dict[str, budgets.Rates]) -> tuple[Decimal, Decimal]:
+def cost(
+    backend: str, prompt: int, cached: int, output: int, rates: dict[str, budgets.Rates]
+) -> tuple[Decimal, Decimal]:
     """(spend, saved) of some tokens on one backend at the prices."""
     r = rates.get(backend)
     if r is None:
@@ -160,7 +164,9 @@ def report(filters: UsageFilter, *, user_id: int | None = None, today: date | No
         _scope(filters, user_id, start, end)
         .annotate(at=trunc("bucket", tzinfo=UTC))
         .values("at", dim, "backend")
-        .annotate(n=Sum("requests"), p=Sum("prompt_tokens"), c=Sum("cached_tokens"), o=Sum("completion_tokens"))
+        .annotate(
+            n=Sum("requests"), p=Sum("prompt_tokens"), c=Sum("cached_tokens"), o=Sum("completion_tokens")
+        )
         .order_by()
     )
     rates = budgets.prices()
@@ -237,9 +243,9 @@ def budget_lines(user: Any) -> list[budgets.Status]:
         qs = qs.filter(Q(user_id=user.pk) | Q(api_key__user_id=user.pk))
     out: list[budgets.Status] = []
     for b in qs:
-        if b.user_id:
-            out += budgets.statuses("user", b.user_id, b.user.username)
-        else:
+        if b.user is not None:
+            out += budgets.statuses("user", b.user.pk, b.user.username)
+        elif b.api_key is not None:
             key: ApiKey = b.api_key
             out += budgets.statuses("key", key.pk, f"{key.name} ({key.prefix}…) of {key.user.username}")
     return out

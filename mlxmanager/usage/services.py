@@ -124,7 +124,9 @@ def _amount(value: Any, name: str, *, places: int = 4) -> Decimal:
     return d.quantize(Decimal(1).scaleb(-places))
 
 
-def set_price(backend: str, *, input_per_m: Any, cached_per_m: Any, output_per_m: Any, user: Any = None) -> Price:
+def set_price(
+    backend: str, *, input_per_m: Any, cached_per_m: Any, output_per_m: Any, user: Any = None
+) -> Price:
     from mlxmanager.audit.services import log_action
 
     backend = valid_backend(backend)
