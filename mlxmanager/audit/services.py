@@ -258,9 +258,12 @@ def rollup_rebuild(*, since: datetime | None = None, chunk: int = 5000) -> int:
                 groups.clear()
         _upsert(groups)
         written += len(groups)
+        from mlxmanager.usage.models import UsageHourly
         from mlxmanager.usage.services import usage_rebuild
 
-        usage_rebuild(since=since, chunk=chunk)
+        # (not in this app's own first migrations, which run before the usage table exists)
+        if UsageHourly._meta.db_table in connection.introspection.table_names():
+            usage_rebuild(since=since, chunk=chunk)
     return written
 
 
