@@ -322,7 +322,7 @@ async def check(key_id: int | None, user_id: int | None) -> None:
     # Fast path: every owner's "no budget" is cached (no thread hop, no query).
     if all((c := _budgets.get(o)) is not None and c[1] is None and now - c[0] < TTL_S for o in owners):
         return
-    await sync_to_async(_check_sync, thread_sensitive=False)(owners, datetime.now(UTC))
+    await sync_to_async(_check_sync)(owners, datetime.now(UTC))
 
 
 def add(audit: Any) -> None:
