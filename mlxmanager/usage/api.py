@@ -171,6 +171,8 @@ def _set(request: HttpRequest, body: BudgetIn | None, **owner: int) -> Any:
 
     from mlxmanager.accounts.models import ApiKey
 
+    if not all(0 < v < 2**63 for v in owner.values()):
+        raise NotFound("no such user or API key", param=next(iter(owner)))
     if "user_id" in owner and not get_user_model().objects.filter(pk=owner["user_id"]).exists():
         raise NotFound(f"no user {owner['user_id']}", param="user_id")
     if "api_key_id" in owner and not ApiKey.objects.filter(pk=owner["api_key_id"]).exists():

@@ -81,6 +81,8 @@ def parse_filter(params: Any) -> UsageFilter:
     if start and end and (end - start).days > MAX_DAYS:
         raise DomainError(f"a window of at most {MAX_DAYS} days", param="from")
     user = (params.get("user") or "").strip()
+    if "\x00" in user:
+        raise DomainError("'user' may not contain NUL characters", param="user")
     if len(user) > 150:
         raise DomainError("'user' is at most 150 characters", param="user")
     return UsageFilter(period=period, by=by, start=start, end=end, user=user)

@@ -105,7 +105,7 @@ def usage_prune(cutoff: datetime) -> int:
 def valid_backend(backend: str) -> str:
     backend = (backend or "").strip()
     kind, _, name = backend.partition(":")
-    if kind not in ("cloud", "local") or not name.strip():
+    if kind not in ("cloud", "local") or not name.strip() or any(ord(ch) < 32 for ch in backend):
         raise DomainError('backend must be "cloud:<credential>" or "local:<profile>"', param="backend")
     if len(backend) > 120:
         raise DomainError("backend is at most 120 characters", param="backend")
