@@ -261,7 +261,7 @@ def rollup_rebuild(*, since: datetime | None = None, chunk: int = 5000) -> int:
         from mlxmanager.usage.models import UsageHourly
         from mlxmanager.usage.services import usage_rebuild
 
-        # (not in this app's own first migrations, which run before the usage table exists)
+        # (skipped in audit's own migration, which runs before the usage table exists)
         if UsageHourly._meta.db_table in connection.introspection.table_names():
             usage_rebuild(since=since, chunk=chunk)
     return written

@@ -289,6 +289,8 @@ def _check_sync(owners: list[tuple[str, int]], now: datetime) -> None:
                     retry_after=seconds_left("day", now),
                 )
         if lim.tokens_per_month or lim.spend_per_month:
+            if lim.spend_per_month:
+                prices()  # fresh prices for `add`, which runs on the event loop (no queries there)
             tokens, spend = used(kind, owner, "month", now)
             if lim.tokens_per_month and tokens >= lim.tokens_per_month:
                 raise BudgetExceeded(
