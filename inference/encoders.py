@@ -91,6 +91,8 @@ def anthropic_error(f: Failure, request_id: str = "") -> dict[str, Any]:
     type_ = _ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
     message = f"{f.param}: {f.message}" if f.param and f.param not in f.message else f.message
     body: dict[str, Any] = {"type": "error", "error": {"type": type_, "message": message}}
+    if f.code == "budget_exceeded":  # a clear code next to Anthropic's own type
+        body["error"]["code"] = f.code
     if request_id:
         body["request_id"] = request_id
     return body

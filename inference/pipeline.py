@@ -41,6 +41,7 @@ from mlxmanager.accounts import limits
 from mlxmanager.audit import recorder as rec
 from mlxmanager.errors import DomainError
 from mlxmanager.rules.selectors import Route, RouteTarget, route_for
+from mlxmanager.usage import budgets
 
 log = logging.getLogger(__name__)
 _decode = msgspec.json.Decoder()
@@ -103,7 +104,10 @@ async def serve(call: Call, local: LocalStep | None = None) -> Answer:
         tr.begin(call.surface, call.model)
     limits.check_model(call.key, call.model)
     # The user's own limits cover all their traffic: every key and the playground.
-    await limits.check_user(call.key.user_id if call.key is not None else getattr(call.user, "pk", None))
+    user_id = call.key.user_id if call.key is not None else getattr(call.user, "pk", None)
+    await limits.check_user(user_id)
+    # Budgets (tokens per day/month, spend per month) of the key and the user: 429 budget_exceeded.
+    await budgets.check(call.key.pk if call.key is not None else None, user_id)
     step = local or _local_text
     if tr is not None:
         tr.begin_route()

@@ -25,6 +25,7 @@ from mlxmanager.playground.api import router as conversations_router
 from mlxmanager.pool.api import router as pool_router
 from mlxmanager.profiles.api import router as profiles_router
 from mlxmanager.rules.api import router as rules_router
+from mlxmanager.usage.api import router as usage_router
 from mlxmanager.validtext import InvalidUnicode, find_invalid_unicode
 
 log = logging.getLogger(__name__)
@@ -120,4 +121,5 @@ api.add_router("/rules", rules_router, auth=admin_auth("manage routing rules"))
 api.add_router("/profiles", profiles_router)
 api.add_router("/pool", pool_router, auth=admin_auth("see and change the pool"))
 api.add_router("/conversations", conversations_router)
+api.add_router("/", usage_router)  # /usage, /prices, /budgets: members read their own
 api.add_router("/", downloads_router, auth=admin_auth("search, download and delete models"))

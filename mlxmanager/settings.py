@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "mlxmanager.workers",
     "mlxmanager.logs",
     "mlxmanager.home",
+    "mlxmanager.usage",
     "inference",
 ]
 
@@ -134,6 +135,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # fail at once with "database table is locked" instead of waiting like WAL does), so
     # threads in a test (download manager, audit flusher) behave as in production.
     DATABASES["default"]["TEST"] = {"NAME": str(MLXM_DATA_DIR / "test-db.sqlite3")}
+
+# Budget counters (mlxmanager/usage/budgets.py): shared by every web process through Redis.
+MLXM_BUDGET_REDIS_URL = os.environ.get("REDIS_URL", "")
 
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {

@@ -26,4 +26,5 @@ urlpatterns = [
     path("", include("mlxmanager.rules.urls")),
     path("", include("mlxmanager.workers.urls")),
     path("", include("mlxmanager.logs.urls")),
+    path("", include("mlxmanager.usage.urls")),
 ]

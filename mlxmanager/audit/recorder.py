@@ -397,6 +397,9 @@ def record(audit: RequestAudit) -> None:
     from mlxmanager.accounts import limits
 
     limits.add_tokens(audit.api_key_id, audit.prompt_tokens + audit.completion_tokens, user_id=audit.user_id)
+    from mlxmanager.usage import budgets
+
+    budgets.add(audit)
 
 
 def cutoff_for(days: int, *, now: datetime | None = None) -> datetime:

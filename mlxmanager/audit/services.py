@@ -6,7 +6,7 @@ Request rows are written by the recorder's flusher thread, never here on the req
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,10 @@ ACTIONS: dict[str, str] = {
     "mlxmanager.admintoken.created": "Admin token created",
     "mlxmanager.admintoken.revoked": "Admin token revoked",
     "mlxmanager.admintoken.used": "Admin token used",
+    "mlxmanager.price.set": "Price set",
+    "mlxmanager.price.deleted": "Price deleted",
+    "mlxmanager.budget.set": "Budget set",
+    "mlxmanager.budget.removed": "Budget removed",
 }
 
 # Never recorded by value, whatever the model: only "this field changed".
@@ -197,7 +201,7 @@ def _upsert(groups: dict[Group, list[int]]) -> None:
         cur.executemany(sql, params)
 
 
-def rollup_add(rows: Iterable[RequestLog]) -> int:
+def rollup_add(rows: Sequence[RequestLog]) -> int:
     """Count freshly written request rows into the hourly rollups (call in their transaction)."""
     groups: dict[Group, list[int]] = {}
     for r in rows:
@@ -208,6 +212,9 @@ def rollup_add(rows: Iterable[RequestLog]) -> int:
         v[1] += r.prompt_tokens or 0
         v[2] += r.completion_tokens or 0
     _upsert(groups)
+    from mlxmanager.usage.services import usage_add
+
+    usage_add(rows)  # the usage rollup (per user, key, model, backend; cached tokens too)
     return len(groups)
 
 
@@ -260,9 +267,18 @@ def rollup_rebuild(*, since: datetime | None = None, chunk: int = 5000) -> int:
                 groups.clear()
         _upsert(groups)
         written += len(groups)
+        from mlxmanager.usage.models import UsageHourly
+        from mlxmanager.usage.services import usage_rebuild
+
+        # (skipped in audit's own migration, which runs before the usage table exists)
+        if UsageHourly._meta.db_table in connection.introspection.table_names():
+            usage_rebuild(since=since, chunk=chunk)
     return written
 
 
 def rollup_prune(cutoff: datetime) -> int:
     """Drop rollup hours that ended before `cutoff` (the request rows are gone too)."""
+    from mlxmanager.usage.services import usage_prune
+
+    usage_prune(cutoff)
     return RequestHourly.objects.filter(bucket__lt=hour_of(cutoff)).delete()[0]
