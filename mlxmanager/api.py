@@ -24,6 +24,7 @@ from mlxmanager.playground.api import router as conversations_router
 from mlxmanager.pool.api import router as pool_router
 from mlxmanager.profiles.api import router as profiles_router
 from mlxmanager.rules.api import router as rules_router
+from mlxmanager.sitesettings.api import router as settings_router
 from mlxmanager.validtext import InvalidUnicode, find_invalid_unicode
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ api.add_router("/tokens", tokens_router)
 api.add_router("/audit", audit_router, auth=AdminSessionAuth("read the audit log"))
 api.add_router("/credentials", credentials_router, auth=AdminSessionAuth("manage credentials"))
 api.add_router("/rules", rules_router, auth=AdminSessionAuth("manage routing rules"))
+api.add_router("/settings", settings_router, auth=AdminSessionAuth("change settings"))
 api.add_router("/profiles", profiles_router)
 api.add_router("/pool", pool_router, auth=AdminSessionAuth("see and change the pool"))
 api.add_router("/conversations", conversations_router)

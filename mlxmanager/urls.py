@@ -25,4 +25,5 @@ urlpatterns = [
     path("", include("mlxmanager.rules.urls")),
     path("", include("mlxmanager.workers.urls")),
     path("", include("mlxmanager.logs.urls")),
+    path("", include("mlxmanager.sitesettings.urls")),
 ]

@@ -46,6 +46,7 @@ ACTIONS: dict[str, str] = {
     "mlxmanager.rule.reordered": "Routing rules reordered",
     "mlxmanager.rule.deleted": "Routing rule deleted",
     "mlxmanager.audit.pruned": "Audit log pruned",
+    "mlxmanager.settings.changed": "Settings changed",
 }
 
 # Never recorded by value, whatever the model: only "this field changed".

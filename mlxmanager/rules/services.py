@@ -243,3 +243,37 @@ def rule_move(*, rule_id: int, offset: int, user: Any = None) -> list[Rule]:
     j = max(0, min(len(ids) - 1, i + offset))
     ids.insert(j, ids.pop(i))
     return rule_reorder(ids=ids, user=user)
+
+
+# ---- the built-in rule for cloud model names ------------------------------------------------------
+
+CLOUD_NAMES_RULE = "Cloud model names → default model"
+CLOUD_NAMES_PATTERN = "claude-*"
+_CLOUD_NAMES_MARK = "_cloud_names_rule_created"  # a SiteSetting row: created once, never again
+
+
+def cloud_names_rule_ensure() -> Rule | None:
+    """On a fresh install (`serve` calls this at start), a rule sending `claude-*` (what Claude
+    Code asks for) to the default local model, so those clients work with no hand-written rule.
+    An ordinary rule afterwards: edit its pattern (a regex such as `claude-.*|gpt-4o.*` takes
+    more cloud names), put a cloud credential first in its targets, disable or delete it.
+    Made once: a deleted rule stays deleted. Returns the rule when it was created now."""
+    from mlxmanager.sitesettings.models import SiteSetting
+    from mlxmanager.sitesettings.selectors import DEFAULT_TARGET
+
+    if SiteSetting.objects.filter(key=_CLOUD_NAMES_MARK).exists():
+        return None
+    try:
+        with transaction.atomic():
+            SiteSetting.objects.create(key=_CLOUD_NAMES_MARK, value=True)
+            if Rule.objects.filter(name=CLOUD_NAMES_RULE).exists():
+                return None
+            rule = rule_create(
+                name=CLOUD_NAMES_RULE,
+                match_type=Rule.Match.GLOB,
+                pattern=CLOUD_NAMES_PATTERN,
+                targets=[TargetSpec(profile=DEFAULT_TARGET)],
+            )
+    except IntegrityError:  # another process made it at the same moment
+        return None
+    return rule
