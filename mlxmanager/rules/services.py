@@ -249,6 +249,9 @@ def rule_move(*, rule_id: int, offset: int, user: Any = None) -> list[Rule]:
 
 CLOUD_NAMES_RULE = "Cloud model names → default model"
 CLOUD_NAMES_PATTERN = "claude-*"
+# Seconds the default model may take to start answering: loading it cold and reading a coding
+# agent's long system prompt takes far longer than a cloud API's first byte.
+CLOUD_NAMES_TIMEOUT_S = 300.0
 _CLOUD_NAMES_MARK = "_cloud_names_rule_created"  # a SiteSetting row: created once, never again
 
 
@@ -273,6 +276,7 @@ def cloud_names_rule_ensure() -> Rule | None:
                 match_type=Rule.Match.GLOB,
                 pattern=CLOUD_NAMES_PATTERN,
                 targets=[TargetSpec(profile=DEFAULT_TARGET)],
+                timeout_s=CLOUD_NAMES_TIMEOUT_S,
             )
     except IntegrityError:  # another process made it at the same moment
         return None

@@ -22,7 +22,9 @@ def test_read_change_and_refuse(boss_client: Client) -> None:
     assert rows["max_queue"]["source"] == "default" and rows["max_queue"]["env"] == "MLXM_MAX_QUEUE"
     assert rows["disk_cache_bytes"]["applies"] == "restart" and rows["cors_origins"]["applies"] == "web"
 
-    r = boss_client.patch("/api/settings", {"max_queue": 2, "model_aliases": {"gpt-4o": "small"}}, content_type=JSON)
+    r = boss_client.patch(
+        "/api/settings", {"max_queue": 2, "model_aliases": {"gpt-4o": "small"}}, content_type=JSON
+    )
     assert r.status_code == 200, r.content
     body = r.json()
     assert body["changed"] == ["max_queue", "model_aliases"]

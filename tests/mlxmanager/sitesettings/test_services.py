@@ -10,7 +10,13 @@ from mlxmanager.downloads import hub
 from mlxmanager.profiles.models import Profile
 from mlxmanager.sitesettings import selectors
 from mlxmanager.sitesettings.models import SiteSetting
-from mlxmanager.sitesettings.services import SettingsInvalid, settings_update, validate, worker_config, worker_env
+from mlxmanager.sitesettings.services import (
+    SettingsInvalid,
+    settings_update,
+    validate,
+    worker_config,
+    worker_env,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -57,7 +63,13 @@ def test_a_change_is_stored_audited_and_read_at_once(profiles: None, boss: User)
                 "cors_origins": "https://a.example, https://b.example/"},
         user=boss,
     )  # fmt: skip
-    assert result["changed"] == ["audit_retention_days", "cors_origins", "default_model", "max_queue", "model_aliases"]
+    assert result["changed"] == [
+        "audit_retention_days",
+        "cors_origins",
+        "default_model",
+        "max_queue",
+        "model_aliases",
+    ]
     assert result["applied"]["max_queue"] == "live (sent to the worker)"
     assert result["worker"].startswith("the worker is not reachable")  # no worker in unit tests
     # The cache was dropped on save: this process reads the new values now.
@@ -74,7 +86,10 @@ def test_a_change_is_stored_audited_and_read_at_once(profiles: None, boss: User)
     settings_update(values={"max_queue": None, "default_model": ""}, user=boss)
     assert selectors.value("max_queue") is None and selectors.default_profile_name() == "small"
     assert AdminAction.objects.filter(action="mlxmanager.settings.changed").count() == 2
-    assert AdminAction.objects.filter(action="mlxmanager.settings.changed").first().data["max_queue"] == [3, None]
+    assert AdminAction.objects.filter(action="mlxmanager.settings.changed").first().data["max_queue"] == [
+        3,
+        None,
+    ]
 
 
 def test_other_processes_see_a_change_after_the_ttl(profiles: None, boss: User, settings: Any) -> None:

@@ -33,7 +33,9 @@ def test_settings_page_saves_and_says_where_each_change_applies(boss_client: Cli
 
 
 def test_a_bad_value_keeps_what_was_typed_and_saves_nothing(boss_client: Client) -> None:
-    r = boss_client.post("/settings/", {"max_queue": "4", "queue_timeout": "soon", "hf_endpoint": "https://mirror.example"})
+    r = boss_client.post(
+        "/settings/", {"max_queue": "4", "queue_timeout": "soon", "hf_endpoint": "https://mirror.example"}
+    )
     html = r.content.decode()
     assert r.status_code == 400 and "Nothing was saved" in html
     assert "Queue timeout (seconds): must be a number of seconds, not &#x27;soon&#x27;" in html
