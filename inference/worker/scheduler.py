@@ -574,7 +574,19 @@ class Scheduler(threading.Thread):
         """New settings from the Settings page, applied from the next admission on: the queue
         limits (requests already waiting stay), the memory limit and the prompt-cache share."""
         self.limits = Limits(cmd.max_queue, cmd.max_user, cmd.queue_timeout_s)
-        changed = [f"queue limits {self.limits}"]
+        lim = self.limits
+        changed = [
+            "queue: "
+            + ", ".join(
+                [
+                    "no waiting limit"
+                    if lim.max_queue is None
+                    else f"at most {lim.max_queue} waiting per model",
+                    "no per-user limit" if lim.max_user is None else f"{lim.max_user} per user per model",
+                    "no timeout" if not lim.timeout_s else f"{lim.timeout_s:g} s timeout",
+                ]
+            )
+        ]
         if cmd.memory_limit_bytes is not None:
             self.pool.memory_limit = cmd.memory_limit_bytes
             changed.append(f"memory limit {cmd.memory_limit_bytes >> 20} MB")

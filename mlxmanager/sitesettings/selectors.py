@@ -89,6 +89,8 @@ def default(key: str) -> Any:
         "hf_endpoint": settings.MLXM_HF_ENDPOINT,
         "hf_token": None,
         "cors_origins": list(settings.MLXM_CORS_ORIGINS),
+        "memory_limit": spec.env_raw() or os.environ.get("MLXM_MEMORY_LIMIT_BYTES") or "75%",
+        "prompt_cache": spec.env_raw() or "512MiB",
     }.get(key, spec.env_raw() or None)
 
 

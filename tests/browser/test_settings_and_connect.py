@@ -33,7 +33,9 @@ def test_settings_change_takes_effect_without_a_restart(gateway, open_page) -> N
     assert "access-control-allow-origin" not in preflight(gateway).headers
     page.get_by_role("link", name="Settings", exact=True).click()
     expect(page.get_by_role("heading", name="Settings", exact=True)).to_be_visible()
-    expect(page.get_by_role("link", name="single sign-on settings")).to_have_attribute("href", "/settings/sso/")
+    expect(page.get_by_role("link", name="single sign-on settings")).to_have_attribute(
+        "href", "/settings/sso/"
+    )
     try:
         # A bad value: nothing is saved, the message names the setting, what was typed stays.
         page.get_by_label("CORS origins for /v1").fill(APP)
@@ -48,7 +50,7 @@ def test_settings_change_takes_effect_without_a_restart(gateway, open_page) -> N
         result = page.locator("#settings-result")
         expect(result).to_contain_text("CORS origins for /v1: applied live (web")
         expect(result).to_contain_text("Queue length per model: applied live (sent to the worker)")
-        expect(result).to_contain_text("the worker applied: queue limits")
+        expect(result).to_contain_text("the worker applied: queue: at most 50 waiting per model")
         expect(page.locator("#setting-max_queue .source")).to_have_text("database")
         shot(page, "settings.png")
         # The web process answers the browser origin now, with no restart.
@@ -77,7 +79,13 @@ def test_connect_page_gives_working_setup(gateway, open_page) -> None:  # type: 
     expect(claude_code).to_contain_text(f"ANTHROPIC_BASE_URL={gateway.url}")
     expect(claude_code).to_contain_text(f"ANTHROPIC_AUTH_TOKEN={secret}")
     expect(page.locator("#snippet-curl")).to_contain_text(f"{gateway.url}/v1/chat/completions")
-    for editor in ("Continue (VS Code, JetBrains)", "Cursor", "Zed", "OpenAI SDK (Python)", "Anthropic SDK (Python)"):
+    for editor in (
+        "Continue (VS Code, JetBrains)",
+        "Cursor",
+        "Zed",
+        "OpenAI SDK (Python)",
+        "Anthropic SDK (Python)",
+    ):
         expect(page.get_by_role("heading", name=editor)).to_be_visible()
     page.locator("#connect-curl button.copy").click()
     expect(page.locator("#connect-curl button.copy")).to_have_text(re.compile("Copied|Select and copy"))
