@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -114,19 +113,14 @@ def _set_hub_token(token: str | None, user: Any) -> dict[str, list[Any]]:
 
 def worker_config() -> dict[str, Any]:
     """The worker's run-time settings in effect (protocol.Configure's fields)."""
-    from inference.worker.memory import prompt_cache_bytes_from_env
-
-    memory = selectors.value("memory_limit")
-    limit = memory_limit_bytes(memory) if memory else int(settings.MLXM_MEMORY_LIMIT_BYTES)
-    cache = selectors.value("prompt_cache")
+    memory = selectors.value("memory_limit")  # the saved value, else the environment's, else 75%
+    limit = memory_limit_bytes(str(memory))
     return {
         "max_queue": selectors.value("max_queue"),
         "max_user": selectors.value("max_user_concurrent"),
         "queue_timeout_s": selectors.value("queue_timeout") or None,
         "memory_limit_bytes": limit,
-        "prompt_cache_bytes": prompt_cache_bytes(cache, limit)
-        if cache
-        else prompt_cache_bytes_from_env(limit),
+        "prompt_cache_bytes": prompt_cache_bytes(str(selectors.value("prompt_cache")), limit),
     }
 
 
