@@ -127,3 +127,42 @@ def _panel_context() -> dict[str, Any]:
         "profiles": list(Profile.objects.filter(enabled=True).values_list("name", flat=True)),
         "form": {},
     }
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
+    """Change a rule's name, match, pattern, targets and timeout (the built-in one included)."""
+    rule = Rule.objects.filter(pk=rule_id).first()
+    if rule is None:
+        return HttpResponse("No such rule.", status=404)
+    error = None
+    if request.method == "POST":
+        try:
+            services.rule_update(
+                rule_id=rule.pk,
+                user=request.user,
+                name=request.POST.get("name", ""),
+                match_type=request.POST.get("match_type", rule.match_type),
+                pattern=request.POST.get("pattern", ""),
+                targets=services.parse_targets(request.POST.get("targets", "")),
+                timeout_s=_timeout(request.POST.get("timeout_s", "")),
+            )
+        except DomainError as exc:
+            error = exc.message
+        else:
+            return redirect("rules")
+    form = request.POST if error else {
+        "name": rule.name,
+        "match_type": rule.match_type,
+        "pattern": rule.pattern,
+        "timeout_s": "" if rule.timeout_s is None else f"{rule.timeout_s:g}",
+        "targets": "\n".join(
+            t.label if t.credential_id else f"local:{t.profile_name}"
+            for t in rule.targets.select_related("credential")
+        ),
+    }  # fmt: skip
+    context = {"rule": rule, "form": form, "error": error, "match_types": Rule.Match.choices,
+               "profiles": list(Profile.objects.filter(enabled=True).values_list("name", flat=True)),
+               "credentials": list(credential_list())}  # fmt: skip
+    return render(request, "rules/rule_edit.html", context, status=400 if error else 200)
