@@ -127,7 +127,8 @@ def rule_create(
     user: Any = None,
     now: datetime | None = None,
 ) -> Rule:
-    """A new rule, applied after the existing ones (reorder to change that)."""
+    """A new rule, applied after the existing ones (reorder to change that), but before the
+    built-in cloud-names rule while that one is last."""
     name = _clean_name(name)
     pattern = matching.validate(match_type, pattern)
     cleaned = _clean_targets(targets)
@@ -136,13 +137,18 @@ def rule_create(
     try:
         with transaction.atomic():
             last = Rule.objects.aggregate(m=Max("position"))["m"]
+            position = 0 if last is None else last + 1
+            catch_all = _cloud_names_rule_last()
+            if catch_all is not None:  # the built-in rule stays last: rules written later win
+                position = catch_all.position
+                Rule.objects.filter(pk=catch_all.pk).update(position=position + 1)
             rule = Rule.objects.create(
                 name=name,
                 match_type=match_type,
                 pattern=pattern,
                 timeout_s=timeout_s,
                 enabled=enabled,
-                position=0 if last is None else last + 1,
+                position=position,
                 created_at=now,
                 updated_at=now,
             )
@@ -268,7 +274,7 @@ def cloud_names_rule_ensure() -> Rule | None:
         return None
     try:
         with transaction.atomic():
-            SiteSetting.objects.create(key=_CLOUD_NAMES_MARK, value=True)
+            mark = SiteSetting.objects.create(key=_CLOUD_NAMES_MARK, value=0)
             if Rule.objects.filter(name=CLOUD_NAMES_RULE).exists():
                 return None
             rule = rule_create(
@@ -278,6 +284,20 @@ def cloud_names_rule_ensure() -> Rule | None:
                 targets=[TargetSpec(profile=DEFAULT_TARGET)],
                 timeout_s=CLOUD_NAMES_TIMEOUT_S,
             )
+            mark.value = rule.pk
+            mark.save(update_fields=["value"])
     except IntegrityError:  # another process made it at the same moment
         return None
     return rule
+
+
+def _cloud_names_rule_last() -> Rule | None:
+    """The built-in cloud-names rule when it is the last rule (it catches `claude-*`, so a rule
+    for one such name written after it would never apply)."""
+    from mlxmanager.sitesettings.models import SiteSetting
+
+    mark = SiteSetting.objects.filter(key=_CLOUD_NAMES_MARK).values_list("value", flat=True).first()
+    if not isinstance(mark, int):
+        return None
+    last = Rule.objects.order_by("-position", "-id").first()
+    return last if last is not None and last.pk == mark else None

@@ -145,3 +145,23 @@ def test_the_built_in_cloud_names_rule_is_made_once_and_follows_the_default_mode
     rule_delete(rule_id=rule.pk, user=boss)
     assert cloud_names_rule_ensure() is None  # a deleted rule stays deleted
     site.invalidate()
+
+
+def test_rules_written_after_the_built_in_one_apply_before_it(boss: Any) -> None:
+    from mlxmanager.rules.selectors import load_routes
+    from mlxmanager.rules.services import CLOUD_NAMES_RULE, cloud_names_rule_ensure, rule_reorder
+
+    first = rule_create(name="first", match_type="exact", pattern="x", targets=[TargetSpec(profile="tiny")])
+    builtin = cloud_names_rule_ensure()
+    assert builtin is not None
+    mine = rule_create(
+        name="my-claude", match_type="exact", pattern="claude-x", targets=[TargetSpec(profile="tiny")]
+    )
+    names = list(Rule.objects.values_list("name", flat=True))
+    assert names == ["first", "my-claude", CLOUD_NAMES_RULE]
+    assert load_routes().match("claude-x").rule_name == "my-claude"  # type: ignore[union-attr]
+    assert load_routes().match("claude-y").rule_name == CLOUD_NAMES_RULE  # type: ignore[union-attr]
+    # Moved up by the admin, it is an ordinary rule: new ones go last again.
+    rule_reorder(ids=[builtin.pk, first.pk, mine.pk], user=boss)
+    rule_create(name="later", match_type="exact", pattern="y", targets=[TargetSpec(profile="tiny")])
+    assert list(Rule.objects.values_list("name", flat=True))[-1] == "later"
