@@ -279,6 +279,13 @@ class EngineClient:
         assert isinstance(reply, p.PoolReply)
         return reply.message
 
+    async def configure(self, **values: Any) -> str:
+        """Send run-time settings (`protocol.Configure`'s fields); returns the worker's message."""
+        rid = uuid.uuid4().hex
+        reply = await self._call(rid, p.Configure(request_id=rid, **values))
+        assert isinstance(reply, p.PoolReply)
+        return reply.message
+
     async def health(self, timeout: float = 2.0) -> dict[str, Any]:
         rid = uuid.uuid4().hex
         reply = await self._call(rid, p.Health(request_id=rid), timeout)

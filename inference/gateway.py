@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from inference import protocol as p
-from mlxmanager.errors import DomainError
+from mlxmanager.errors import DomainError, NotFound
 from mlxmanager.profiles.models import Profile
 from mlxmanager.profiles.selectors import profile_resolve
 
@@ -54,7 +54,17 @@ def preload_specs_json() -> str:
 
 
 async def resolve(model: str) -> Target:
-    return Target(await profile_resolve(model))
+    """The profile serving `model`: by name, through an alias (the Settings page), or the
+    default model for a rule's `local:@default` target."""
+    from mlxmanager.sitesettings.selectors import DEFAULT_TARGET, aprofile_name
+
+    name = await aprofile_name(model)
+    if name == DEFAULT_TARGET:
+        raise NotFound(
+            "No default model is set: choose one on the Settings page or mark a profile as default",
+            param="model",
+        )
+    return Target(await profile_resolve(name))
 
 
 _KIND_WORDS = {

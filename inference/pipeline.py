@@ -119,12 +119,23 @@ async def serve(call: Call, local: LocalStep | None = None) -> Answer:
         if tr is not None:
             run = functools.partial(_direct, call, step)
             return await tr.attempt("local", f"local:{call.model}", {"mlxm.profile": call.model}, run)
-        return await step(call, await gateway.resolve(call.model))
+        return await _direct(call, step)
     return await _follow(call, route, step)
 
 
 async def _direct(call: Call, step: LocalStep) -> Answer:
-    return await step(call, await gateway.resolve(call.model))
+    from mlxmanager.sitesettings.selectors import value
+
+    limit = value("local_timeout")  # the Settings page's, else MLXM_LOCAL_TIMEOUT; None: no limit
+    if not limit:
+        return await step(call, await gateway.resolve(call.model))
+    try:
+        async with asyncio.timeout(float(limit)):
+            return await step(call, await gateway.resolve(call.model))
+    except TimeoutError as exc:
+        raise Exhausted(
+            f"The local model did not start answering within {float(limit):g} s", status=504, code="timeout"
+        ) from exc
 
 
 # ---- the local step ---------------------------------------------------------------------------

@@ -144,6 +144,19 @@ class PoolCommand(msgspec.Struct, tag="pool", kw_only=True):
     model: ModelSpec
 
 
+class Configure(msgspec.Struct, tag="configure", kw_only=True):
+    """Settings changed at run time (the Settings page, mlxmanager/sitesettings); reply
+    `PoolReply`. The queue limits are sent whole (None: no limit); a memory size of None keeps
+    the worker's current one."""
+
+    request_id: str
+    max_queue: int | None = None
+    max_user: int | None = None
+    queue_timeout_s: float | None = None
+    memory_limit_bytes: int | None = None
+    prompt_cache_bytes: int | None = None
+
+
 class Embed(msgspec.Struct, tag="embed", kw_only=True):
     """Embed texts, or pre-tokenized inputs, with an embeddings model; reply `EmbeddingsReply`."""
 
@@ -183,7 +196,9 @@ class Speak(msgspec.Struct, tag="speak", kw_only=True):
     max_tokens: int | None = None  # the profile's cap on the model's audio tokens per sentence
 
 
-ToWorker = Hello | Generate | CountTokens | Abort | Health | PoolCommand | Embed | Transcribe | Speak
+ToWorker = (
+    Hello | Generate | CountTokens | Abort | Health | PoolCommand | Configure | Embed | Transcribe | Speak
+)
 
 
 # ---- worker -> web -------------------------------------------------------------

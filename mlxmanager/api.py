@@ -26,6 +26,7 @@ from mlxmanager.pool.api import router as pool_router
 from mlxmanager.profiles.api import router as profiles_router
 from mlxmanager.rules.api import router as rules_router
 from mlxmanager.usage.api import router as usage_router
+from mlxmanager.sitesettings.api import router as settings_router
 from mlxmanager.validtext import InvalidUnicode, find_invalid_unicode
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ api.add_router("/admin-tokens", admin_tokens_router, auth=admin_auth("manage adm
 api.add_router("/audit", audit_router, auth=admin_auth("read the audit log"))
 api.add_router("/credentials", credentials_router, auth=admin_auth("manage credentials"))
 api.add_router("/rules", rules_router, auth=admin_auth("manage routing rules"))
+api.add_router("/settings", settings_router, auth=admin_auth("change settings"))
 api.add_router("/profiles", profiles_router)
 api.add_router("/pool", pool_router, auth=admin_auth("see and change the pool"))
 api.add_router("/conversations", conversations_router)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
@@ -28,8 +27,12 @@ MAX_AGE_S = 600
 
 def allowed_origin(request: HttpRequest) -> str | None:
     """The value for Access-Control-Allow-Origin, or None when CORS doesn't apply."""
-    origins: tuple[str, ...] = settings.MLXM_CORS_ORIGINS
-    if not origins or not request.path_info.startswith(PREFIX):
+    if not request.path_info.startswith(PREFIX):
+        return None
+    from mlxmanager.sitesettings.selectors import value
+
+    origins = tuple(value("cors_origins") or ())  # the Settings page's, else MLXM_CORS_ORIGINS
+    if not origins:
         return None
     origin = request.META.get("HTTP_ORIGIN", "")
     if not origin:

@@ -25,6 +25,9 @@ MLXM_ACCESS_LOG = _env_bool("MLXM_ACCESS_LOG")
 SECRET_KEY = os.environ.get("MLXM_SECRET_KEY") or config.read_or_create_secret(MLXM_DATA_DIR / "secret_key")
 MLXM_HOST = os.environ.get("MLXM_HOST", "127.0.0.1")
 MLXM_PORT = int(os.environ.get("MLXM_PORT", "8000"))
+# The address clients use to reach this server ("https://llm.example.com"), shown on the Connect
+# page; blank: the address of the page's own request.
+MLXM_PUBLIC_URL = os.environ.get("MLXM_PUBLIC_URL", "").strip().rstrip("/")
 # The web server believes X-Forwarded-For / -Proto only from these peers (your reverse proxy;
 # comma-separated addresses or networks, "*" for any). Anyone else's headers are ignored, so a
 # client can't pick the IP its requests are audited and throttled under.
@@ -62,6 +65,7 @@ INSTALLED_APPS = [
     "mlxmanager.logs",
     "mlxmanager.home",
     "mlxmanager.usage",
+    "mlxmanager.sitesettings",
     "inference",
 ]
 
@@ -261,6 +265,8 @@ MLXM_AUDIT_RETENTION_DAYS = int(os.environ.get("MLXM_AUDIT_RETENTION_DAYS", "90"
 MLXM_CREDENTIALS_KEY_FILE = Path(
     os.environ.get("MLXM_CREDENTIALS_KEY_FILE") or MLXM_DATA_DIR / "credentials.key"
 )
+# Settings saved on the Settings page are re-read this often by each process (0: every use).
+MLXM_SETTINGS_CACHE_SECONDS = float(os.environ.get("MLXM_SETTINGS_CACHE_SECONDS", "5"))
 MLXM_ROUTES_CACHE_SECONDS = float(os.environ.get("MLXM_ROUTES_CACHE_SECONDS", "5"))
 # API keys found by /v1 requests are reused this long (0: look up every request); a revocation
 # applies at once in the process that made it, within this TTL in other web processes.

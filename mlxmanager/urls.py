@@ -27,4 +27,5 @@ urlpatterns = [
     path("", include("mlxmanager.workers.urls")),
     path("", include("mlxmanager.logs.urls")),
     path("", include("mlxmanager.usage.urls")),
+    path("", include("mlxmanager.sitesettings.urls")),
 ]

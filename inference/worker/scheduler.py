@@ -285,6 +285,8 @@ class Scheduler(threading.Thread):
             self._abort(msg.request_id)
         elif isinstance(msg, p.PoolCommand):
             self._pool_command(conn, msg)
+        elif isinstance(msg, p.Configure):
+            self._configure(conn, msg)
         elif isinstance(msg, _ConnectionClosed):
             for engine in self.pool:
                 for rid in engine.owned_by(msg.conn):
@@ -567,6 +569,33 @@ class Scheduler(threading.Thread):
                 return
         self._refresh_snapshot()
         self._emit(conn, [p.PoolReply(request_id=cmd.request_id, message=message)])
+
+    def _configure(self, conn: Any, cmd: p.Configure) -> None:
+        """New settings from the Settings page, applied from the next admission on: the queue
+        limits (requests already waiting stay), the memory limit and the prompt-cache share."""
+        self.limits = Limits(cmd.max_queue, cmd.max_user, cmd.queue_timeout_s)
+        lim = self.limits
+        changed = [
+            "queue: "
+            + ", ".join(
+                [
+                    "no waiting limit"
+                    if lim.max_queue is None
+                    else f"at most {lim.max_queue} waiting per model",
+                    "no per-user limit" if lim.max_user is None else f"{lim.max_user} per user per model",
+                    "no timeout" if not lim.timeout_s else f"{lim.timeout_s:g} s timeout",
+                ]
+            )
+        ]
+        if cmd.memory_limit_bytes is not None:
+            self.pool.memory_limit = cmd.memory_limit_bytes
+            changed.append(f"memory limit {cmd.memory_limit_bytes >> 20} MB")
+        if cmd.prompt_cache_bytes is not None:
+            self.pool.prompt_cache_bytes = cmd.prompt_cache_bytes
+            changed.append(f"prompt cache {cmd.prompt_cache_bytes >> 20} MB per model")
+        log.info("settings changed: %s", "; ".join(changed))
+        self._refresh_snapshot()
+        self._emit(conn, [p.PoolReply(request_id=cmd.request_id, message="; ".join(changed))])
 
     def _abort(self, request_id: str) -> None:
         engine = self._owner.get(request_id)

@@ -360,7 +360,9 @@ class Recorder:
         return layer
 
     def _maybe_prune(self) -> None:
-        days = settings.MLXM_AUDIT_RETENTION_DAYS
+        from mlxmanager.sitesettings.selectors import value
+
+        days = int(value("audit_retention_days"))  # the Settings page's, else the environment's
         now = time.monotonic()
         if days <= 0 or now - self._last_prune < 3600:
             return

@@ -54,6 +54,7 @@ ACTIONS: dict[str, str] = {
     "mlxmanager.price.deleted": "Price deleted",
     "mlxmanager.budget.set": "Budget set",
     "mlxmanager.budget.removed": "Budget removed",
+    "mlxmanager.settings.changed": "Settings changed",
 }
 
 # Never recorded by value, whatever the model: only "this field changed".

@@ -141,7 +141,10 @@ def _with_deadline(fn: Callable[[], T]) -> T:
 
 
 def endpoint() -> str:
-    return str(settings.MLXM_HF_ENDPOINT).rstrip("/")
+    """The Settings page's hub endpoint, else MLXM_HF_ENDPOINT."""
+    from mlxmanager.sitesettings.selectors import value
+
+    return str(value("hf_endpoint") or settings.MLXM_HF_ENDPOINT).rstrip("/")
 
 
 # The stored token is read at most every few seconds per process (the downloader is

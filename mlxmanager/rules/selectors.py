@@ -175,10 +175,18 @@ def explain(model: str) -> dict[str, Any]:
         return {"model": model, "rule": None, "targets": [],
                 "note": "no rule matches and no local profile has that name: 404"}  # fmt: skip
     targets = []
+    from mlxmanager.sitesettings.selectors import DEFAULT_TARGET, default_profile_name
+
+    default = default_profile_name()
     for i, t in enumerate(route.targets):
         note = "primary" if i == 0 else f"fallback {i}"
         ok = True
-        if t.kind == "local" and t.profile not in enabled:
+        if t.kind == "local" and t.profile == DEFAULT_TARGET:
+            if default in enabled:
+                note += f": the default model, now '{default}'"
+            else:
+                ok, note = False, note + ": no default model is set (skipped)"
+        elif t.kind == "local" and t.profile not in enabled:
             ok, note = False, note + ": no enabled local profile of that name (skipped)"
         elif t.unavailable:
             ok, note = False, f"{note}: {t.unavailable} (skipped)"

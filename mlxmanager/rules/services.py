@@ -127,7 +127,8 @@ def rule_create(
     user: Any = None,
     now: datetime | None = None,
 ) -> Rule:
-    """A new rule, applied after the existing ones (reorder to change that)."""
+    """A new rule, applied after the existing ones (reorder to change that), but before the
+    built-in cloud-names rule while that one is last."""
     name = _clean_name(name)
     pattern = matching.validate(match_type, pattern)
     cleaned = _clean_targets(targets)
@@ -136,13 +137,18 @@ def rule_create(
     try:
         with transaction.atomic():
             last = Rule.objects.aggregate(m=Max("position"))["m"]
+            position = 0 if last is None else last + 1
+            catch_all = _cloud_names_rule_last()
+            if catch_all is not None:  # the built-in rule stays last: rules written later win
+                position = catch_all.position
+                Rule.objects.filter(pk=catch_all.pk).update(position=position + 1)
             rule = Rule.objects.create(
                 name=name,
                 match_type=match_type,
                 pattern=pattern,
                 timeout_s=timeout_s,
                 enabled=enabled,
-                position=0 if last is None else last + 1,
+                position=position,
                 created_at=now,
                 updated_at=now,
             )
@@ -248,3 +254,55 @@ def rule_move(*, rule_id: int, offset: int, user: Any = None) -> list[Rule]:
     j = max(0, min(len(ids) - 1, i + offset))
     ids.insert(j, ids.pop(i))
     return rule_reorder(ids=ids, user=user)
+
+
+# ---- the built-in rule for cloud model names ------------------------------------------------------
+
+CLOUD_NAMES_RULE = "Cloud model names → default model"
+CLOUD_NAMES_PATTERN = "claude-*"
+# Seconds the default model may take to start answering: loading it cold and reading a coding
+# agent's long system prompt takes far longer than a cloud API's first byte.
+CLOUD_NAMES_TIMEOUT_S = 300.0
+_CLOUD_NAMES_MARK = "_cloud_names_rule_created"  # a SiteSetting row: created once, never again
+
+
+def cloud_names_rule_ensure() -> Rule | None:
+    """On a fresh install (`serve` calls this at start), a rule sending `claude-*` (what Claude
+    Code asks for) to the default local model, so those clients work with no hand-written rule.
+    An ordinary rule afterwards: edit its pattern (a regex such as `claude-.*|gpt-4o.*` takes
+    more cloud names), put a cloud credential first in its targets, disable or delete it.
+    Made once: a deleted rule stays deleted. Returns the rule when it was created now."""
+    from mlxmanager.sitesettings.models import SiteSetting
+    from mlxmanager.sitesettings.selectors import DEFAULT_TARGET
+
+    if SiteSetting.objects.filter(key=_CLOUD_NAMES_MARK).exists():
+        return None
+    try:
+        with transaction.atomic():
+            mark = SiteSetting.objects.create(key=_CLOUD_NAMES_MARK, value=0)
+            if Rule.objects.filter(name=CLOUD_NAMES_RULE).exists():
+                return None
+            rule = rule_create(
+                name=CLOUD_NAMES_RULE,
+                match_type=Rule.Match.GLOB,
+                pattern=CLOUD_NAMES_PATTERN,
+                targets=[TargetSpec(profile=DEFAULT_TARGET)],
+                timeout_s=CLOUD_NAMES_TIMEOUT_S,
+            )
+            mark.value = rule.pk
+            mark.save(update_fields=["value"])
+    except IntegrityError:  # another process made it at the same moment
+        return None
+    return rule
+
+
+def _cloud_names_rule_last() -> Rule | None:
+    """The built-in cloud-names rule when it is the last rule (it catches `claude-*`, so a rule
+    for one such name written after it would never apply)."""
+    from mlxmanager.sitesettings.models import SiteSetting
+
+    mark = SiteSetting.objects.filter(key=_CLOUD_NAMES_MARK).values_list("value", flat=True).first()
+    if not isinstance(mark, int):
+        return None
+    last = Rule.objects.order_by("-position", "-id").first()
+    return last if last is not None and last.pk == mark else None

@@ -82,7 +82,8 @@ class Command(BaseCommand):
 
         if not opts["no_worker"]:
             _clear_metrics(env.get("PROMETHEUS_MULTIPROC_DIR", ""))
-        worker = None if opts["no_worker"] else _spawn(worker_cmd(), env)
+        _first_run()
+        worker = None if opts["no_worker"] else _spawn(worker_cmd(), {**env, **worker_env()})
         web = _spawn(web_cmd, web_env)
         # Downloads get their own process: they outlive inference worker crashes and web restarts.
         downloads_cmd = [sys.executable, "-m", "django", "downloader"]
@@ -120,7 +121,7 @@ class Command(BaseCommand):
                         f"inference worker exited with status {worker.returncode}; restarting in {delay:.0f}s"
                     )
                     time.sleep(delay)
-                    worker = _spawn(worker_cmd(), env)
+                    worker = _spawn(worker_cmd(), {**env, **worker_env()})
                 if downloads is not None and downloads.poll() is not None:
                     self.stderr.write(f"downloader exited with status {downloads.returncode}; restarting")
                     time.sleep(1.0)
@@ -135,6 +136,27 @@ class Command(BaseCommand):
                     proc.terminate()
             for proc in (web, downloads):
                 _stop_process(proc, 10)
+
+
+def worker_env() -> dict[str, str]:
+    """The worker's settings saved on the Settings page, as its environment (best effort)."""
+    from mlxmanager.sitesettings.services import worker_env as saved
+
+    try:
+        return saved()
+    except Exception as exc:  # no database yet: the environment's settings
+        sys.stderr.write(f"settings not read from the database: {exc}\n")
+        return {}
+
+
+def _first_run() -> None:
+    """What a fresh install needs before serving: the built-in rule for cloud model names."""
+    from mlxmanager.rules.services import cloud_names_rule_ensure
+
+    try:
+        cloud_names_rule_ensure()
+    except Exception as exc:  # not migrated yet: `migrate`, then `serve` again makes it
+        sys.stderr.write(f"the built-in routing rule was not created: {exc}\n")
 
 
 def web_log_name(port: int, *, with_worker: bool) -> str:

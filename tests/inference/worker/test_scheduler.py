@@ -562,3 +562,32 @@ def test_image_requests_wait_their_turn_and_then_run(driven: Any, demo_models: d
     finals = [i for i in drained(conn) if getattr(i, "finish_reason", None)]
     assert sorted(f.request_id for f in finals) == ["a", "b"]
     assert finals[0].prompt_tokens == finals[1].prompt_tokens > 0
+
+
+def test_configure_changes_the_queue_limits_and_memory_of_a_running_scheduler(
+    driven: Any, demo_models: dict[str, Path]
+) -> None:
+    """The Settings page's `Configure`: the next admission follows the new limits."""
+    path, spec = demo_models["tiny-random"], {"max_concurrent": 1}
+    d = driven()
+    conn = Conn()
+    d.send(conn, of_user("run", path, "a", spec, max_tokens=100_000))
+    d.send(conn, of_user("waits", path, "b", spec, max_tokens=4))  # no limit yet: it waits
+    assert d.sched.waiting == 1 and not [i for i in drained(conn) if isinstance(i, p.RequestError)]
+
+    d.send(conn, p.Configure(request_id="cfg", max_queue=1, memory_limit_bytes=3 << 30,
+                             prompt_cache_bytes=64 << 20))  # fmt: skip
+    (reply,) = [i for i in drained(conn) if isinstance(i, p.PoolReply)]
+    assert reply.request_id == "cfg" and "at most 1 waiting per model" in reply.message
+    assert d.sched.limits == Limits(max_queue=1) and d.sched.pool.memory_limit == 3 << 30
+    assert d.sched.pool.prompt_cache_bytes == 64 << 20
+    d.send(conn, of_user("refused", path, "c", spec, max_tokens=4))
+    (err,) = [i for i in drained(conn) if isinstance(i, p.RequestError)]
+    assert err.request_id == "refused" and err.code == p.ERR_QUEUE_FULL
+
+    d.send(conn, p.Configure(request_id="cfg2"))  # limits sent whole: none now
+    drained(conn)
+    d.send(conn, of_user("waits-too", path, "c", spec, max_tokens=4))
+    assert d.sched.waiting == 2 and not [i for i in drained(conn) if isinstance(i, p.RequestError)]
+    d.send(conn, p.Abort(request_id="run"))
+    d.until(lambda: not d.sched.waiting)

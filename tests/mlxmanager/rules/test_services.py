@@ -120,3 +120,48 @@ def test_the_route_cache_is_dropped_on_writes(django_capture_on_commit_callbacks
     with django_capture_on_commit_callbacks(execute=True):
         rule_create(name="m", match_type="exact", pattern="m", targets=[TargetSpec(profile="tiny")])
     assert selectors.routes().match("m") is not None
+
+
+def test_the_built_in_cloud_names_rule_is_made_once_and_follows_the_default_model(boss: Any) -> None:
+    from mlxmanager.profiles.models import Profile
+    from mlxmanager.rules.selectors import explain
+    from mlxmanager.rules.services import CLOUD_NAMES_RULE, cloud_names_rule_ensure, rule_delete
+    from mlxmanager.sitesettings import selectors as site
+    from mlxmanager.sitesettings.services import settings_update
+
+    site.invalidate()
+    rule = cloud_names_rule_ensure()
+    assert rule is not None and rule.name == CLOUD_NAMES_RULE and rule.pattern == "claude-*"
+    assert [t.label for t in rule.targets.all()] == ["local:@default"]
+    assert cloud_names_rule_ensure() is None  # once
+    assert explain("claude-sonnet-4-5")["targets"][0]["ok"] is False  # no default model yet
+    Profile.objects.create(name="house", model_path="/m", is_default=True)
+    Profile.objects.create(name="other", model_path="/m2")
+    result = explain("claude-sonnet-4-5")
+    assert result["rule"] == CLOUD_NAMES_RULE and "now 'house'" in result["targets"][0]["note"]
+    settings_update(values={"default_model": "other"}, user=boss)
+    assert "now 'other'" in explain("claude-haiku-4-5")["targets"][0]["note"]
+    assert explain("gpt-4o")["rule"] is None
+    rule_delete(rule_id=rule.pk, user=boss)
+    assert cloud_names_rule_ensure() is None  # a deleted rule stays deleted
+    site.invalidate()
+
+
+def test_rules_written_after_the_built_in_one_apply_before_it(boss: Any) -> None:
+    from mlxmanager.rules.selectors import load_routes
+    from mlxmanager.rules.services import CLOUD_NAMES_RULE, cloud_names_rule_ensure, rule_reorder
+
+    first = rule_create(name="first", match_type="exact", pattern="x", targets=[TargetSpec(profile="tiny")])
+    builtin = cloud_names_rule_ensure()
+    assert builtin is not None
+    mine = rule_create(
+        name="my-claude", match_type="exact", pattern="claude-x", targets=[TargetSpec(profile="tiny")]
+    )
+    names = list(Rule.objects.values_list("name", flat=True))
+    assert names == ["first", "my-claude", CLOUD_NAMES_RULE]
+    assert load_routes().match("claude-x").rule_name == "my-claude"  # type: ignore[union-attr]
+    assert load_routes().match("claude-y").rule_name == CLOUD_NAMES_RULE  # type: ignore[union-attr]
+    # Moved up by the admin, it is an ordinary rule: new ones go last again.
+    rule_reorder(ids=[builtin.pk, first.pk, mine.pk], user=boss)
+    rule_create(name="later", match_type="exact", pattern="y", targets=[TargetSpec(profile="tiny")])
+    assert list(Rule.objects.values_list("name", flat=True))[-1] == "later"

@@ -97,3 +97,33 @@ def test_edit_in_place_shows_the_row_as_a_form_saves_and_keeps_it_on_errors(boss
     assert rule.pattern == "gpt-5"
     assert boss_client.get("/routing/999999/edit/", **HTMX).status_code == 404
     assert boss_client.get(f"/routing/{rule.pk}/edit/").status_code == 200  # the full page, without htmx
+
+
+def test_edit_a_rule_on_the_routing_page(boss_client: Client, member_client: Client) -> None:
+    from mlxmanager.audit.models import AdminAction
+    from mlxmanager.rules.services import cloud_names_rule_ensure
+
+    rule = cloud_names_rule_ensure()
+    assert rule is not None
+    assert member_client.get(f"/routing/{rule.pk}/edit/").status_code == 403
+    assert boss_client.get("/routing/999999/edit/").status_code == 404
+    html = boss_client.get("/routing/").content.decode()
+    assert f"/routing/{rule.pk}/edit/" in html and "local:@default" in html
+    form = boss_client.get(f"/routing/{rule.pk}/edit/").content.decode()
+    assert 'value="claude-*"' in form and "local:@default</textarea>" in form and 'value="300"' in form
+
+    # A bad pattern is refused; what was typed stays.
+    bad = boss_client.post(f"/routing/{rule.pk}/edit/", {"name": rule.name, "match_type": "regex",
+                                                         "pattern": "(a+)+", "targets": "local:@default"})  # fmt: skip
+    assert bad.status_code == 400 and "nested repetition" in bad.content.decode()
+    assert 'value="(a+)+"' in bad.content.decode()
+
+    # More cloud names, a cloud credential first and the default model as its fallback.
+    r = boss_client.post(f"/routing/{rule.pk}/edit/", {"name": rule.name, "match_type": "regex",
+                         "pattern": "claude-.*|gpt-4o.*", "targets": "oa:gpt-4o-mini\nlocal:@default",
+                         "timeout_s": "120"})  # fmt: skip
+    assert r.status_code == 302
+    rule.refresh_from_db()
+    assert rule.pattern == "claude-.*|gpt-4o.*" and rule.timeout_s == 120
+    assert [t.label for t in rule.targets.all()] == ["oa:gpt-4o-mini", "local:@default"]
+    assert AdminAction.objects.filter(action="mlxmanager.rule.changed", object_id=str(rule.pk)).exists()
