@@ -25,8 +25,8 @@ from mlxmanager.playground.api import router as conversations_router
 from mlxmanager.pool.api import router as pool_router
 from mlxmanager.profiles.api import router as profiles_router
 from mlxmanager.rules.api import router as rules_router
-from mlxmanager.usage.api import router as usage_router
 from mlxmanager.sitesettings.api import router as settings_router
+from mlxmanager.usage.api import router as usage_router
 from mlxmanager.validtext import InvalidUnicode, find_invalid_unicode
 
 log = logging.getLogger(__name__)
