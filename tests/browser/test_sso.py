@@ -81,7 +81,8 @@ def test_sso_sign_in_creates_the_user_and_maps_the_role(sso_gateway, idp, open_p
     page.get_by_role("link", name=f"Sign in with {PROVIDER}").click()
     expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     expect(page).to_have_url(gw.url + "/keys/")
-    expect(page.locator(".who")).to_have_text("alice · admin")
+    expect(page.locator(".who-name")).to_have_text("alice")
+    expect(page.locator(".role-badge")).to_contain_text("Admin")
 
     # The flow was the code flow with PKCE (S256) and a nonce; the token request carried the
     # verifier and the client's secret.
@@ -98,7 +99,8 @@ def test_sso_sign_in_creates_the_user_and_maps_the_role(sso_gateway, idp, open_p
     idp.user = BOB
     bob = open_page(allowed=(403,))
     sso_sign_in(bob, gw)
-    expect(bob.locator(".who")).to_have_text("bob")
+    expect(bob.locator(".who-name")).to_have_text("bob")
+    expect(bob.locator(".role-badge")).to_contain_text("Member")
     expect(bob.get_by_role("heading", name="Home")).to_be_visible()
     response = bob.goto(gw.url + "/users/")
     assert response is not None and response.status == 403
@@ -107,11 +109,13 @@ def test_sso_sign_in_creates_the_user_and_maps_the_role(sso_gateway, idp, open_p
     idp.user = IdpUser(BOB.sub, BOB.email, BOB.preferred_username, groups=["mlx-admins"])
     bob.get_by_role("button", name=re.compile("Log out", re.I)).click()
     sso_sign_in(bob, gw)
-    expect(bob.locator(".who")).to_have_text("bob · admin")
+    expect(bob.locator(".who-name")).to_have_text("bob")
+    expect(bob.locator(".role-badge")).to_contain_text("Admin")
     idp.user = BOB  # and a member again after that
     bob.get_by_role("button", name=re.compile("Log out", re.I)).click()
     sso_sign_in(bob, gw)
-    expect(bob.locator(".who")).to_have_text("bob")
+    expect(bob.locator(".who-name")).to_have_text("bob")
+    expect(bob.locator(".role-badge")).to_contain_text("Member")
 
     # One account per identity: Alice signing in again is the same user.
     page.reload()
@@ -150,7 +154,8 @@ def test_bad_sign_ins_are_refused_with_a_clear_page(
     # And the provider behaving again, the same browser signs in.
     idp.reset()
     sso_sign_in(page, gw)
-    expect(page.locator(".who")).to_have_text("alice · admin")
+    expect(page.locator(".who-name")).to_have_text("alice")
+    expect(page.locator(".role-badge")).to_contain_text("Admin")
 
 
 def test_a_domain_not_allowed_is_refused(sso_gateway, idp, open_page) -> None:  # type: ignore[no-untyped-def]
@@ -234,4 +239,5 @@ def test_sso_settings_page_checks_the_issuer_and_encrypts_the_secret(sso_gateway
     # Sign-in keeps working from the saved settings (the secret decrypted for the token request).
     other = open_page()
     sso_sign_in(other, gw)
-    expect(other.locator(".who")).to_have_text("alice · admin")
+    expect(other.locator(".who-name")).to_have_text("alice")
+    expect(other.locator(".role-badge")).to_contain_text("Admin")
