@@ -102,7 +102,7 @@ def actions(request: HttpRequest) -> HttpResponse:
         "entries": entries,
         "filters": filters,
         "error": error,
-        "older_url": "?" + urlencode({**query, "before": older}) if older else None,
+        "older_url": "?" + urlencode({**query, "before": str(older)}) if older else None,
         "actors": selectors.action_actors(),
         "object_types": selectors.action_object_types(),
         "action_choices": sorted(ACTIONS.items(), key=lambda kv: kv[1]),
