@@ -36,8 +36,7 @@ def password_change_required(get_response: Callable[[HttpRequest], Any]) -> Call
                     "type": "about:blank",
                     "title": "Forbidden",
                     "status": 403,
-                    "detail": "you signed in with a temporary password: choose your own at "
-                    f"{target} first",
+                    "detail": f"you signed in with a temporary password: choose your own at {target} first",
                 },
                 status=403,
                 content_type="application/problem+json",

@@ -36,7 +36,12 @@ def password_change(request: HttpRequest) -> HttpResponse:
         done, forced = True, False
         form = PasswordChangeForm(request.user)
     status = 400 if request.method == "POST" and not done else 200
-    return render(request, "accounts/password_change.html", {"form": form, "done": done, "forced": forced}, status=status)
+    return render(
+        request,
+        "accounts/password_change.html",
+        {"form": form, "done": done, "forced": forced},
+        status=status,
+    )
 
 
 class ResetConfirm(auth_views.PasswordResetConfirmView):

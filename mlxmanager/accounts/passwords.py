@@ -47,7 +47,9 @@ def changed(user: Any) -> None:
 
 def reset_link_path(user: Any) -> str:
     uid = urlsafe_base64_encode(force_bytes(user.pk))
-    return reverse("password-reset-confirm", kwargs={"uidb64": uid, "token": default_token_generator.make_token(user)})
+    return reverse(
+        "password-reset-confirm", kwargs={"uidb64": uid, "token": default_token_generator.make_token(user)}
+    )
 
 
 def temporary_password(user: Any = None) -> str:
@@ -70,7 +72,9 @@ def password_reset(*, user_id: int, method: str, actor: Any = None) -> Reset:
         if user is None:
             raise NotFound("no such user")
         if actor is not None and actor.pk == user.pk:
-            raise Conflict("to change your own password, use your password page (it asks for the current one)")
+            raise Conflict(
+                "to change your own password, use your password page (it asks for the current one)"
+            )
         if method == "link":
             secret = reset_link_path(user)
         else:
