@@ -56,7 +56,9 @@ def _fits(page: Any, width: int = 800) -> None:
 def _traffic(gw: Gateway) -> None:
     """Real requests through /v1: admin 2 ok + 1 error, zoe 1 ok + 2 errors."""
     admin = gw.openai()
-    zoe_key = manage("create_api_key", "--username", ZOE[0], "--name", "zoe", env=_env(gw)).strip().splitlines()[-1]
+    zoe_key = (
+        manage("create_api_key", "--username", ZOE[0], "--name", "zoe", env=_env(gw)).strip().splitlines()[-1]
+    )
     zoe = openai.OpenAI(base_url=gw.v1, api_key=zoe_key, max_retries=0, timeout=120)
     for client, ok, bad in ((admin, 2, 1), (zoe, 1, 2)):
         for _ in range(ok):

@@ -188,3 +188,23 @@ def test_the_users_form_keeps_its_values_after_an_error(admin: Any) -> None:
     html = r.content.decode()
     assert r.status_code == 400 and 'value="zed"' in html and '<option value="admin" selected>' in html
     assert 'value="short"' not in html
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_async_stack_sends_a_temporary_password_to_the_password_page() -> None:
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    def seed() -> Any:
+        user = get_user_model().objects.create_user(username="tess", password=PASSWORD)
+        PasswordChangeRequired.objects.create(user=user)
+        return user
+
+    client = AsyncClient()
+    await client.aforce_login(await sync_to_async(seed)())
+    stuck = await client.get("/keys/")
+    assert stuck.status_code == 302 and stuck["Location"] == "/password/"
+    api = await client.get("/api/keys/")
+    assert api.status_code == 403 and "temporary password" in api.json()["detail"]
+    assert (await client.get("/password/")).status_code == 200
