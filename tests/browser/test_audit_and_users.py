@@ -101,6 +101,7 @@ def test_audit_filters_reach_totals_chart_and_export(server: Gateway, open_page:
     expect(totals.get_by_role("cell", name=ZOE[0], exact=True)).to_have_count(0)
     expect(totals.get_by_role("cell", name="tiny-random", exact=True)).to_have_count(0)
     # The chart: the bars add up to that one request.
+    expect(page.locator("#audit-summary svg")).to_be_visible()
     titles = page.locator("#audit-summary svg title").all_text_contents()
     assert sum(int(re.search(r": (\d+) requests", t).group(1)) for t in titles) == 1  # type: ignore[union-attr]
     # The export links: that one row.
@@ -120,6 +121,8 @@ def test_audit_filters_reach_totals_chart_and_export(server: Gateway, open_page:
     form.locator("[name=status]").select_option("")
     form.get_by_role("button", name="Filter").click()
     expect(rows).to_have_count(3)
+    expect(totals.get_by_role("cell", name=ZOE[0], exact=True)).to_have_count(1)  # the totals reloaded
+    expect(totals.get_by_role("cell", name=ADMIN[0], exact=True)).to_have_count(0)
     titles = page.locator("#audit-summary svg title").all_text_contents()
     assert sum(int(re.search(r": (\d+) requests", t).group(1)) for t in titles) == 3  # type: ignore[union-attr]
     href = page.get_by_role("link", name="Export CSV").get_attribute("href")
