@@ -84,6 +84,7 @@ MIDDLEWARE = [
     "mlxmanager.request_ids.request_id_middleware",
     "mlxmanager.cors.cors_middleware",
     "mlxmanager.audit.middleware.audit_middleware",
+    "mlxmanager.accounts.middleware.password_change_required",  # temporary password: change it first
 ]
 # /v1/ (API-key clients) runs through its own handler with only these (mlxmanager/gateway_asgi.py).
 MLXM_GATEWAY_MIDDLEWARE = [

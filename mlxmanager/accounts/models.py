@@ -110,3 +110,16 @@ class AdminToken(models.Model):
     def is_active(self, *, now: object = None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and self.expires_at > now  # type: ignore[operator]
+
+
+class PasswordChangeRequired(models.Model):
+    """The user signs in with a temporary password an admin gave them and must choose their own
+    before anything else (mlxmanager/accounts/middleware.py). Removed when they change it."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} must change their password"

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from mlxmanager.accounts import views
+from mlxmanager.accounts import password_views, views
 from mlxmanager.accounts.forms import ThrottledLoginForm
 
 urlpatterns = [
@@ -26,4 +26,7 @@ urlpatterns = [
     path("admin-tokens/<int:token_id>/revoke/", views.admin_token_revoke, name="admin-token-revoke"),
     path("users/", views.users, name="users"),
     path("users/<int:user_id>/", views.user_change, name="user-change"),
+    path("password/", password_views.password_change, name="password-change"),
+    path("password/reset/<uidb64>/<token>/", password_views.reset_confirm, name="password-reset-confirm"),
+    path("password/reset/done/", password_views.reset_complete, name="password-reset-complete"),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -14,7 +15,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from mlxmanager.accounts import selectors, services, setup
+from mlxmanager.accounts import passwords, selectors, services, setup
 from mlxmanager.errors import DomainError
 from mlxmanager.permissions import admin_required
 
@@ -212,6 +213,7 @@ def _tokens_page(request: HttpRequest, *, error: str | None, created_secret: str
 def users(request: HttpRequest) -> HttpResponse:
     """List users; POST creates one (username, password, role)."""
     error = message = None
+    typed: dict[str, str] = {}
     if request.method == "POST":
         post = request.POST
         try:
@@ -223,39 +225,112 @@ def users(request: HttpRequest) -> HttpResponse:
             message = f"Created {made.username} ({services.role_of(made)})."
         except DomainError as exc:
             error = exc.message
-    return _users_page(request, error=error, message=message)
+            # The form keeps what was typed (not the password: secrets are never sent back).
+            typed = {"username": post.get("username", "")[:150], "role": post.get("role", "member")}
+    return _users_page(request, error=error, message=message, typed=typed)
+
+
+# What each row action does, and what its confirm step says. Activating needs no confirmation.
+_USER_ACTIONS: dict[str, dict[str, Any]] = {
+    "make-admin": {"role": "admin"},
+    "make-member": {"role": "member"},
+    "deactivate": {"is_active": False},
+    "activate": {"is_active": True},
+}
+_CONFIRM: dict[str, tuple[str, str, str]] = {
+    # action: (question, what happens, button)
+    "make-admin": (
+        "Make {name} an admin?",
+        "Admins administer the whole gateway: profiles, routing, credentials, users and the audit log.",
+        "Make admin",
+    ),
+    "make-member": (
+        "Make {name} a member?",
+        "{name} keeps their API keys and the playground, and loses every admin page.",
+        "Make member",
+    ),
+    "deactivate": (
+        "Deactivate {name}?",
+        "{name} can no longer sign in, and their API keys stop working at once. You can activate them again later.",
+        "Deactivate",
+    ),
+    "reset-link": (
+        "Reset {name}'s password with a one-time link?",
+        "You get a link to give to {name}; it works once, until they set a new password, for "
+        "{days} days. Their current password keeps working until then.",
+        "Create the link",
+    ),
+    "reset-temporary": (
+        "Reset {name}'s password to a temporary one?",
+        "Their current password stops working and their sessions end now. You get a temporary "
+        "password to give them; they must choose their own when they next sign in.",
+        "Set a temporary password",
+    ),
+}
 
 
 @admin_required
 @require_POST
 def user_change(request: HttpRequest, user_id: int) -> HttpResponse:
+    """Role, activation and password resets. Anything but activating asks first: without
+    `confirm=yes` the answer is a confirm page (a plain form, no JavaScript needed)."""
     error = message = None
+    reset = None
     action = request.POST.get("action", "")
-    actions: dict[str, dict[str, Any]] = {
-        "make-admin": {"role": "admin"},
-        "make-member": {"role": "member"},
-        "deactivate": {"is_active": False},
-        "activate": {"is_active": True},
-    }
-    changes = actions.get(action, {})
+    if action not in _USER_ACTIONS and action not in ("reset-link", "reset-temporary"):
+        return _users_page(request, error="unknown action", message=None, status=400)
+    if action in _CONFIRM and request.POST.get("confirm") != "yes":
+        try:
+            target = services.user_list_one(user_id)
+        except DomainError as exc:
+            return _users_page(request, error=exc.message, message=None, status=exc.status)
+        question, detail, button = _CONFIRM[action]
+        days = max(1, settings.PASSWORD_RESET_TIMEOUT // 86400)
+        context = {
+            "target": target,
+            "action": action,
+            "question": question.format(name=target.username),
+            "detail": detail.format(name=target.username, days=days),
+            "button": button,
+            "danger": action in ("deactivate", "make-member", "reset-temporary"),
+        }
+        return render(request, "accounts/user_confirm.html", context)
     try:
-        if not changes:
-            raise DomainError("unknown action")
-        changed = services.user_update(user_id=user_id, actor=request.user, **changes)
-        message = f"Updated {changed.username}."
+        if action.startswith("reset-"):
+            reset = passwords.password_reset(
+                user_id=user_id, method=action.removeprefix("reset-"), actor=request.user
+            )
+            message = f"Reset {reset.username}'s password."
+        else:
+            changed = services.user_update(user_id=user_id, actor=request.user, **_USER_ACTIONS[action])
+            message = f"Updated {changed.username}."
     except DomainError as exc:
         error = exc.message
-    return _users_page(request, error=error, message=message)
+    reset_url = request.build_absolute_uri(reset.secret) if reset and reset.method == "link" else None
+    return _users_page(request, error=error, message=message, reset=reset, reset_url=reset_url)
 
 
-def _users_page(request: HttpRequest, *, error: str | None, message: str | None) -> HttpResponse:
+def _users_page(
+    request: HttpRequest,
+    *,
+    error: str | None,
+    message: str | None,
+    typed: dict[str, str] | None = None,
+    status: int | None = None,
+    **extra: Any,
+) -> HttpResponse:
     context = {
         "people": [(u, services.role_of(u)) for u in services.user_list()],
         "error": error,
         "message": message,
+        "typed": typed or {},
+        **extra,
     }
     template = "accounts/users.html#users-panel" if request.htmx else "accounts/users.html"  # type: ignore[attr-defined]
-    return render(request, template, context, status=400 if error else 200)
+    response = render(request, template, context, status=status or (400 if error else 200))
+    if extra.get("reset") is not None:
+        response["Cache-Control"] = "no-store"  # the page shows a secret once
+    return response
 
 
 # --- the first admin, from the setup link `serve` prints (mlxmanager/accounts/setup.py) ----

@@ -105,9 +105,17 @@ def parse_filter(params: Any) -> RequestFilter:
     status = (params.get("status") or "").strip()
     if status and status not in ("ok", "error") and not (status.isdigit() and 100 <= int(status) <= 599):
         raise DomainError("status must be ok, error or an HTTP status code", param="status")
+    since = _parse_dt(params.get("since", ""), "since")
+    until = _parse_dt(params.get("until", ""), "until")
+    if since is not None and until is not None and until <= since:
+        raise DomainError(
+            f"'To' ({_fmt_dt(until).replace('T', ' ')}) must be later than 'From' "
+            f"({_fmt_dt(since).replace('T', ' ')}); no request can match that range",
+            param="until",
+        )
     return RequestFilter(
-        since=_parse_dt(params.get("since", ""), "since"),
-        until=_parse_dt(params.get("until", ""), "until"),
+        since=since,
+        until=until,
         user=(params.get("user") or "").strip()[:150],
         model=(params.get("model") or "").strip()[:256],
         backend=(params.get("backend") or "").strip()[:120],
@@ -427,8 +435,107 @@ def live_row(row: RequestLog) -> dict[str, Any]:
     return {f: _value(row, f) for f in EXPORT_FIELDS}
 
 
-def action_page(*, before: int | None = None, size: int = 50) -> list[AdminAction]:
-    qs = AdminAction.objects.all()
+@dataclass(frozen=True)
+class ActionFilter:
+    """Admin-changes filters: who (actor name, "system" for blank), which object (its type, or
+    words of its name), what (an action code)."""
+
+    actor: str = ""
+    object: str = ""
+    action: str = ""
+
+    def apply(self, qs: QuerySet[AdminAction]) -> QuerySet[AdminAction]:
+        if self.actor:
+            qs = qs.filter(actor_name="" if self.actor == "system" else self.actor)
+        if self.object:
+            qs = qs.filter(
+                Q(object_type=self.object) | Q(object_repr__icontains=self.object) | Q(object_id=self.object)
+            )
+        if self.action:
+            qs = qs.filter(action=self.action)
+        return qs
+
+    def query(self) -> dict[str, str]:
+        return {
+            k: v for k, v in (("actor", self.actor), ("object", self.object), ("action", self.action)) if v
+        }
+
+
+def parse_action_filter(params: Any) -> ActionFilter:
+    from mlxmanager.audit.services import ACTIONS
+
+    action = (params.get("action") or "").strip()
+    if action and action not in ACTIONS:
+        raise DomainError(f"'{action[:60]}' is not an audit action", param="action")
+    return ActionFilter(
+        actor=(params.get("actor") or "").strip()[:150],
+        object=(params.get("object") or "").strip()[:200],
+        action=action,
+    )
+
+
+def action_page(
+    *, before: int | None = None, size: int = 50, filters: ActionFilter | None = None
+) -> list[AdminAction]:
+    qs = (filters or ActionFilter()).apply(AdminAction.objects.all())
     if before:
         qs = qs.filter(id__lt=before)
     return list(qs.order_by("-id")[: max(1, min(size, MAX_PAGE_SIZE))])
+
+
+def action_actors() -> list[str]:
+    """Who has changed anything (for the actor filter's choices); "system" for blank."""
+    names = AdminAction.objects.order_by().values_list("actor_name", flat=True).distinct()
+    return sorted({n or "system" for n in names[:500]})
+
+
+def action_object_types() -> list[str]:
+    return sorted(set(AdminAction.objects.order_by().values_list("object_type", flat=True).distinct()[:100]))
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    old: str | None  # None: no "before" (a value recorded as-is, e.g. on creation)
+    new: str
+
+
+def _show(value: Any) -> str:
+    """A recorded value as a person reads it: no Python reprs (None, True, ['a'], {'k': 1})."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_show(v) for v in value) if value else "(none)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) if value else "(none)"
+    if isinstance(value, str):
+        try:  # ISO times (how changes() stores datetimes) read as "2025-03-01 12:00:00 UTC"
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if len(value) >= 19 and value[10] == "T":
+            if when.tzinfo is not None:
+                when = when.astimezone(UTC)
+            return when.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if when.tzinfo else "")
+        return value
+    return str(value)
+
+
+def field_changes(data: Any, action: str = "") -> list[FieldChange]:
+    """An entry's data, field by field. `{field: [old, new]}` (what `changes()` records for a
+    change) reads as old → new; a creation's `[None, value]` and plain values as the value."""
+    if not isinstance(data, dict):
+        return [FieldChange("value", None, _show(data))] if data not in (None, "", {}) else []
+    is_change = action.endswith((".changed", ".secret_replaced"))
+    out = []
+    for key, value in data.items():
+        pair = isinstance(value, list) and len(value) == 2
+        if pair and value[0] is None and not is_change:
+            out.append(FieldChange(str(key), None, _show(value[1])))
+        elif pair and is_change:
+            out.append(FieldChange(str(key), _show(value[0]), _show(value[1])))
+        else:
+            out.append(FieldChange(str(key), None, _show(value)))
+    return out

@@ -23,6 +23,7 @@ ACTIONS: dict[str, str] = {
     "mlxmanager.user.created": "User created",
     "mlxmanager.user.changed": "User changed",
     "mlxmanager.user.deleted": "User deleted",
+    "mlxmanager.user.password_reset": "Password reset by an admin",
     "mlxmanager.apikey.created": "API key created",
     "mlxmanager.apikey.changed": "API key changed",
     "mlxmanager.apikey.revoked": "API key revoked",

@@ -4,13 +4,20 @@
   if (!box) return;
   let socket = null;
   function rows() { return document.getElementById("audit-rows"); }
+  // New rows are not filtered by the server: with filters on, the table would stop telling
+  // the truth, so the tail adds rows only to the unfiltered log.
+  const FILTERS = ["since", "until", "user", "model", "backend", "status"];
+  function filtered() {
+    const q = new URLSearchParams(location.search);
+    return FILTERS.some(function (k) { return (q.get(k) || "") !== ""; });
+  }
   function open() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     socket = new WebSocket(scheme + location.host + box.dataset.ws);
     socket.onmessage = function (ev) {
       const msg = JSON.parse(ev.data);
       const body = rows();
-      if (!body || msg.type !== "rows") return;
+      if (!body || msg.type !== "rows" || filtered()) return;
       const empty = body.querySelector("tr.empty");
       if (empty) empty.remove();
       const tmp = document.createElement("tbody");

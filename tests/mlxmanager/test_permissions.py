@@ -90,6 +90,7 @@ MEMBER_PAGES = {
     "playground-delete",
     "keys",
     "key-revoke",
+    "password-change",
     "v1-docs",
     "v1-openapi",
 }
@@ -109,7 +110,7 @@ ADMIN_PAGES = {
 # Not dashboard pages: login/logout, the API roots and the /v1 gateway (API-key auth, own tests).
 # The first-admin setup pages are 404 once any user exists (tests/mlxmanager/accounts/test_setup.py).
 ELSEWHERE = {"login", "logout", "api-root", "openapi-json", "openapi-view", "healthz", "metrics", "setup",
-             "setup-start", None}  # fmt: skip
+             "setup-start", "password-reset-confirm", "password-reset-complete", None}  # fmt: skip
 ELSEWHERE |= {"sso-login", "sso-callback"}  # single sign-on: before login (tests/mlxmanager/sso/)
 MEMBER_API = ("/api/keys", "/api/tokens", "/api/conversations")
 

@@ -82,9 +82,9 @@ def test_users_page(boss) -> None:  # type: ignore[no-untyped-def]
     )
     assert made.status_code == 200 and "Created eve (admin)." in made.content.decode()
     eve = get_user_model().objects.get(username="eve")
-    refused = c.post(f"/users/{boss.pk}/", {"action": "deactivate"}, HTTP_HX_REQUEST="true")
+    refused = c.post(f"/users/{boss.pk}/", {"action": "deactivate", "confirm": "yes"}, HTTP_HX_REQUEST="true")
     assert refused.status_code == 400 and "yourself" in refused.content.decode()
-    done = c.post(f"/users/{eve.pk}/", {"action": "make-member"}, HTTP_HX_REQUEST="true")
+    done = c.post(f"/users/{eve.pk}/", {"action": "make-member", "confirm": "yes"}, HTTP_HX_REQUEST="true")
     assert done.status_code == 200 and "Updated eve." in done.content.decode()
     assert not get_user_model().objects.get(pk=eve.pk).is_staff
 

@@ -176,3 +176,34 @@ def test_totals_and_the_chart_cost_three_queries_each(django_assert_num_queries:
     with django_assert_num_queries(3):
         bars, _ = s.timeline(f)
     assert sum(b.requests for b in bars) == expected
+
+
+def test_field_changes_read_as_old_to_new_without_python_reprs() -> None:
+    from mlxmanager.audit.selectors import FieldChange, field_changes
+
+    assert field_changes({"is_active": [True, False]}, "mlxmanager.user.changed") == [
+        FieldChange("is_active", "yes", "no")
+    ]
+    assert field_changes({"username": [None, "ann"]}, "mlxmanager.user.created") == [
+        FieldChange("username", None, "ann")
+    ]
+    assert field_changes({"targets": ["local:a", "cloud:b"]}, "mlxmanager.rule.created") == [
+        FieldChange("targets", None, "local:a, cloud:b")
+    ]
+    assert field_changes({"defaults": [{}, {"temperature": 0.2}]}, "mlxmanager.profile.changed") == [
+        FieldChange("defaults", "(none)", "temperature: 0.2")
+    ]
+    assert field_changes({"password": "(changed)"}, "mlxmanager.user.changed") == [
+        FieldChange("password", None, "(changed)")
+    ]
+    assert field_changes({}, "x") == [] and field_changes(None, "x") == []
+
+
+def test_a_to_date_before_the_from_date_is_an_error() -> None:
+    from mlxmanager.audit.selectors import parse_filter
+    from mlxmanager.errors import DomainError
+
+    with pytest.raises(DomainError, match="must be later than") as exc:
+        parse_filter({"since": "2025-03-02T00:00", "until": "2025-03-01T00:00"})
+    assert exc.value.param == "until"
+    assert parse_filter({"since": "2025-03-01T00:00", "until": "2025-03-02T00:00"}).until is not None
