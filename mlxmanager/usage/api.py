@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema, Status
 
 from mlxmanager.errors import NotFound
-from mlxmanager.permissions import is_admin, require_admin
+from mlxmanager.permissions import admin_auth, is_admin, require_admin
 from mlxmanager.usage import selectors, services
 from mlxmanager.usage.models import Budget, Price
 
@@ -103,7 +103,7 @@ def list_prices(request: HttpRequest) -> list[Price]:
     return list(Price.objects.all())
 
 
-@router.put("/prices", response=PriceOut)
+@router.put("/prices", response=PriceOut, auth=admin_auth("set prices"))
 def put_price(request: HttpRequest, body: PriceIn) -> Price:
     """Set the price per 1M tokens of a backend: `cloud:<credential>` or `local:<profile>`."""
     require_admin(request, "set prices")
@@ -111,7 +111,7 @@ def put_price(request: HttpRequest, body: PriceIn) -> Price:
                               output_per_m=body.output_per_m, user=_user(request))  # fmt: skip
 
 
-@router.delete("/prices", response={204: None})
+@router.delete("/prices", response={204: None}, auth=admin_auth("remove prices"))
 def delete_price(request: HttpRequest, backend: str) -> Status[None]:
     require_admin(request, "remove prices")
     services.delete_price(backend, user=_user(request))
@@ -183,7 +183,7 @@ def _set(request: HttpRequest, body: BudgetIn | None, **owner: int) -> Any:
     return budget
 
 
-@router.put("/budgets/users/{user_id}", response=BudgetOut)
+@router.put("/budgets/users/{user_id}", response=BudgetOut, auth=admin_auth("change budgets"))
 def put_user_budget(request: HttpRequest, user_id: int, body: BudgetIn) -> Any:
     """Set a user's budget (all fields null: remove it; then the answer has all fields null)."""
     b = _set(request, body, user_id=user_id)
@@ -191,7 +191,7 @@ def put_user_budget(request: HttpRequest, user_id: int, body: BudgetIn) -> Any:
                                           "tokens_per_month": None, "spend_per_month": None}  # fmt: skip
 
 
-@router.put("/budgets/keys/{key_id}", response=BudgetOut)
+@router.put("/budgets/keys/{key_id}", response=BudgetOut, auth=admin_auth("change budgets"))
 def put_key_budget(request: HttpRequest, key_id: int, body: BudgetIn) -> Any:
     """Set an API key's budget (all fields null: remove it)."""
     b = _set(request, body, api_key_id=key_id)

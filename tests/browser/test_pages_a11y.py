@@ -287,8 +287,8 @@ def test_unload_asks_first(team: Gateway, admin_page: Any) -> None:
 def test_rules_are_edited_in_place(team: Gateway, admin_page: Any) -> None:
     page = admin_page
     page.goto(team.url + "/routing/")
-    page.get_by_role("button", name="Edit rule cloud").click()
-    form = page.get_by_role("form", name="Edit rule cloud")
+    page.get_by_role("button", name="Edit rule cloud", exact=True).click()
+    form = page.get_by_role("form", name="Edit rule cloud", exact=True)
     expect(form.get_by_label("Pattern")).to_have_value("cloud-*")
     expect(form.get_by_label("Targets")).to_have_value("team-upstream:upstream-model")
     form.get_by_label("Pattern").fill("(a+)+")

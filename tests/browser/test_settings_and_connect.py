@@ -63,7 +63,7 @@ def test_settings_change_takes_effect_without_a_restart(gateway, open_page) -> N
         expect(page.locator("#settings-result")).to_contain_text("Saved.")
     assert "access-control-allow-origin" not in preflight(gateway).headers
     page.goto(gateway.url + "/audit/actions/")
-    expect(page.get_by_text("Settings changed").first).to_be_visible()
+    expect(page.locator("table.changes").get_by_text("Settings changed").first).to_be_visible()
 
 
 def test_connect_page_gives_working_setup(gateway, open_page) -> None:  # type: ignore[no-untyped-def]

@@ -88,12 +88,13 @@ def test_check_deploy_is_clean_in_secure_mode(tmp_path: Path) -> None:
 def _web_server(tmp_path: Path, **extra: str) -> Iterator[str]:
     """The product's web server command (uvicorn, as `manage.py serve` runs it) in secure mode."""
     from mlxmanager import webserver
-    from tests.conftest import free_port
+    from tests.conftest import free_port, manage
 
     port = free_port()
     env = {**os.environ, "MLXM_DATA_DIR": str(tmp_path), "MLXM_SECURE": "1",
            "DJANGO_SETTINGS_MODULE": "mlxmanager.settings", **extra}  # fmt: skip
     env.pop("DATABASE_URL", None)
+    manage("migrate", "--noinput", "-v0", env=env)  # the login page reads the SSO settings
     cmd = webserver.command(
         "127.0.0.1", port, forwarded_allow_ips=env.get("MLXM_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
     )

@@ -243,6 +243,8 @@ async def test_the_page_shows_the_prompt_caches_disk_tier(
     assert "1 entry</div>" in html
 
 
+@pytest.mark.slow
+@pytest.mark.asyncio
 async def test_pins_are_per_profile_when_profiles_share_weights(
     admin_aclient: AsyncClient, worker: str, tiny: Profile
 ) -> None:
