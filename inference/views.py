@@ -96,6 +96,10 @@ async def health_details() -> tuple[int, dict[str, Any]]:
                         "prompt_cache_entries",
                         "disk_cache_bytes",
                         "disk_cache_entries",
+                        "prompt_tokens",
+                        "cache_hit_tokens",
+                        "memory_hit_tokens",
+                        "disk_hit_tokens",
                         "tokens_generated",
                     )
                 }

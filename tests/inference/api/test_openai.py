@@ -361,6 +361,8 @@ def test_healthz(gateway: Gateway) -> None:
     assert mem["mlx_peak_bytes"] >= mem["mlx_active_bytes"] > 0 and mem["rss_bytes"] > 0
     model = next(m for m in worker["loaded_models"] if m["name"] == TINY)
     assert model["weights_form"] == "float32" and model["kv_bytes"] >= 0
+    # Prompt tokens and where the cached ones came from (benchmarks/bench_team.py reads these).
+    assert model["prompt_tokens"] >= model["cache_hit_tokens"] >= model["disk_hit_tokens"] >= 0
 
 
 # ---- resilience ----------------------------------------------------------------------
