@@ -288,10 +288,14 @@ class Recorder:
         with self._flush_lock:
             with self._lock:
                 batch = list(self._buffer)
-                self._buffer.clear()
             if not batch:
                 return 0
+            # Counted while still in the buffer, so that a scrape (observe_pending) either counts
+            # them itself or waits for this to finish: it never renders without them.
             _observe(batch)
+            with self._lock:  # only `add` touches the buffer meanwhile, and only at its end
+                for _ in batch:
+                    self._buffer.popleft()
             objs = [RequestLog(**row_of(a)) for a in batch]
             try:
                 with transaction.atomic():  # the rows and their hourly totals, together
@@ -383,11 +387,15 @@ def _observe(batch: list[RequestAudit]) -> None:
     counts each batch it takes (a scrape counts its own process's pending ones first)."""
     from mlxmanager import metrics
 
-    fresh = [a for a in batch if not a.observed]
-    for a in fresh:
-        a.observed = True
-    if fresh:
-        metrics.observe_batch(fresh)
+    with _OBSERVE_LOCK:  # the flusher and a scrape: each request counted once, and in full
+        fresh = [a for a in batch if not a.observed]
+        for a in fresh:
+            a.observed = True
+        if fresh:
+            metrics.observe_batch(fresh)
+
+
+_OBSERVE_LOCK = threading.Lock()
 
 
 recorder = Recorder()
