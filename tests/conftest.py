@@ -139,6 +139,8 @@ def start_gateway(
         **(extra_env or {}),
     }
     env.pop("DATABASE_URL", None)
+    # Its own metrics folder: `serve` empties the one it is given, which would be this process's.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     manage("migrate", "--noinput", "-v0", env=env)
     manage("prepare_demo_models", "--data-dir", str(_shared_dir()), env=env)
     key = ""

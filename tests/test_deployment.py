@@ -82,6 +82,8 @@ def launch_command(ranks: int, *script: str) -> list[str]:
 
 
 def serve(env: dict[str, str], port: int, log: Path, *extra: str) -> Gateway:
+    # Its own metrics folder: `serve` empties the one it is given, which would be this process's.
+    env = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     proc = spawn([sys.executable, "manage.py", "serve", "--port", str(port), *extra], env, log)
     return Gateway(url=f"http://127.0.0.1:{port}", key="", data_dir=Path(env["MLXM_DATA_DIR"]), proc=proc,
                    log_path=log)  # fmt: skip

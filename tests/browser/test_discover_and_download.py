@@ -97,7 +97,7 @@ def server(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         "MLXM_LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "mlxmanager.settings",
     }
-    for name in ("DATABASE_URL", "HF_TOKEN"):
+    for name in ("DATABASE_URL", "HF_TOKEN", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(name, None)
     manage("migrate", "--noinput", "-v0", env=env)
     manage("create_admin", "--username", ADMIN[0], "--password-stdin", env=env, stdin=ADMIN[1] + "\n")

@@ -23,7 +23,9 @@ SMOL = "smollm2-135m-instruct"
 def test_sigterm_drains_running_streams(
     server: str, demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MLXM_DRAIN_SECONDS", "15")  # the short stream ends well within it, even on a loaded machine
+    monkeypatch.setenv(
+        "MLXM_DRAIN_SECONDS", "15"
+    )  # the short stream ends well within it, even on a loaded machine
     gw = start_gateway(tmp_path / "gw", demo_models, server=server)
     try:
         client = gw.openai()
