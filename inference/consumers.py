@@ -148,20 +148,24 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             raw["stream"] = True
             call = pipeline.Call(surface="ws", model=body.model, stream=True, prompt=chat_prompt(body), raw=raw,
                                  audit=audit, user=self.user, request_id=audit.request_id)  # fmt: skip
-        except ValidationError as exc:
+        except (ValidationError, DomainError) as exc:
+            await self._refuse(rid, audit, exc)
+            return
+        task = asyncio.create_task(self._generate(rid, call))
+        self.tasks[rid] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(rid, None))
+
+    async def _refuse(self, rid: str, audit: rec.RequestAudit, exc: ValidationError | DomainError) -> None:
+        """A request refused before it is served: audited, and answered in the socket's shape."""
+        if isinstance(exc, ValidationError):
             first = exc.errors()[0]
             param = ".".join(str(x) for x in first.get("loc", ())) or None
             self._refused(audit, 400, "invalid_request_error")
             await self._error(rid, f"Invalid value for '{param}': {first.get('msg')}", param=param)
             return
-        except DomainError as exc:
-            f = failure_of(exc) or unexpected()
-            self._refused(audit, f.status, f.code or "invalid_request_error")
-            await self._send_failure(rid, f)
-            return
-        task = asyncio.create_task(self._generate(rid, call))
-        self.tasks[rid] = task
-        task.add_done_callback(lambda _t: self.tasks.pop(rid, None))
+        f = failure_of(exc) or unexpected()
+        self._refused(audit, f.status, f.code or "invalid_request_error")
+        await self._send_failure(rid, f)
 
     async def _speech_request(
         self, rid: str, kind: str, content: dict[str, Any], audit: rec.RequestAudit
@@ -201,16 +205,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
                 )
                 body.check()
                 job = self._speak(rid, body, audit)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(x) for x in first.get("loc", ())) or None
-            self._refused(audit, 400, "invalid_request_error")
-            await self._error(rid, f"Invalid value for '{param}': {first.get('msg')}", param=param)
-            return
-        except DomainError as exc:
-            f = failure_of(exc) or unexpected()
-            self._refused(audit, f.status, f.code or "invalid_request_error")
-            await self._send_failure(rid, f)
+        except (ValidationError, DomainError) as exc:
+            await self._refuse(rid, audit, exc)
             return
         task = asyncio.create_task(self._audited(rid, job, audit))
         self.tasks[rid] = task
