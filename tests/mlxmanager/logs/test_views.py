@@ -49,7 +49,7 @@ def test_page_shows_records_newest_first_with_tracebacks(admin_client: Client, w
     assert html.index("loading &lt;tiny&gt; failed") < html.index(
         "GET /v1/models answered"
     )  # escaped, newest first
-    assert '<pre class="log-detail">Traceback (most recent call last):' in html
+    assert '<pre class="log-detail" tabindex="0">Traceback (most recent call last):' in html
     assert "ValueError: the weights are not where the profile says</pre>" in html
     assert 'href="?request_id=rid-page-1"' in html
     assert '<option value="worker">worker</option>' in html
