@@ -15,10 +15,12 @@ from django.views.decorators.http import require_GET
 from ninja import NinjaAPI, Swagger
 
 TEMPLATE = "apidocs/swagger.html"
-# No online validator badge (an image from validator.swagger.io).
+# No online validator badge (an image from validator.swagger.io). No deep links: with them Swagger
+# UI puts a link inside each operation's toggle button (a control inside a control: screen readers
+# can't reach it, axe's nested-interactive).
 SWAGGER_SETTINGS: dict[str, Any] = {
     "layout": "BaseLayout",
-    "deepLinking": True,
+    "deepLinking": False,
     "validatorUrl": None,
     "persistAuthorization": False,
 }

@@ -141,23 +141,16 @@ def start_gateway(
     env.pop("DATABASE_URL", None)
     # Its own metrics folder: `serve` empties the one it is given, which would be this process's.
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    manage("migrate", "--noinput", "-v0", env=env)
-    manage("prepare_demo_models", "--data-dir", str(_shared_dir()), env=env)
-    key = ""
-    if admin:
-        manage(
-            "create_admin",
-            "--username",
-            "admin",
-            "--password-stdin",
-            env=env,
-            stdin="correct-horse-battery\n",
-        )
-        key = (
-            manage("create_api_key", "--username", "admin", "--name", "tests", env=env)
-            .strip()
-            .splitlines()[-1]
-        )
+    # migrate, prepare_demo_models, create_admin and create_api_key in one process.
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "prepare_gateway.py"), "--shared", str(_shared_dir()),
+         *(["--admin"] if admin else [])],
+        cwd=ROOT, env=env, input="correct-horse-battery\n" if admin else None,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"preparing the gateway failed:\n{out.stdout}\n{out.stderr}")
+    key = out.stdout.strip().splitlines()[-1] if admin else ""
     log_path = data_dir / "serve.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(

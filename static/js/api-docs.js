@@ -14,4 +14,9 @@
     };
   }
   SwaggerUIBundle(config);
+  // Code samples and schemas that scroll sideways on a narrow screen must be reachable from the
+  // keyboard (WCAG 2.1.1): each becomes a tab stop as Swagger UI renders it.
+  const SCROLLERS = "pre:not([tabindex]), .example:not([tabindex]), .highlight-code:not([tabindex])";
+  const focusable = () => root.querySelectorAll(SCROLLERS).forEach((el) => el.setAttribute("tabindex", "0"));
+  new MutationObserver(focusable).observe(root, { childList: true, subtree: true });
 })();
