@@ -29,13 +29,13 @@ def allowed_origin(request: HttpRequest) -> str | None:
     """The value for Access-Control-Allow-Origin, or None when CORS doesn't apply."""
     if not request.path_info.startswith(PREFIX):
         return None
+    origin = request.META.get("HTTP_ORIGIN", "")
+    if not origin:  # SDKs and servers send none: no settings lookup on their requests
+        return None
     from mlxmanager.sitesettings.selectors import value
 
     origins = tuple(value("cors_origins") or ())  # the Settings page's, else MLXM_CORS_ORIGINS
     if not origins:
-        return None
-    origin = request.META.get("HTTP_ORIGIN", "")
-    if not origin:
         return None
     if "*" in origins:
         return "*"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -27,7 +27,8 @@ _current: ContextVar[str] = ContextVar("mlxm_request_id", default="")
 
 
 def new() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (as `uuid.uuid4().hex` reads, without building a UUID per request)."""
+    return os.urandom(16).hex()
 
 
 def of(request: HttpRequest) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -74,24 +75,28 @@ def _env_float(name: str) -> float | None:
         return None
 
 
+_BUILT_IN: dict[str, Callable[[Spec], Any]] = {
+    "max_queue": lambda _s: settings.MLXM_QUEUE_LIMITS[0],
+    "max_user_concurrent": lambda _s: settings.MLXM_QUEUE_LIMITS[1],
+    "queue_timeout": lambda _s: settings.MLXM_QUEUE_LIMITS[2],
+    "local_timeout": lambda _s: _env_float("MLXM_LOCAL_TIMEOUT"),
+    "default_model": lambda _s: None,
+    "model_aliases": lambda _s: {},
+    "audit_retention_days": lambda _s: settings.MLXM_AUDIT_RETENTION_DAYS,
+    "hf_endpoint": lambda _s: settings.MLXM_HF_ENDPOINT,
+    "hf_token": lambda _s: None,
+    "cors_origins": lambda _s: list(settings.MLXM_CORS_ORIGINS),
+    "memory_limit": lambda s: s.env_raw() or os.environ.get("MLXM_MEMORY_LIMIT_BYTES") or "75%",
+    "prompt_cache": lambda s: s.env_raw() or "512MiB",
+}
+
+
 def default(key: str) -> Any:
-    """What the environment (or the built-in default) gives `key`."""
-    max_queue, max_user, queue_timeout = settings.MLXM_QUEUE_LIMITS
+    """What the environment (or the built-in default) gives `key`: only that key is worked out
+    (it is read on the request path)."""
     spec = BY_KEY[key]
-    return {
-        "max_queue": max_queue,
-        "max_user_concurrent": max_user,
-        "queue_timeout": queue_timeout,
-        "local_timeout": _env_float("MLXM_LOCAL_TIMEOUT"),
-        "default_model": None,
-        "model_aliases": {},
-        "audit_retention_days": settings.MLXM_AUDIT_RETENTION_DAYS,
-        "hf_endpoint": settings.MLXM_HF_ENDPOINT,
-        "hf_token": None,
-        "cors_origins": list(settings.MLXM_CORS_ORIGINS),
-        "memory_limit": spec.env_raw() or os.environ.get("MLXM_MEMORY_LIMIT_BYTES") or "75%",
-        "prompt_cache": spec.env_raw() or "512MiB",
-    }.get(key, spec.env_raw() or None)
+    built_in = _BUILT_IN.get(key)
+    return built_in(spec) if built_in is not None else spec.env_raw() or None
 
 
 def value(key: str) -> Any:
