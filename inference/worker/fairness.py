@@ -89,10 +89,18 @@ class FairQueue(Generic[T]):
         found.entries.append(Entry(item, max(1, int(cost)), now))
         self._size += 1
 
-    def pop(self) -> T | None:
-        """The next request in fair order, or None when nothing waits."""
+    def pop(self, eligible: Callable[[str], bool] | None = None) -> T | None:
+        """The next request in fair order, or None when nothing waits. With `eligible`, only
+        lanes it accepts take turns (a user already holding their share of the batch waits
+        without gaining credit); None when no waiting lane is eligible."""
         if not self._ring:
             return None
+        if eligible is not None:
+            allowed = {name for name in self._ring if eligible(name)}
+            if not allowed:
+                return None
+            if len(allowed) < len(self._ring):
+                return self._pop_among(allowed)
         self._skip_idle_rounds()
         while True:
             name = self._ring[0]
@@ -112,15 +120,40 @@ class FairQueue(Generic[T]):
             self._ring.rotate(-1)
             self._credited = False
 
-    def _skip_idle_rounds(self) -> None:
+    def _pop_among(self, allowed: set[str]) -> T:
+        """`pop` over the allowed lanes only: the others keep their place and credit."""
+        self._skip_idle_rounds(allowed)
+        while True:
+            name = self._ring[0]
+            if name not in allowed:
+                self._ring.rotate(-1)
+                self._credited = False
+                continue
+            lane = self._lanes[name]
+            if not self._credited:
+                lane.deficit += self.quantum * lane.weight
+                self._credited = True
+            head = lane.entries[0]
+            if lane.deficit >= head.cost:
+                lane.entries.popleft()
+                lane.deficit -= head.cost
+                self._size -= 1
+                if not lane.entries:
+                    self._drop(name)
+                return head.item
+            self._ring.rotate(-1)
+            self._credited = False
+
+    def _skip_idle_rounds(self, allowed: set[str] | None = None) -> None:
         """Add at once the rounds of credit in which no lane could start anything (what DRR
         would do turn by turn), so that `pop` needs at most one pass over the lanes."""
+        names = [n for n in self._ring if allowed is None or n in allowed]
         rounds = min(
             math.ceil((lane.entries[0].cost - lane.deficit) / (self.quantum * lane.weight))
-            for lane in (self._lanes[n] for n in self._ring)
+            for lane in (self._lanes[n] for n in names)
         )
         if rounds > 1:
-            for name in self._ring:
+            for name in names:
                 lane = self._lanes[name]
                 lane.deficit += (rounds - 1) * self.quantum * lane.weight
 

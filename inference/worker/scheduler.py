@@ -406,7 +406,7 @@ class Scheduler(threading.Thread):
                 "(MLXM_MAX_USER_CONCURRENT); retry when one has finished",
                 self._retry_after(engine, 0),
             )
-        if not waiting and self._has_room(engine):
+        if not waiting and self._has_room(engine) and self._lane_may_start(engine, lane):
             engine.add(req, conn, arrived=arrived)
             return True
         ahead = len(waiting) if waiting is not None else 0
@@ -430,6 +430,29 @@ class Scheduler(threading.Thread):
         self._per_lane[(key, lane)] += 1
         self.waiting += 1
         return False
+
+    def _lane_may_start(self, engine: Any, lane: str) -> bool:
+        """Whether `lane` may start one more generation on `engine` now. No user holds every
+        row of a batch (one stays free for someone else's request: with 4 rows or more) nor
+        more than half of its prefill slots: a long-prompt flood cannot make another user's
+        short request wait for all of its prefills (bench_team.py scenario (g))."""
+        slots = self._slots(engine)
+        if slots < 4:
+            return True
+        key = engine.spec.key
+        mine = [rid for rid, (k, ln, _) in self._running.items() if k == key and ln == lane]
+        if len(mine) >= slots - 1:
+            return False
+        if engine.kind != "llm":
+            return True
+        prefill_share = max(1, int(engine.batch.prefill_batch_size) // 2)
+        if len(mine) < prefill_share:
+            return True
+        ids = set(mine)
+        prefilling = sum(
+            1 for a in engine._by_uid.values() if not a.completion_tokens and a.request_id in ids
+        )
+        return prefilling < prefill_share
 
     def _retry_after(self, engine: Any, ahead: int) -> int:
         return retry_after(self._service_s.get(engine.spec.key), ahead, self._slots(engine))
@@ -476,8 +499,9 @@ class Scheduler(threading.Thread):
                     break
                 if not self._has_room(engine):
                     break
-                item = waiting.pop()
-                assert item is not None
+                item = waiting.pop(lambda lane, e=engine: self._lane_may_start(e, lane))
+                if item is None:  # those waiting already hold their share of the batch
+                    break
                 self.waiting -= 1
                 self._unlane(key, lane_of(item.req))
                 self._start_waiting(engine, item)

@@ -40,6 +40,20 @@ def test_a_late_user_is_not_behind_a_flood() -> None:
     assert [x for x in order if x.startswith("a")] == [f"a{i}" for i in range(16)]
 
 
+def test_lanes_not_eligible_wait_without_gaining_credit() -> None:
+    """A user holding their share of the batch is skipped (pop gives the next eligible lane's
+    request, or None); once eligible again, the turns go on as before."""
+    q: FairQueue[str] = FairQueue(quantum=16)
+    for i in range(3):
+        q.push("a", f"a{i}", cost=50)
+    q.push("b", "b0", cost=50)
+    assert q.pop(lambda lane: lane == "b") == "b0"
+    assert q.pop(lambda lane: lane == "b") is None and len(q) == 3
+    q.push("c", "c0", cost=50)
+    assert q.pop(lambda lane: lane != "a") == "c0"
+    assert drain(q) == ["a0", "a1", "a2"]
+
+
 def test_equal_prompts_alternate_between_users() -> None:
     q: FairQueue[str] = FairQueue(quantum=16)
     for i in range(4):

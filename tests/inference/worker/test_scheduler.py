@@ -436,23 +436,49 @@ def test_another_users_request_is_not_stuck_behind_a_flood(driven: Any, demo_mod
 
 def test_with_free_rows_the_prefill_slots_take_turns(driven: Any, demo_models: dict[str, Path]) -> None:
     """With rows to spare (max_concurrent 32), what the batch would prefill first come, first
-    served (8 prompts at a time) waits in the fair queue: b's request, sent after a's 16,
-    starts among the first of the next slots, not after a's other 8."""
+    served (8 prompts at a time) waits in the fair queue, and one user holds at most half of
+    the prefill slots: b's request, sent after a's 16, starts among the first of the next
+    slots, not after a's other 12."""
     path = demo_models["tiny-random"]
     d = driven()
     conn_a, conn_b = Conn(), Conn()
     for i in range(16):
         d.send(conn_a, of_user(f"a{i}", path, "a", max_tokens=8))
     engine = next(iter(d.sched.pool))
-    assert engine.batch.prefill_batch_size == 8 and engine.active == 8 and d.sched.waiting == 8
+    assert engine.batch.prefill_batch_size == 8 and engine.active == 4 and d.sched.waiting == 12
     d.send(conn_b, of_user("b0", path, "b", max_tokens=8))
     rounds = d.until(lambda: "b0" in d.sched._running)
-    first = {f"a{i}" for i in range(8)}
+    first = {f"a{i}" for i in range(4)}
     later = [rid for rid in d.sched._running if rid not in first]  # in the order they started
-    # First come, first served would have started a8..a15 first: b0 is first or second.
+    # First come, first served would have started a4..a15 first: b0 is first or second.
     assert rounds <= 3 and later.index("b0") <= 1
     d.until(lambda: not d.sched.waiting and not engine.active)
     assert isinstance(collect(conn_b, {"b0"})["b0"][1], p.Output)
+
+
+def test_one_user_leaves_a_row_free_for_another(driven: Any, demo_models: dict[str, Path]) -> None:
+    """A batch of 4 rows: user a's 6 endless requests prefill 2 at a time (half of the prefill
+    slots) and take 3 rows (one stays free for someone else), so b's request starts in the
+    next round, not when one of a's ends."""
+    path, spec = demo_models["tiny-random"], {"max_concurrent": 4}
+    d = driven()
+    conn_a, conn_b = Conn(), Conn()
+    for i in range(6):
+        d.send(conn_a, of_user(f"a{i}", path, "a", spec, max_tokens=100_000))
+    engine = next(iter(d.sched.pool))
+    assert engine.active == 2  # half of the 4 prefill slots at first
+    d.until(lambda: engine.active == 3)
+    for _ in range(5):  # the fourth row stays free while a's others wait
+        d.sched.round()
+    assert engine.active == 3 and d.sched.waiting == 3
+    d.send(conn_b, of_user("b0", path, "b", spec, max_tokens=4))
+    assert d.until(lambda: "b0" in d.sched._running) <= 1
+    assert sum(1 for rid in d.sched._running if rid.startswith("a")) == 3
+    d.until(lambda: "b0" not in d.sched._running)
+    assert isinstance(collect(conn_b, {"b0"})["b0"][1], p.Output)
+    for i in range(6):
+        d.send(conn_a, p.Abort(request_id=f"a{i}"))
+    d.until(lambda: not d.sched.waiting and not engine.active)
 
 
 def test_a_full_queue_refuses_with_a_retry_after(driven: Any, demo_models: dict[str, Path]) -> None:
