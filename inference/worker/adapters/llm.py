@@ -56,6 +56,9 @@ PROMPT_CACHE_BYTES = memory.DEFAULT_PROMPT_CACHE_BYTES
 PREFILL_STEP = 512
 PREFILL_MIN_STEP = 64
 PREFILL_SLICE_S = float(os.environ.get("MLXM_PREFILL_SLICE_MS", "1000")) / 1000
+# With nobody waiting for tokens (one user's prompts only), a step of several prompts is still
+# cut to about this long: another user's request arriving meanwhile waits for the rest of it.
+PREFILL_BATCH_SLICE_S = 2.5 * PREFILL_SLICE_S
 # A lone request whose uncached prompt is at most this long decodes on mlx-lm's
 # generate_step (less work per token than a batch of one) until a second request arrives.
 SOLO_MAX_PREFILL = PREFILL_STEP
@@ -136,6 +139,7 @@ class _Active:
     # Set for requests served one at a time (draft model or quantized KV): a token iterator.
     sequential: Iterator[tuple[int, Any]] | None = None
     top_logprobs: int | None = None  # None: no logprobs asked
+    owner: str = ""  # whose request (the user, else the key's prefix): prefill slices share by it
     # Its first token went out ahead of the batch's report of it (LLMEngine._emit_first_tokens).
     primed: bool = False
     logprobs: list[p.TokenLogprob] = field(default_factory=list)  # not yet sent
@@ -482,6 +486,7 @@ class LLMEngine:
             parser=parser,
             single_call=bool(self._tools(req)) and not req.parallel_tool_calls,
             top_logprobs=req.logprobs,
+            owner=req.user or (f"key:{req.key}" if req.key else ""),
         )
 
     def _prepare(self, req: p.Generate, prompt: list[int]) -> tuple[mk.OutputParser, list[Any]]:
@@ -797,14 +802,18 @@ class LLMEngine:
         return outputs
 
     def _prefill_step(self) -> int:
-        """Prompt tokens per prefill chunk: PREFILL_STEP, or fewer while other requests decode,
-        so that one step of a long prompt's prefill takes about PREFILL_SLICE_S."""
+        """Prompt tokens per prefill chunk: at most PREFILL_STEP, cut so that one step takes
+        about PREFILL_SLICE_S while someone waits for tokens (rows decoding, or prompts of more
+        than one user: a short one finishes within a slice instead of behind a long one's full
+        chunks), else about PREFILL_BATCH_SLICE_S."""
         if not PREFILL_SLICE_S or not self._prefill_rate:
             return PREFILL_STEP
-        prefilling = sum(1 for a in self._by_uid.values() if not a.completion_tokens)
-        if not prefilling or prefilling == len(self._by_uid):
-            return PREFILL_STEP  # nobody is waiting for tokens meanwhile
-        step = int(self._prefill_rate * PREFILL_SLICE_S / prefilling)
+        rows = [a for a in self._by_uid.values() if not a.completion_tokens]
+        if not rows:
+            return PREFILL_STEP
+        waited_on = len(rows) < len(self._by_uid) or len({getattr(a, "owner", "") for a in rows}) > 1
+        budget = PREFILL_SLICE_S if waited_on else PREFILL_BATCH_SLICE_S
+        step = int(self._prefill_rate * budget / len(rows))
         return max(PREFILL_MIN_STEP, min(PREFILL_STEP, step))
 
     def _step_batch(self, outputs: list[tuple[Any, p.Output]]) -> None:

@@ -22,19 +22,37 @@ def engine(demo_models: dict[str, Path]) -> Any:
     e.close()
 
 
-def _rows(engine: Any, *completion_tokens: int) -> None:
-    engine._by_uid = {i: SimpleNamespace(completion_tokens=n) for i, n in enumerate(completion_tokens)}
+def _rows(engine: Any, *completion_tokens: int, owners: str = "") -> None:
+    engine._by_uid = {
+        i: SimpleNamespace(completion_tokens=n, owner=owners[i] if owners else "")
+        for i, n in enumerate(completion_tokens)
+    }
 
 
 def test_full_chunks_until_a_rate_is_known_or_when_nobody_decodes(
     engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(llm, "PREFILL_SLICE_S", 1.0)
+    monkeypatch.setattr(llm, "PREFILL_BATCH_SLICE_S", 2.5)
     _rows(engine, 5, 0)
     assert engine._prefill_step() == llm.PREFILL_STEP  # no rate measured yet
-    engine._prefill_rate = 100.0
+    engine._prefill_rate = 1000.0
     _rows(engine, 0, 0)
     assert engine._prefill_step() == llm.PREFILL_STEP  # nobody waits for tokens
+    engine._prefill_rate = 100.0  # one user's prompts still come in steps of about 2.5 s
+    assert engine._prefill_step() == 125
+
+
+def test_prompts_of_two_users_share_the_short_slice(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood's long prompts and another user's short one prefill in steps of about
+    PREFILL_SLICE_S: the short one is not held behind full chunks of the long ones."""
+    monkeypatch.setattr(llm, "PREFILL_SLICE_S", 1.0)
+    monkeypatch.setattr(llm, "PREFILL_BATCH_SLICE_S", 2.5)
+    engine._prefill_rate = 400.0
+    _rows(engine, 0, 0, 0, 0, owners="aaaa")
+    assert engine._prefill_step() == 250
+    _rows(engine, 0, 0, 0, 0, owners="aaab")
+    assert engine._prefill_step() == 100
 
 
 def test_a_slice_takes_about_the_budget_shared_by_the_prompts_prefilling(
