@@ -95,37 +95,17 @@ class FairQueue(Generic[T]):
         without gaining credit); None when no waiting lane is eligible."""
         if not self._ring:
             return None
+        allowed: set[str] | None = None
         if eligible is not None:
             allowed = {name for name in self._ring if eligible(name)}
             if not allowed:
                 return None
-            if len(allowed) < len(self._ring):
-                return self._pop_among(allowed)
-        self._skip_idle_rounds()
-        while True:
-            name = self._ring[0]
-            lane = self._lanes[name]
-            if not self._credited:
-                lane.deficit += self.quantum * lane.weight
-                self._credited = True
-            head = lane.entries[0]
-            if lane.deficit >= head.cost:
-                lane.entries.popleft()
-                lane.deficit -= head.cost
-                self._size -= 1
-                if not lane.entries:
-                    self._drop(name)
-                return head.item
-            # Not enough credit: its turn ends, the next lane's begins.
-            self._ring.rotate(-1)
-            self._credited = False
-
-    def _pop_among(self, allowed: set[str]) -> T:
-        """`pop` over the allowed lanes only: the others keep their place and credit."""
+            if len(allowed) == len(self._ring):
+                allowed = None
         self._skip_idle_rounds(allowed)
         while True:
             name = self._ring[0]
-            if name not in allowed:
+            if allowed is not None and name not in allowed:  # keeps its place and its credit
                 self._ring.rotate(-1)
                 self._credited = False
                 continue
@@ -141,6 +121,7 @@ class FairQueue(Generic[T]):
                 if not lane.entries:
                     self._drop(name)
                 return head.item
+            # Not enough credit: its turn ends, the next lane's begins.
             self._ring.rotate(-1)
             self._credited = False
 
