@@ -13,6 +13,7 @@ refuse with `queue_full`, a wait beyond MLXM_QUEUE_TIMEOUT ends with `queue_time
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -499,7 +500,7 @@ class Scheduler(threading.Thread):
                     break
                 if not self._has_room(engine):
                     break
-                item = waiting.pop(lambda lane, e=engine: self._lane_may_start(e, lane))
+                item = waiting.pop(functools.partial(self._lane_may_start, engine))
                 if item is None:  # those waiting already hold their share of the batch
                     break
                 self.waiting -= 1
