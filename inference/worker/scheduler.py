@@ -433,27 +433,16 @@ class Scheduler(threading.Thread):
         return False
 
     def _lane_may_start(self, engine: Any, lane: str) -> bool:
-        """Whether `lane` may start one more generation on `engine` now (batches of 4 rows or
-        more). No user holds every row (one stays free for someone else's request), nor more
-        than an equal share of the rows while other users have requests running or waiting on
-        the model, nor more than half of its prefill slots: a long-prompt flood cannot make
-        another user's short requests wait for all of its prefills, nor for each other in the
-        one row left (bench_team.py scenario (g))."""
+        """Whether `lane` may start one more generation on `engine` now. No user holds every
+        row of a batch (one stays free for someone else's request: with 4 rows or more) nor
+        more than half of its prefill slots: a long-prompt flood cannot make another user's
+        short request wait for all of its prefills (bench_team.py scenario (g))."""
         slots = self._slots(engine)
         if slots < 4:
             return True
         key = engine.spec.key
-        mine: list[str] = []
-        present = {lane}
-        for rid, (k, ln, _) in self._running.items():
-            if k == key:
-                present.add(ln)
-                if ln == lane:
-                    mine.append(rid)
-        waiting = self._queues.get(key)
-        if waiting is not None:
-            present.update(waiting.lanes())
-        if len(mine) >= max(1, min(slots - 1, slots // len(present))):
+        mine = [rid for rid, (k, ln, _) in self._running.items() if k == key and ln == lane]
+        if len(mine) >= slots - 1:
             return False
         if engine.kind != "llm":
             return True

@@ -481,27 +481,6 @@ def test_one_user_leaves_a_row_free_for_another(driven: Any, demo_models: dict[s
     d.until(lambda: not d.sched.waiting and not engine.active)
 
 
-def test_users_present_share_the_rows(driven: Any, demo_models: dict[str, Path]) -> None:
-    """A batch of 8 rows: user a's 8 endless requests and then user b's 4: each gets 4 rows (an
-    equal share while both have requests on the model), whatever order they came in."""
-    path, spec = demo_models["tiny-random"], {"max_concurrent": 8}
-    d = driven()
-    conn = Conn()
-    for i in range(8):
-        d.send(conn, of_user(f"a{i}", path, "a", spec, max_tokens=100_000))
-    for i in range(4):
-        d.send(conn, of_user(f"b{i}", path, "b", spec, max_tokens=100_000))
-    engine = next(iter(d.sched.pool))
-    d.until(lambda: len(d.sched._running) == 8)
-    for _ in range(5):
-        d.sched.round()
-    owners = [rid[0] for rid in d.sched._running]
-    assert owners.count("a") == 4 and owners.count("b") == 4 and d.sched.waiting == 4
-    for rid in [*(f"a{i}" for i in range(8)), *(f"b{i}" for i in range(4))]:
-        d.send(conn, p.Abort(request_id=rid))
-    d.until(lambda: not d.sched.waiting and not engine.active)
-
-
 def test_a_full_queue_refuses_with_a_retry_after(driven: Any, demo_models: dict[str, Path]) -> None:
     path, spec = demo_models["tiny-random"], {"max_concurrent": 1}
     d = driven(Limits(max_queue=1))
