@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from inference import protocol as p
 from inference.env import queue_limits
 
 T = TypeVar("T")
@@ -44,6 +45,11 @@ class _Lane(Generic[T]):
     entries: deque[Entry[T]] = field(default_factory=deque)
     weight: float = 1.0
     deficit: float = 0.0
+
+
+def lane_of(req: p.Generate) -> str:
+    """Whose turn a request takes: its user's, else its API key's ("" : anonymous)."""
+    return req.user or (f"key:{req.key}" if req.key else "")
 
 
 class FairQueue(Generic[T]):

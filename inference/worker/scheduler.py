@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from inference import protocol as p
-from inference.worker.fairness import FairQueue, Limits, retry_after
+from inference.worker.fairness import FairQueue, Limits, lane_of, retry_after
 from inference.worker.pool import ModelLoadError, Pool, PoolFull
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,6 @@ class _Queued:
         self.req = req
         self.arrived = arrived
         self.prompt = prompt
-
-
-def lane_of(req: p.Generate) -> str:
-    """Whose turn a request takes: its user's, else its API key's ("" : anonymous)."""
-    return req.user or (f"key:{req.key}" if req.key else "")
 
 
 class Scheduler(threading.Thread):
@@ -449,11 +444,7 @@ class Scheduler(threading.Thread):
         prefill_share = max(1, int(engine.batch.prefill_batch_size) // 2)
         if len(mine) < prefill_share:
             return True
-        ids = set(mine)
-        prefilling = sum(
-            1 for a in engine._by_uid.values() if not a.completion_tokens and a.request_id in ids
-        )
-        return prefilling < prefill_share
+        return bool(engine.prefilling(lane) < prefill_share)
 
     def _retry_after(self, engine: Any, ahead: int) -> int:
         return retry_after(self._service_s.get(engine.spec.key), ahead, self._slots(engine))

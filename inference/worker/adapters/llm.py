@@ -39,6 +39,7 @@ from mlx_lm.utils import dequantize_model
 from inference import protocol as p
 from inference.worker import cpu_attention, disk_cache, memory, structured
 from inference.worker import markup as mk
+from inference.worker.fairness import lane_of
 from inference.worker.prompt_cache import PromptCache
 from inference.worker.prompts import BadRequest, Prompts
 
@@ -139,7 +140,7 @@ class _Active:
     # Set for requests served one at a time (draft model or quantized KV): a token iterator.
     sequential: Iterator[tuple[int, Any]] | None = None
     top_logprobs: int | None = None  # None: no logprobs asked
-    owner: str = ""  # whose request (the user, else the key's prefix): prefill slices share by it
+    owner: str = ""  # whose request (`fairness.lane_of`): prefill slices are shared by owner
     # Its first token went out ahead of the batch's report of it (LLMEngine._emit_first_tokens).
     primed: bool = False
     logprobs: list[p.TokenLogprob] = field(default_factory=list)  # not yet sent
@@ -449,6 +450,10 @@ class LLMEngine:
         prefilling = sum(1 for a in self._by_uid.values() if not a.completion_tokens)
         return prefilling >= self.batch.prefill_batch_size
 
+    def prefilling(self, owner: str) -> int:
+        """How many of the batch's rows prefill a prompt of `owner` (`fairness.lane_of`)."""
+        return sum(1 for a in self._by_uid.values() if not a.completion_tokens and a.owner == owner)
+
     # ---- requests ----------------------------------------------------------------
 
     def markup(self, tool_parser: str = "", reasoning_parser: str = "") -> mk.Markup:
@@ -486,7 +491,7 @@ class LLMEngine:
             parser=parser,
             single_call=bool(self._tools(req)) and not req.parallel_tool_calls,
             top_logprobs=req.logprobs,
-            owner=req.user or (f"key:{req.key}" if req.key else ""),
+            owner=lane_of(req),
         )
 
     def _prepare(self, req: p.Generate, prompt: list[int]) -> tuple[mk.OutputParser, list[Any]]:
@@ -811,7 +816,7 @@ class LLMEngine:
         rows = [a for a in self._by_uid.values() if not a.completion_tokens]
         if not rows:
             return PREFILL_STEP
-        waited_on = len(rows) < len(self._by_uid) or len({getattr(a, "owner", "") for a in rows}) > 1
+        waited_on = len(rows) < len(self._by_uid) or len({a.owner for a in rows}) > 1
         budget = PREFILL_SLICE_S if waited_on else PREFILL_BATCH_SLICE_S
         step = int(self._prefill_rate * budget / len(rows))
         return max(PREFILL_MIN_STEP, min(PREFILL_STEP, step))
