@@ -74,11 +74,15 @@ async def health_details() -> tuple[int, dict[str, Any]]:
                 for k in (
                     "limit_bytes",
                     "used_bytes",
+                    "runtime_bytes",
                     "weights_bytes",
                     "kv_bytes",
                     "prompt_cache_bytes",
+                    "disk_pending_bytes",
+                    "headroom_bytes",
                     "free_bytes",
                     "mlx_active_bytes",
+                    "mlx_cache_bytes",
                     "mlx_peak_bytes",
                     "rss_bytes",
                 )

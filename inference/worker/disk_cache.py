@@ -418,6 +418,14 @@ class DiskCache:
                     self._written.append(snap)
                 del snap
 
+    def held_bytes(self) -> int:
+        """Bytes of snapshots still held in memory: queued for writing (their copies count under
+        the worker's memory limit until written). Frees the written ones first, so it is called
+        on the scheduler thread only."""
+        self._release()
+        with self._lock:
+            return sum(self._pending.values())
+
     def _release(self) -> None:
         """Free the written snapshots' MLX arrays here, on the scheduler thread."""
         with self._lock:
@@ -479,6 +487,11 @@ class ModelDisk:
 
 _shared: DiskCache | None = None
 _shared_lock = threading.Lock()
+
+
+def held_bytes() -> int:
+    """The worker's disk tier: bytes of snapshots in memory until written (scheduler thread)."""
+    return 0 if _shared is None else _shared.held_bytes()
 
 
 def configure(root: Path | None, max_bytes: int) -> DiskCache | None:

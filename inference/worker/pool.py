@@ -1,7 +1,10 @@
 """The model pool: loads on demand, keeps models resident within one memory limit.
 
 The limit (`MLXM_MEMORY_LIMIT`, inference/worker/memory.py) covers the loaded weights, the
-live requests' KV caches and the prompt caches together (`used_bytes`). Admission control:
+live requests' KV caches, the prompt caches and, in the worker, the process's own memory outside
+MLX (Python, libraries, tokenizers: `runtime_bytes`, measured) together (`used_bytes`); what a
+prefill step takes for a moment is kept within what is left by the engine's prefill chunks
+(`LLMEngine._prefill_step`). Admission control:
 before a load, idle unpinned models are evicted least-recently-used first until the new
 model's size (as it will be loaded: dequantized or cast to float32 on the CPU) fits; if it
 still doesn't fit (everything left is busy or pinned), the load is refused with `PoolFull`
@@ -20,9 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from inference import protocol as p
-from inference.worker import memory
+from inference.worker import disk_cache, memory
 
 log = logging.getLogger(__name__)
+
+
+# While requests run, the process's memory outside MLX is read at most this often.
+RUNTIME_EVERY_S = 0.05
 
 
 class ModelLoadError(Exception):
@@ -66,8 +73,15 @@ def _prompt_cache_bytes(engine: Any) -> int:
 class Pool:
     """Engines keyed by `ModelSpec.key`. Only the scheduler thread touches it."""
 
-    def __init__(self, *, memory_limit: int | None = None, max_models: int = 16) -> None:
+    def __init__(
+        self, *, memory_limit: int | None = None, max_models: int = 16, count_runtime: bool = False
+    ) -> None:
         self.memory_limit = memory_limit if memory_limit is not None else default_memory_limit()
+        # The worker counts its own process's memory outside MLX (`measure_runtime`); a pool
+        # inside another process (tests) has nothing of its own to count.
+        self.count_runtime = count_runtime
+        self.runtime_bytes = 0
+        self._runtime_at = 0.0
         # Each model's prompt-cache share, unless its profile sets one (ModelSpec.prompt_cache_bytes).
         self.prompt_cache_bytes = memory.prompt_cache_bytes_from_env(self.memory_limit)
         self.max_models = max_models
@@ -94,8 +108,36 @@ class Pool:
         return sum(_prompt_cache_bytes(e) for e in self._engines.values())
 
     @property
+    def disk_pending_bytes(self) -> int:
+        """The disk tier's copies of prompt-cache entries until written (the worker's only)."""
+        return disk_cache.held_bytes() if self.count_runtime else 0
+
+    @property
+    def headroom_bytes(self) -> int:
+        """Kept free for what is not measured ahead (MLXM_MEMORY_HEADROOM; the worker's only)."""
+        return memory.headroom_bytes(self.memory_limit) if self.count_runtime else 0
+
+    @property
+    def process_bytes(self) -> int:
+        """The worker's own share: its runtime, the disk tier's pending copies, the headroom."""
+        return self.runtime_bytes + self.disk_pending_bytes + self.headroom_bytes
+
+    @property
     def used_bytes(self) -> int:
-        return self.weight_bytes + self.kv_bytes + self.prompt_cache_used
+        return self.process_bytes + self.weight_bytes + self.kv_bytes + self.prompt_cache_used
+
+    def measure_runtime(self, *, rising: bool = False) -> None:
+        """Re-measure the process's memory outside MLX (`memory.runtime_bytes`): at start, after
+        a load or an unload and while no request runs; after each step with `rising` (only a
+        rise counts then: what a busy process holds stays held until it is idle again)."""
+        if not self.count_runtime:
+            return
+        at = time.monotonic()
+        if rising and at - self._runtime_at < RUNTIME_EVERY_S:
+            return  # ~15 us a reading: not after every one of a small model's steps
+        self._runtime_at = at
+        now = memory.runtime_bytes()
+        self.runtime_bytes = max(self.runtime_bytes, now) if rising else now
 
     @property
     def free_bytes(self) -> int:
@@ -125,10 +167,14 @@ class Pool:
 
     def memory_stats(self) -> dict[str, int]:
         weights, kv, cache = self.weight_bytes, self.kv_bytes, self.prompt_cache_used
-        used = weights + kv + cache
+        pending, headroom = self.disk_pending_bytes, self.headroom_bytes
+        used = self.runtime_bytes + pending + headroom + weights + kv + cache
         return {
             "used_bytes": used,
             "limit_bytes": self.memory_limit,
+            "runtime_bytes": self.runtime_bytes,
+            "disk_pending_bytes": pending,
+            "headroom_bytes": headroom,
             "weights_bytes": weights,
             "kv_bytes": kv,
             "prompt_cache_bytes": cache,
@@ -160,6 +206,7 @@ class Pool:
         log.info("loaded %s in %.2fs (%d MB)", spec.name, time.perf_counter() - t0, engine.weight_bytes >> 20)
         self._size_prompt_cache(engine, spec)
         self._engines[spec.key] = engine
+        self.measure_runtime()  # its tokenizer and the like
         return engine
 
     def _dequantize(self, spec: p.ModelSpec) -> bool:
@@ -250,6 +297,7 @@ class Pool:
         import mlx.core as mx
 
         mx.clear_cache()
+        self.measure_runtime()
         return True
 
     def expire(self, now: float) -> list[str]:

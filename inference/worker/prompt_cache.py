@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import mlx.core as mx
 from mlx_lm.models.cache import (
     LRUPromptCache,
     PromptTrie,
@@ -108,10 +109,21 @@ class PromptCache(LRUPromptCache):
         return disk_cache, tokens[usable:]
 
     def insert_cache(
-        self, model: Any, tokens: list[int], prompt_cache: list[Any], *, cache_type: str = "assistant"
+        self,
+        model: Any,
+        tokens: list[int],
+        prompt_cache: list[Any],
+        *,
+        cache_type: str = "assistant",
+        to_disk: bool = True,
     ) -> None:
+        # A finished row's cache leaves the batch as lazy slices of the batch's buffers: left
+        # unevaluated, an entry keeps every row's KV of that moment alive long after the batch
+        # has moved on (measured in the team benchmark's (i): ~80 MB more than the caches
+        # counted). Evaluated here, it holds its own row only.
+        mx.eval([c.state for c in prompt_cache])
         super().insert_cache(model, tokens, prompt_cache, cache_type=cache_type)
-        if self.disk is not None:
+        if self.disk is not None and to_disk:
             self.disk.save(tokens, prompt_cache)
 
     def count_hit(self, cached_tokens: int) -> None:

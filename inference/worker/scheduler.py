@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from inference import protocol as p
+from inference.worker import memory
 from inference.worker.fairness import FairQueue, Limits, lane_of, retry_after
 from inference.worker.pool import ModelLoadError, Pool, PoolFull
 
@@ -100,7 +101,7 @@ class Scheduler(threading.Thread):
         limits: Limits | None = None,
     ) -> None:
         super().__init__(name="mlx-scheduler", daemon=True)
-        self.pool = pool if pool is not None else Pool()
+        self.pool = pool if pool is not None else Pool(count_runtime=memory.count_process())
         self._preload = list(preload or [])
         self._emit = emit
         self._inbox: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
@@ -166,6 +167,7 @@ class Scheduler(threading.Thread):
         # Every MLX array lives on this thread's stream.
         last_snapshot = last_sample = 0.0
         with mx.stream(mx.default_stream(mx.default_device())):
+            self.pool.measure_runtime()
             self._load_preloaded()
             while True:
                 busy = self.waiting > 0 or any(e.active for e in self.pool)
@@ -180,6 +182,8 @@ class Scheduler(threading.Thread):
                 if now - last_snapshot > 0.25:
                     if not busy and self.replicator is None:
                         self.pool.expire(time.time())
+                    if not busy:
+                        self.pool.measure_runtime()
                     self._refresh_snapshot()
                     last_snapshot = now
                 if now - last_sample > HISTORY_EVERY:
@@ -662,6 +666,8 @@ class Scheduler(threading.Thread):
                 per_conn[conn].append(out)
                 if _ends(out):
                     self._mark_ended(out.request_id, finished=isinstance(out, p.Output))
+        # What the process holds outside MLX grows under load too (its heap, buffers): counted.
+        self.pool.measure_runtime(rising=True)
         if any(_ends(i) for items in per_conn.values() for i in items):
             # Health must already count a request as done when its client sees the end.
             self._refresh_snapshot()

@@ -18,6 +18,8 @@ router = Router(tags=["pool"])
 class MemoryOut(Schema):
     used_bytes: int
     limit_bytes: int
+    # The worker process's own share: its runtime, the disk tier's pending copies, the headroom.
+    process_bytes: int
     weights_bytes: int
     kv_bytes: int
     prompt_cache_bytes: int
@@ -76,6 +78,7 @@ async def get_pool(request: HttpRequest) -> dict[str, Any]:
         "memory": {
             "used_bytes": state.used_bytes,
             "limit_bytes": state.limit_bytes,
+            "process_bytes": state.process_bytes,
             "weights_bytes": state.weights_bytes,
             "kv_bytes": state.kv_bytes,
             "prompt_cache_bytes": state.prompt_cache_bytes,

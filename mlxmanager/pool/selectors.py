@@ -99,7 +99,9 @@ class PoolState:
     detail: str = ""
     used_bytes: int = 0
     limit_bytes: int = 0
-    # The limit's parts (the worker's Pool.memory_stats): weights, live KV, prompt caches.
+    # The limit's parts (the worker's Pool.memory_stats): the worker process's own (its runtime,
+    # the disk tier's pending copies, the headroom), weights, live KV, prompt caches.
+    process_bytes: int = 0
     weights_bytes: int = 0
     kv_bytes: int = 0
     prompt_cache_bytes: int = 0
@@ -186,6 +188,9 @@ async def pool_state(*, now: float | None = None) -> PoolState:
         up=True,
         used_bytes=int(memory.get("used_bytes") or 0),
         limit_bytes=limit,
+        process_bytes=sum(
+            int(memory.get(k) or 0) for k in ("runtime_bytes", "disk_pending_bytes", "headroom_bytes")
+        ),
         weights_bytes=int(memory.get("weights_bytes") or 0),
         kv_bytes=int(memory.get("kv_bytes") or 0),
         prompt_cache_bytes=int(memory.get("prompt_cache_bytes") or 0),

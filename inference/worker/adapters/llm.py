@@ -229,6 +229,7 @@ class LLMEngine:
         if _GROUP is not None and spec.draft_path:
             raise BadRequest("speculative decoding is not available on a distributed worker")
         self.model, self.tokenizer, config = _load(spec.path)
+        self.config = config  # the sizes a prefill step's activations are estimated from
         self.model_context = int(config.get("max_position_embeddings") or 0) or None
         self.draft_model = mlx_load(spec.draft_path)[0] if spec.draft_path else None
         self.weights_form = _weights_form(self.model)
@@ -243,6 +244,7 @@ class LLMEngine:
             draft_config = memory.read_config(spec.draft_path)
             self._kv_per_token += memory.kv_bytes_per_token(draft_config, _float_bytes(self.draft_model))
         self._kv: dict[str, int] = {}  # request id -> its KV reservation, while it runs
+        self._starting: str | None = None  # the request `_begin` is starting
         self._mem_waiting: deque[_MemoryWait] = deque()
         if cpu_attention.enabled():
             cpu_attention.use_for(self.model)
@@ -337,6 +339,8 @@ class LLMEngine:
         live |= {req.request_id for req, _ in self._waiting}
         if self._solo is not None:
             live.add(self._solo.act.request_id)
+        if self._starting is not None:
+            live.add(self._starting)
         if len(live) != len(self._kv):
             self._kv = {rid: n for rid, n in self._kv.items() if rid in live}
         rows = self._batch_reservations()
@@ -354,7 +358,25 @@ class LLMEngine:
         return (len(rows) + 1) * max(longest, need) - len(rows) * longest
 
     def _room_for(self, need: int) -> bool:
+        """Room for a new request's KV cache (`need` bytes). What a prefill step takes for a
+        moment is kept within what is left by cutting its chunks (`_prefill_step`)."""
         return self.pool is None or self.pool.make_kv_room(self, self._kv_increase(need))
+
+    def _keep_prompt_cache(self, tokens: list[int], cache: list[Any]) -> None:
+        """Store a finished request's cache in the prompt cache, within the memory limit: it
+        goes to the disk tier only if the copy its writer takes fits beside it, and least
+        recently used entries leave memory if the limit is passed."""
+        room = self._transient_room()
+        nbytes = sum(int(getattr(c, "nbytes", 0)) for c in cache)
+        self.prompt_cache.insert_cache(self.spec.path, tokens, cache, to_disk=room is None or nbytes <= room)
+        if self.pool is not None:
+            self.pool.make_kv_room(self, 0)
+
+    def _transient_room(self) -> int | None:
+        """Bytes left under the memory limit for a step's activations (None: no limit)."""
+        if self.pool is None:
+            return None
+        return self.pool.memory_limit - self.pool.used_bytes
 
     def _no_room(self, need: int) -> str:
         pool = self.pool
@@ -535,6 +557,15 @@ class LLMEngine:
         self, req: p.Generate, conn: Any, prompt: list[int], parser: mk.OutputParser, extra: list[Any]
     ) -> None:
         """Start a request whose KV cache is reserved (or queue it on the sequential lane)."""
+        self._starting = req.request_id  # its reservation is live while it starts
+        try:
+            self._start_text(req, conn, prompt, parser, extra)
+        finally:
+            self._starting = None
+
+    def _start_text(
+        self, req: p.Generate, conn: Any, prompt: list[int], parser: mk.OutputParser, extra: list[Any]
+    ) -> None:
         if self.spec.kv_bits is not None and self._sequential:
             self._waiting.append((req, conn))  # one quantized-KV stream at a time
             return
@@ -555,7 +586,7 @@ class LLMEngine:
         self.prompt_cache.count_hit(cached)
         act = self._new_active(req, conn, prompt, cached, parser)
         sampler, processors = make_request_sampler(params), make_request_processors(params) + extra
-        if self._solo_fits(rest, processors):
+        if self._solo_fits(rest, processors, len(prompt)):
             if cache is None:
                 cache = make_prompt_cache(self.model)
             if can_trim_prompt_cache(cache):  # joining the batch later trims one token
@@ -598,10 +629,17 @@ class LLMEngine:
     def _note_arrival(self, request_id: str, arrived: float | None) -> None:
         self._arrivals[request_id] = arrived if arrived is not None else time.perf_counter()
 
-    def _solo_fits(self, rest: list[int], processors: list[Any]) -> bool:
+    def _solo_transient_fits(self, tokens: int, context: int) -> bool:
+        """generate_step prefills a short prompt in one piece, every position's logits with it."""
+        room = self._transient_room()
+        need = memory.prefill_transient_bytes(self.config, rows=1, chunk=tokens, context=context, logits=True)
+        return room is None or need <= room
+
+    def _solo_fits(self, rest: list[int], processors: list[Any], context: int) -> bool:
         """Whether a new request may run alone on generate_step: nothing else running, a
-        short prefill (generate_step runs it whole), and nothing generate_step would do
-        differently from the batch (logits processors see only its own tokens there)."""
+        short prefill (generate_step runs it whole) whose activations fit the memory left, and
+        nothing generate_step would do differently from the batch (logits processors see only
+        its own tokens there)."""
         return (
             self._solo is None
             and not self._by_uid
@@ -609,6 +647,7 @@ class LLMEngine:
             and not self._waiting
             and not processors
             and len(rest) <= SOLO_MAX_PREFILL
+            and self._solo_transient_fits(len(rest), context)
             and self.draft_model is None
             and self.spec.kv_bits is None
             and _GROUP is None
@@ -807,14 +846,27 @@ class LLMEngine:
         return outputs
 
     def _prefill_step(self) -> int:
-        """Prompt tokens per prefill chunk: at most PREFILL_STEP, cut so that one step takes
-        about PREFILL_SLICE_S while someone waits for tokens (rows decoding, or prompts of more
-        than one user: a short one finishes within a slice instead of behind a long one's full
-        chunks), else about PREFILL_BATCH_SLICE_S."""
-        if not PREFILL_SLICE_S or not self._prefill_rate:
-            return PREFILL_STEP
+        """Prompt tokens per prefill chunk: the time slice's (`_slice_step`), cut further so
+        that the step's activations fit in the memory left under the limit."""
         rows = [a for a in self._by_uid.values() if not a.completion_tokens]
-        if not rows:
+        step = self._slice_step(rows)
+        room = self._transient_room()
+        if not rows or room is None:
+            return step
+        return memory.prefill_chunk_for(
+            self.config,
+            rows=min(len(rows), max(1, self.batch.prefill_batch_size)),
+            context=max(a.prompt_tokens for a in rows),
+            room=room,
+            most=step,
+        )
+
+    def _slice_step(self, rows: list[_Active]) -> int:
+        """At most PREFILL_STEP, cut so that one step takes about PREFILL_SLICE_S while someone
+        waits for tokens (rows decoding, or prompts of more than one user: a short one
+        finishes within a slice instead of behind a long one's full chunks), else about
+        PREFILL_BATCH_SLICE_S."""
+        if not PREFILL_SLICE_S or not self._prefill_rate or not rows:
             return PREFILL_STEP
         waited_on = len(rows) < len(self._by_uid) or len({a.owner for a in rows}) > 1
         budget = PREFILL_SLICE_S if waited_on else PREFILL_BATCH_SLICE_S
@@ -856,7 +908,7 @@ class LLMEngine:
             if stopped and r.finish_reason is None:
                 stopped_early.append(r.uid)  # still in the batch: removed below
             elif r.prompt_cache is not None and r.all_tokens is not None:
-                self.prompt_cache.insert_cache(self.spec.path, list(r.all_tokens), r.prompt_cache)
+                self._keep_prompt_cache(list(r.all_tokens), r.prompt_cache)
             self._by_uid.pop(r.uid, None)
             self._uid_by_request.pop(act.request_id, None)
         self.tokens_generated += reported
@@ -865,7 +917,7 @@ class LLMEngine:
         if stopped_early:
             # Ended outside the batch's criteria: keep their KV for the next turn's prefix.
             for cache, tokens in self.batch.remove(stopped_early, return_prompt_caches=True).values():
-                self.prompt_cache.insert_cache(self.spec.path, list(tokens), cache)
+                self._keep_prompt_cache(list(tokens), cache)
 
     def _start_decoding(self) -> None:
         """Move the rows whose prefill ended in this step into the generation batch now.
@@ -944,7 +996,7 @@ class LLMEngine:
             self._solo = None
             solo.steps.close()
             # The cache holds every token yielded: kept for the next turn's prefix.
-            self.prompt_cache.insert_cache(self.spec.path, solo.tokens, solo.cache)
+            self._keep_prompt_cache(solo.tokens, solo.cache)
 
     def _step_sequential(self, outputs: list[tuple[Any, p.Output]]) -> None:
         for rid, act in list(self._sequential.items()):

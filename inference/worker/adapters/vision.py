@@ -49,7 +49,7 @@ from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
 from inference import protocol as p
 from inference.worker import markup as mk
-from inference.worker import structured
+from inference.worker import memory, structured
 from inference.worker.adapters.llm import (
     PROMPT_CACHE_BYTES,
     PROMPT_CACHE_ENTRIES,
@@ -251,6 +251,8 @@ class VisionEngine(LLMEngine):
         self.weights_form = _weights_form(self.model)
         self._kv_per_token = 0
         self._kv = {}
+        self._starting = None
+        self.config = memory.read_config(spec.path)
         self._mem_waiting = deque()
         self._by_uid = {}
         self._uid_by_request = {}

@@ -353,10 +353,15 @@ def test_healthz(gateway: Gateway) -> None:
     assert isinstance(body["worker"]["loaded_models"], list)
     tiny(gateway, max_tokens=4)
     worker = gateway.health().json()["worker"]
-    # The memory limit's parts: weights, live KV caches, prompt caches; MLX's own counts.
+    # The memory limit's parts: the process's own (its runtime, the disk tier's pending copies,
+    # the headroom), weights, live KV caches, prompt caches; MLX's own counts.
     mem = worker["memory"]
     assert mem["weights_bytes"] > 0 and mem["limit_bytes"] > 0
-    assert mem["used_bytes"] == mem["weights_bytes"] + mem["kv_bytes"] + mem["prompt_cache_bytes"]
+    assert 0 < mem["runtime_bytes"] <= mem["rss_bytes"]
+    assert mem["headroom_bytes"] == mem["limit_bytes"] * 5 // 100  # MLXM_MEMORY_HEADROOM's default
+    parts = ("runtime_bytes", "disk_pending_bytes", "headroom_bytes", "weights_bytes", "kv_bytes",
+             "prompt_cache_bytes")  # fmt: skip
+    assert mem["used_bytes"] == sum(mem[k] for k in parts)
     assert mem["free_bytes"] == mem["limit_bytes"] - mem["used_bytes"]
     assert mem["mlx_peak_bytes"] >= mem["mlx_active_bytes"] > 0 and mem["rss_bytes"] > 0
     model = next(m for m in worker["loaded_models"] if m["name"] == TINY)
@@ -412,6 +417,9 @@ def test_a_request_whose_kv_cache_cannot_fit_is_a_clear_503(
     weights = memory.weight_sizes(path, float32=True).loaded_bytes
     per_token = memory.kv_bytes_per_token(memory.read_config(path), 4)
     monkeypatch.setenv("MLXM_MEMORY_LIMIT", str(weights + per_token * 600))
+    # The KV caches alone against the limit: the process's own memory (tens of MB, changing
+    # under load) would drown this tiny model's KV (under 1 MB for 1,500 tokens).
+    monkeypatch.setenv("MLXM_MEMORY_COUNT_PROCESS", "off")
     gw = start_gateway(tmp_path / "gw", demo_models)
     try:
         pid = gw.worker_pid()

@@ -388,3 +388,31 @@ def test_dequantize_is_decided_by_the_budget(
         assert outs[-1][1].completion_tokens == 16
     finally:
         pool.unload(spec.key)
+
+
+def test_the_worker_counts_its_own_process_under_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference.worker import memory
+
+    monkeypatch.setenv("MLXM_MEMORY_HEADROOM", "10%")
+    readings = iter([100, 80, 120, 90])
+    monkeypatch.setattr(memory, "runtime_bytes", lambda: next(readings))
+    plain = Pool(memory_limit=10_000)
+    plain.measure_runtime()
+    assert (
+        plain.used_bytes == 0 and plain.memory_stats()["runtime_bytes"] == 0
+    )  # a pool inside a test process
+    pool = Pool(memory_limit=10_000, count_runtime=True)
+    pool.measure_runtime()
+    assert pool.runtime_bytes == 100
+    stats = pool.memory_stats()
+    assert stats["headroom_bytes"] == 1000 and stats["used_bytes"] == 1100 == pool.used_bytes
+    assert stats["free_bytes"] == 8900
+    pool.measure_runtime(rising=True)  # busy, right after a reading: not read again yet
+    pool._runtime_at = 0.0
+    pool.measure_runtime(rising=True)  # busy: a lower reading (80) does not count
+    assert pool.runtime_bytes == 100
+    pool._runtime_at = 0.0
+    pool.measure_runtime(rising=True)
+    assert pool.runtime_bytes == 120
+    pool.measure_runtime()  # idle again: what it holds now
+    assert pool.runtime_bytes == 90

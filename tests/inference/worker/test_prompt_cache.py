@@ -62,3 +62,27 @@ def test_a_prompt_leaving_a_long_cached_sequence_reuses_its_common_prefix() -> N
     found, rest = cache.fetch_nearest_cache("m", [*system, 7, 8, 9])
     assert found is not None and found[0].offset == len(system)
     assert rest == [7, 8, 9]
+
+
+class _Disk:
+    def __init__(self) -> None:
+        self.saved: list[list[int]] = []
+
+    def save(self, tokens: list[int], cache: list[object]) -> None:
+        self.saved.append(tokens)
+
+    def nearest(self, tokens: list[int], better_than: int) -> None:
+        return None  # nothing on this disk beats memory
+
+
+def test_an_entry_goes_to_disk_only_when_asked() -> None:
+    disk = _Disk()
+    cache = PromptCache(max_size=4, disk=disk)  # type: ignore[arg-type]
+    kv = KVCache()
+    kv.update_and_fetch(mx.zeros((1, 1, 8, 4)) + 1, mx.zeros((1, 1, 8, 4)))  # lazy: not evaluated yet
+    cache.insert_cache("m", list(range(8)), [kv], to_disk=False)  # no room for the writer's copy
+    assert disk.saved == []
+    found, rest = cache.fetch_nearest_cache("m", list(range(8)))
+    assert found is not None and rest == []  # in memory all the same
+    cache.insert_cache("m", list(range(9)), [kv])
+    assert disk.saved == [list(range(9))]

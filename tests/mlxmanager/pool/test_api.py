@@ -48,7 +48,8 @@ async def test_load_pin_unload_round_trip(admin_aclient: AsyncClient, worker: st
     assert model["weights_form"] == "float32" and model["kv_bytes"] == 0
     memory = (await api.get("/api/pool")).json()["memory"]
     assert memory["weights_bytes"] == model["weight_bytes"]
-    assert memory["used_bytes"] == memory["weights_bytes"] + memory["kv_bytes"] + memory["prompt_cache_bytes"]
+    parts = ("process_bytes", "weights_bytes", "kv_bytes", "prompt_cache_bytes")
+    assert memory["used_bytes"] == sum(memory[k] for k in parts) and memory["process_bytes"] > 0
     assert memory["free_bytes"] == memory["limit_bytes"] - memory["used_bytes"]
     assert memory["mlx_peak_bytes"] >= memory["mlx_active_bytes"] > 0
     assert model["profile"] == "tiny-chat" and model["active_requests"] == 0

@@ -60,10 +60,12 @@ async def test_state_reports_usage_and_cache_hits(worker: str, tiny: Profile) ->
     assert state.up and state.used_bytes > 0 and state.limit_bytes > state.used_bytes
     (model,) = state.loaded
     assert model.name == "tiny-chat" and model.profiles == ["tiny-chat"]
-    # The limit's parts: the weights, no request running, the two answers' prompt cache.
+    # The limit's parts: the worker process's own, the weights, no request running, the two
+    # answers' prompt cache.
     assert state.weights_bytes == model.weight_bytes and state.kv_bytes == model.kv_bytes == 0
     assert state.prompt_cache_bytes == model.cache_bytes > 0
-    assert state.used_bytes == state.weights_bytes + state.prompt_cache_bytes
+    assert state.used_bytes == state.process_bytes + state.weights_bytes + state.prompt_cache_bytes
+    assert state.process_bytes > 0
     assert state.free_bytes == state.limit_bytes - state.used_bytes
     assert model.weights_form == "float32"
     assert model.hit_rate is not None and 0 < model.hit_rate < 1

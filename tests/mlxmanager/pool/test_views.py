@@ -205,7 +205,9 @@ async def test_every_model_type_loads_into_the_one_pool(
         assert label in row[: row.index("</tr>")]
     state = await pool_state()
     assert {m.kind for m in state.loaded} == {"vision", "stt", "tts"}
-    assert state.used_bytes == sum(m.weight_bytes for m in state.loaded) > 0
+    # The worker process's own share (runtime, headroom), then the three models' weights.
+    assert state.used_bytes == state.process_bytes + sum(m.weight_bytes for m in state.loaded)
+    assert state.process_bytes > 0 and sum(m.weight_bytes for m in state.loaded) > 0
     html = (await admin_aclient.post("/pool/p-tiny-tts/unload/", headers=HTMX)).content.decode()
     assert "Unloaded p-tiny-tts." in html
 

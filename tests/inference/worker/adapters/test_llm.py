@@ -180,3 +180,20 @@ def test_an_aborted_or_refused_request_leaves_no_arrival_behind(engine: Any) -> 
     with pytest.raises(llm.BadRequest):
         engine.add(neither, conn=None, arrived=time.perf_counter())
     assert not engine._arrivals
+
+
+def test_prefill_chunks_are_cut_to_the_memory_left_under_the_limit(engine: Any) -> None:
+    from inference.worker import memory
+
+    engine._by_uid = {i: SimpleNamespace(completion_tokens=0, owner="", prompt_tokens=1500) for i in range(3)}
+    assert engine._prefill_step() == llm.PREFILL_STEP  # no pool: no limit
+    engine.pool = SimpleNamespace(memory_limit=10**12, used_bytes=0)
+    assert engine._prefill_step() == llm.PREFILL_STEP  # plenty of room
+    rows = min(3, engine.batch.prefill_batch_size)
+    room = memory.prefill_transient_bytes(engine.config, rows=rows, chunk=100, context=1500)
+    engine.pool = SimpleNamespace(memory_limit=10**9 + room, used_bytes=10**9)
+    step = engine._prefill_step()
+    assert step == 100  # the longest chunk whose activations fit
+    engine.pool = SimpleNamespace(memory_limit=10**9, used_bytes=10**9)
+    assert engine._prefill_step() == memory.MIN_MEMORY_CHUNK  # nothing left: the smallest step
+    engine.pool = None
