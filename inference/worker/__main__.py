@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     base = config.data_dir()
     logsetup.configure(WORKER_LOG, base)
     from inference.worker.blas import preload_blas
-    from inference.worker.memory import return_freed_memory
 
-    return_freed_memory()  # freed arrays leave the process (glibc), so the memory limit holds
     preload_blas()
     import msgspec
 

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # While requests run, the process's memory outside MLX is read at most this often.
 RUNTIME_EVERY_S = 0.05
+# When room is short, the heap's free pages are given back at most this often.
+RECLAIM_EVERY_S = 0.5
 
 
 class ModelLoadError(Exception):
@@ -82,6 +84,7 @@ class Pool:
         self.count_runtime = count_runtime
         self.runtime_bytes = 0
         self._runtime_at = 0.0
+        self._reclaimed_at = 0.0
         # Each model's prompt-cache share, unless its profile sets one (ModelSpec.prompt_cache_bytes).
         self.prompt_cache_bytes = memory.prompt_cache_bytes_from_env(self.memory_limit)
         self.max_models = max_models
@@ -148,11 +151,25 @@ class Pool:
         """Requests generating now in any engine (what will free KV room when they end)."""
         return sum(int(getattr(e, "running", e.active)) for e in self._engines.values())
 
+    def reclaim(self) -> bool:
+        """When room is short: give the heap's free pages back to the system (`memory.trim_heap`)
+        and re-measure the runtime, at most every RECLAIM_EVERY_S. True when it ran."""
+        if not self.count_runtime:
+            return False
+        now = time.monotonic()
+        if now - self._reclaimed_at < RECLAIM_EVERY_S or not memory.trim_heap():
+            return False
+        self._reclaimed_at = self._runtime_at = now
+        self.runtime_bytes = memory.runtime_bytes()
+        return True
+
     def make_kv_room(self, engine: Any, need: int) -> bool:
-        """Whether `need` more bytes of KV cache fit under the limit, after giving back prompt
-        cache entries least recently used first: `engine`'s own, then the other models'
-        (least recently used model first)."""
+        """Whether `need` more bytes of KV cache fit under the limit, after giving back the
+        heap's free pages (`reclaim`), then prompt cache entries least recently used first:
+        `engine`'s own, then the other models' (least recently used model first)."""
         if need <= self.memory_limit - self.used_bytes:
+            return True
+        if self.reclaim() and need <= self.memory_limit - self.used_bytes:
             return True
         others = sorted((e for e in self._engines.values() if e is not engine), key=lambda e: e.last_used)
         for e in [engine, *others]:

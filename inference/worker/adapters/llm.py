@@ -853,13 +853,12 @@ class LLMEngine:
         room = self._transient_room()
         if not rows or room is None:
             return step
-        return memory.prefill_chunk_for(
-            self.config,
-            rows=min(len(rows), max(1, self.batch.prefill_batch_size)),
-            context=max(a.prompt_tokens for a in rows),
-            room=room,
-            most=step,
-        )
+        prefilling = min(len(rows), max(1, self.batch.prefill_batch_size))
+        context = max(a.prompt_tokens for a in rows)
+        need = memory.prefill_transient_bytes(self.config, rows=prefilling, chunk=step, context=context)
+        if need > room and self.pool is not None and self.pool.reclaim():
+            room = self._transient_room() or 0  # the heap's free pages given back: more room
+        return memory.prefill_chunk_for(self.config, rows=prefilling, context=context, room=room, most=step)
 
     def _slice_step(self, rows: list[_Active]) -> int:
         """At most PREFILL_STEP, cut so that one step takes about PREFILL_SLICE_S while someone

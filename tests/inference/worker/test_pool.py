@@ -416,3 +416,21 @@ def test_the_worker_counts_its_own_process_under_the_limit(monkeypatch: pytest.M
     assert pool.runtime_bytes == 120
     pool.measure_runtime()  # idle again: what it holds now
     assert pool.runtime_bytes == 90
+
+
+def test_short_of_room_the_heaps_free_pages_are_given_back_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference.worker import memory
+
+    monkeypatch.setenv("MLXM_MEMORY_HEADROOM", "0")
+    trims: list[float] = []
+    readings = iter([900, 300])  # resident less MLX's arrays: before and after the trim
+    monkeypatch.setattr(memory, "trim_heap", lambda: trims.append(time.monotonic()) or True)
+    monkeypatch.setattr(memory, "runtime_bytes", lambda: next(readings))
+    pool = Pool(memory_limit=1000, count_runtime=True)
+    pool.measure_runtime()
+    assert pool.make_kv_room(None, 50)  # fits: nothing given back
+    assert trims == []
+    assert pool.make_kv_room(None, 600)  # 100 free: the heap's free pages go back, then it fits
+    assert len(trims) == 1 and pool.runtime_bytes == 300
+    assert not pool.make_kv_room(None, 800)  # still short: not trimmed again so soon
+    assert len(trims) == 1
