@@ -185,15 +185,29 @@ def test_an_aborted_or_refused_request_leaves_no_arrival_behind(engine: Any) -> 
 def test_prefill_chunks_are_cut_to_the_memory_left_under_the_limit(engine: Any) -> None:
     from inference.worker import memory
 
+    def pool(limit: int, used: int, freed: int = 0) -> SimpleNamespace:
+        """A stand-in pool whose `reclaim` (the heap's free pages given back) frees `freed`."""
+        fake = SimpleNamespace(memory_limit=limit, used_bytes=used, reclaims=0)
+
+        def reclaim() -> bool:
+            fake.reclaims += 1
+            fake.used_bytes -= freed
+            return freed > 0
+
+        fake.reclaim = reclaim
+        return fake
+
     engine._by_uid = {i: SimpleNamespace(completion_tokens=0, owner="", prompt_tokens=1500) for i in range(3)}
     assert engine._prefill_step() == llm.PREFILL_STEP  # no pool: no limit
-    engine.pool = SimpleNamespace(memory_limit=10**12, used_bytes=0)
-    assert engine._prefill_step() == llm.PREFILL_STEP  # plenty of room
+    engine.pool = pool(10**12, 0)
+    assert engine._prefill_step() == llm.PREFILL_STEP and engine.pool.reclaims == 0  # plenty of room
     rows = min(3, engine.batch.prefill_batch_size)
     room = memory.prefill_transient_bytes(engine.config, rows=rows, chunk=100, context=1500)
-    engine.pool = SimpleNamespace(memory_limit=10**9 + room, used_bytes=10**9)
-    step = engine._prefill_step()
-    assert step == 100  # the longest chunk whose activations fit
-    engine.pool = SimpleNamespace(memory_limit=10**9, used_bytes=10**9)
+    engine.pool = pool(10**9 + room, 10**9)
+    assert engine._prefill_step() == 100  # the longest chunk whose activations fit
+    assert engine.pool.reclaims == 1  # short of room: the heap's free pages were asked for first
+    engine.pool = pool(10**9, 10**9)
     assert engine._prefill_step() == memory.MIN_MEMORY_CHUNK  # nothing left: the smallest step
+    engine.pool = pool(10**9, 10**9, freed=10**9)
+    assert engine._prefill_step() == llm.PREFILL_STEP  # what the heap gave back is room again
     engine.pool = None
