@@ -1218,11 +1218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         **extra,
     }
     # (i): a prompt-cache share that fits in the margin (a third of it), the same on both servers.
-    # MLXM_MEMORY_LIMIT_BYTES: what the pool reads today (weights only), the same number.
+    # MLXM_MEMORY_LIMIT_BYTES: the older name of the limit, the same number.
     i_cache = min(cache_bytes, margin // 3)
     mem_env = {**base_env, "MLXM_PROMPT_CACHE_BYTES": str(i_cache),
                "MLXM_MEMORY_LIMIT": str(limit), "MLXM_MEMORY_LIMIT_BYTES": str(limit),
                "MLXM_QUEUE_TIMEOUT": extra.get("MLXM_QUEUE_TIMEOUT", str(int(sizes.request_timeout_s / 3)))}  # fmt: skip
+    if args.quick:
+        # A smoke run's margin is a tiny model's KV (kB): the worker process itself (tens of MB)
+        # would not fit under it, so its limit covers weights, KV and prompt caches only.
+        mem_env["MLXM_MEMORY_COUNT_PROCESS"] = "off"
     mlx_args = [
         *args.mlx_server_args.split(),
         "--prompt-cache-bytes",
