@@ -94,7 +94,7 @@ def history_charts(
             fmt="{:.1f} tok/s",
         ),
         _series(
-            "Weight memory",
+            "Memory used",
             memory,
             now=now,
             window=window,
