@@ -85,6 +85,7 @@ class Pool:
         self.runtime_bytes = 0
         self._runtime_at = 0.0
         self._reclaimed_at = 0.0
+        self._headroom = (-1, 0)  # (the limit it was worked out for, bytes): read on every step
         # Each model's prompt-cache share, unless its profile sets one (ModelSpec.prompt_cache_bytes).
         self.prompt_cache_bytes = memory.prompt_cache_bytes_from_env(self.memory_limit)
         self.max_models = max_models
@@ -118,7 +119,11 @@ class Pool:
     @property
     def headroom_bytes(self) -> int:
         """Kept free for what is not measured ahead (MLXM_MEMORY_HEADROOM; the worker's only)."""
-        return memory.headroom_bytes(self.memory_limit) if self.count_runtime else 0
+        if not self.count_runtime:
+            return 0
+        if self._headroom[0] != self.memory_limit:  # the limit can change at run time (Configure)
+            self._headroom = (self.memory_limit, memory.headroom_bytes(self.memory_limit))
+        return self._headroom[1]
 
     @property
     def process_bytes(self) -> int:

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from inference import protocol as p
+from inference.worker import memory
 from inference.worker.about import about
 from inference.worker.scheduler import Scheduler
 
@@ -225,11 +226,10 @@ class WorkerServer:
 
 def _resident_bytes() -> int:
     """This process's resident memory (Linux: /proc; elsewhere the peak, from getrusage)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
+    now = memory.resident_bytes()
+    if now is None:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(peak if sys.platform == "darwin" else peak * 1024)
+    return now

@@ -850,14 +850,14 @@ class LLMEngine:
         that the step's activations fit in the memory left under the limit."""
         rows = [a for a in self._by_uid.values() if not a.completion_tokens]
         step = self._slice_step(rows)
-        room = self._transient_room()
-        if not rows or room is None:
-            return step
+        if not rows or self.pool is None:
+            return step  # nothing prefills (a decode step), or no limit
+        room = self.pool.memory_limit - self.pool.used_bytes
         prefilling = min(len(rows), max(1, self.batch.prefill_batch_size))
         context = max(a.prompt_tokens for a in rows)
         need = memory.prefill_transient_bytes(self.config, rows=prefilling, chunk=step, context=context)
-        if need > room and self.pool is not None and self.pool.reclaim():
-            room = self._transient_room() or 0  # the heap's free pages given back: more room
+        if need > room and self.pool.reclaim():
+            room = self.pool.memory_limit - self.pool.used_bytes  # the heap's free pages given back
         return memory.prefill_chunk_for(self.config, rows=prefilling, context=context, room=room, most=step)
 
     def _slice_step(self, rows: list[_Active]) -> int:
