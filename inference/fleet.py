@@ -47,7 +47,7 @@ class _State:
         self.client = client
         self.name = name
         self.paths: set[str] = set()  # model paths it holds
-        self.active = 0  # requests it reported running (all web processes)
+        self.active = 0  # requests of other web processes it reported running or queued
         self.down_until = 0.0
         self.last: dict[str, Any] | None = None
         self.error = ""
@@ -137,7 +137,11 @@ class WorkerGroup:
         if state.paths - paths:  # a model was unloaded, and its prompt cache with it
             state.prefixes.clear()
         state.paths = paths
-        state.active = int(health.get("active_requests", 0)) + int(health.get("queue_depth", 0))
+        # Its count includes this process's own streams, which `client.inflight` counts as they
+        # come and go: kept apart, a report taken during a burst of ours would still weigh on
+        # the worker after the burst ended (every request of the next burst went elsewhere).
+        reported = int(health.get("active_requests", 0)) + int(health.get("queue_depth", 0))
+        state.active = max(0, reported - state.client.inflight)
 
     def _order(self, spec: p.ModelSpec, chain: list[int] | None = None) -> list[_State]:
         members = [self.local, *self.remote.values()]

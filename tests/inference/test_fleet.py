@@ -306,3 +306,21 @@ async def test_follow_up_turns_go_back_to_the_worker_that_holds_their_prefix(fle
     await asyncio.gather(*(group._check(s) for s in states.values()))
     served, _ = await fleet.ask(chat(Y, "notes for 1.2", y1.text, "shorter", y2.text, "thanks"))
     assert served == a
+
+
+def test_a_report_taken_during_our_own_burst_does_not_outlive_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's count includes this process's streams: only the other processes' part is
+    kept as its load, so once our burst ends the worker is idle again for the next one."""
+    group, (local, w1) = group_of(2)
+    streaming(local, 6)  # our burst, running on the embedded worker
+
+    async def health(timeout: float = 2.0) -> dict[str, Any]:
+        return {"active_requests": 7, "queue_depth": 0, "models": [{"path": SPEC.path}]}  # ours + 1 other
+
+    monkeypatch.setattr(local.client, "health", health)
+    asyncio.run(group._check(local))
+    assert local.active == 1  # another process's request
+    local.running.clear()
+    local.client._queues.clear()  # the burst is over; the report is not retaken yet
+    report(w1, active=2)
+    assert names(group._order(SPEC)) == ["embedded", "w1"]  # 0 + 1 against 0 + 2
