@@ -83,8 +83,8 @@ class Pool:
         # inside another process (tests) has nothing of its own to count.
         self.count_runtime = count_runtime
         self.runtime_bytes = 0
-        self._runtime_at = 0.0
-        self._reclaimed_at = 0.0
+        self._runtime_at = float("-inf")  # never read yet
+        self._reclaimed_at = float("-inf")  # never yet
         self._headroom = (-1, 0)  # (the limit it was worked out for, bytes): read on every step
         # Each model's prompt-cache share, unless its profile sets one (ModelSpec.prompt_cache_bytes).
         self.prompt_cache_bytes = memory.prompt_cache_bytes_from_env(self.memory_limit)

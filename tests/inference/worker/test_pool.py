@@ -392,7 +392,9 @@ def test_dequantize_is_decided_by_the_budget(
 
 def test_the_worker_counts_its_own_process_under_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     from inference.worker import memory
+    from inference.worker import pool as pool_module
 
+    monkeypatch.setattr(pool_module, "RUNTIME_EVERY_S", 3600.0)  # no clock in this test
     monkeypatch.setenv("MLXM_MEMORY_HEADROOM", "10%")
     readings = iter([100, 80, 120, 90])
     monkeypatch.setattr(memory, "runtime_bytes", lambda: next(readings))
@@ -408,10 +410,10 @@ def test_the_worker_counts_its_own_process_under_the_limit(monkeypatch: pytest.M
     assert stats["headroom_bytes"] == 1000 and stats["used_bytes"] == 1100 == pool.used_bytes
     assert stats["free_bytes"] == 8900
     pool.measure_runtime(rising=True)  # busy, right after a reading: not read again yet
-    pool._runtime_at = 0.0
+    pool._runtime_at = float("-inf")  # as if the last reading were long ago
     pool.measure_runtime(rising=True)  # busy: a lower reading (80) does not count
     assert pool.runtime_bytes == 100
-    pool._runtime_at = 0.0
+    pool._runtime_at = float("-inf")  # as if the last reading were long ago
     pool.measure_runtime(rising=True)
     assert pool.runtime_bytes == 120
     pool.measure_runtime()  # idle again: what it holds now
@@ -420,7 +422,9 @@ def test_the_worker_counts_its_own_process_under_the_limit(monkeypatch: pytest.M
 
 def test_short_of_room_the_heaps_free_pages_are_given_back_first(monkeypatch: pytest.MonkeyPatch) -> None:
     from inference.worker import memory
+    from inference.worker import pool as pool_module
 
+    monkeypatch.setattr(pool_module, "RECLAIM_EVERY_S", 3600.0)  # "so soon", whatever the clock
     monkeypatch.setenv("MLXM_MEMORY_HEADROOM", "0")
     trims: list[float] = []
     readings = iter([900, 300])  # resident less MLX's arrays: before and after the trim
